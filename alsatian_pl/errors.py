@@ -1,0 +1,31 @@
+"""User-facing errors: each says what is wrong and how to fix it; entry points print them without a traceback."""
+
+from __future__ import annotations
+
+
+class AlsatianError(Exception):
+    """Base class for errors caused by user input (config, data, store, budget)."""
+
+
+class ConfigError(AlsatianError, ValueError):
+    """An invalid or inconsistent configuration value."""
+
+
+class DataError(AlsatianError, ValueError):
+    """A dataset that is missing, unreadable, too small or otherwise unusable."""
+
+
+class StoreError(AlsatianError):
+    """A block store problem: a missing model, an unsplittable architecture, a bad checkpoint."""
+
+
+class CorruptBlockError(StoreError):
+    """A block file whose bytes do not match its content hash (truncated or modified)."""
+
+
+class BudgetTooSmallError(AlsatianError):
+    """The cache budget cannot hold even one batch of a round; ``needed`` is the smallest budget that works."""
+
+    def __init__(self, message: str, needed: int):
+        super().__init__(message)
+        self.needed = needed

@@ -1,0 +1,42 @@
+"""Human byte units: ``parse_bytes("512MB") == 512 * 2**20`` and back with ``format_bytes``."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ConfigError
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(value: int | float | str | None) -> int | None:
+    """Bytes from an int or a string like ``"512MB"``/``"4GB"`` (binary units); ``None``/"none"/"inf" mean unlimited."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"invalid byte size {value!r}: use a number of bytes or a string such as '512MB' or '4GB'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"byte size must not be negative, got {value}")
+        return int(value)
+    text = str(value).strip()
+    if text.lower() in {"none", "null", "inf", "unlimited"}:
+        return None
+    match = _PATTERN.match(text)
+    if not match or match.group(2).upper() not in _UNITS:
+        raise ConfigError(f"invalid byte size {value!r}: use a number of bytes or a string such as '512MB' or '4GB'")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def format_bytes(n: int | float | None) -> str:
+    """Short human form of a byte count, e.g. ``'1.5 GiB'``."""
+    if n is None:
+        return "unlimited"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
