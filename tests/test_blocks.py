@@ -1,0 +1,53 @@
+"""Block composition equals each family's pre-logits features; unsplittable models get one clear error."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from alsatian_pl.blocks import family_of, split_model
+from alsatian_pl.errors import StoreError
+
+CASES = [
+    ("resnet18", {}, 64, "resnet"),
+    ("resnet26", {}, 64, "resnet"),  # bottleneck blocks
+    ("tf_efficientnet_lite0", {}, 64, "efficientnet"),
+    ("efficientnetv2_rw_t", {}, 64, "efficientnet"),  # FusedMBConv blocks
+    ("vit_tiny_patch16_224", {"img_size": 112}, 112, "vit"),  # non-default input size
+    ("vit_tiny_patch16_224", {"img_size": 64, "global_pool": "avg", "class_token": False}, 64, "vit"),
+    ("mobilenetv3_small_050", {}, 64, "mobilenetv3"),
+]
+
+
+@pytest.mark.parametrize("arch,kwargs,size,family", CASES)
+def test_composed_blocks_equal_prelogits_features(arch, kwargs, size, family):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    blocks = split_model(model)
+    assert family_of(model).name == family
+    assert len(blocks) >= 3
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+        out = x
+        for block in blocks:
+            out = block(out)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_blocks_follow_the_declared_structure():
+    model = timm.create_model("resnet18", pretrained=False)
+    blocks = split_model(model)
+    # stem + 2 residual blocks in each of the 4 stages + pooling
+    assert len(blocks) == 1 + 8 + 1
+    assert blocks[1] is model.layer1[0] and blocks[-2] is model.layer4[1]
+
+
+def test_unsplittable_architecture_gets_a_clear_error():
+    model = timm.create_model("convnext_atto", pretrained=False)
+    with pytest.raises(StoreError, match="no registered block family matches.*register_family"):
+        split_model(model)
+    with pytest.raises(StoreError, match="Sequential"):
+        split_model(torch.nn.Sequential(torch.nn.Linear(2, 2)))
