@@ -1,0 +1,9 @@
+"""The execution planner (paper §4.3, §5): task trees, plan steps, DFS+ and data partitions. Pure Python, no torch."""
+
+from .dfs import (RoundPlan, Requirements, StepTree, emit_steps, min_cache_requirements, plan_round,
+                  simulate)
+from .steps import InferenceStep, ReleaseStep, ScoreStep, Step
+from .tree import BlockSpec, Node, TaskTree
+
+__all__ = ["BlockSpec", "Node", "TaskTree", "InferenceStep", "ScoreStep", "ReleaseStep", "Step", "RoundPlan",
+           "Requirements", "StepTree", "emit_steps", "min_cache_requirements", "plan_round", "simulate"]
