@@ -1,0 +1,222 @@
+"""``SearchDataModule``: the target dataset of a model search (paper §2.2, §4.2), prepared once, split into a
+stratified test set and doubling training chunks D1..Dl (one per successive-halving round)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..errors import DataError
+from ._sources import DATASETS, DataSpec, make_source
+from ._split import balanced_subset, chunk_bounds, stratified_split
+
+
+@dataclass
+class _Prepared:
+    train_x: torch.Tensor  # training items in round-robin order: chunk i is the slice bounds[i]:bounds[i+1]
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: list[str]
+
+
+def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fraction: Any, seed: Any,
+          mean: Sequence[float], std: Sequence[float]) -> DataSpec:
+    """A validated :class:`DataSpec`; bad values raise ``DataError`` saying which value to change."""
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset name {name!r}: use one of {', '.join(sorted(DATASETS))}")
+    if not positive_int(image_size):
+        raise DataError(f"image_size must be a positive whole number of pixels per side (e.g. 64 or 224), "
+                        f"got {image_size!r}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be a number strictly between 0 and 1 (e.g. 0.2), got {test_fraction!r}")
+    if num_items is not None and not positive_int(num_items):
+        raise DataError(f"num_items must be a positive number of items, or null for all items; got {num_items!r} "
+                        "(an empty dataset cannot be searched)")
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise DataError(f"mean and std need three values each (one per RGB channel), std > 0; "
+                        f"got mean={mean}, std={std}")
+    return DataSpec(name, None if path is None else str(path), num_items, image_size, float(test_fraction), int(seed),
+                    mean, std)  # type: ignore[arg-type]
+
+
+class SearchDataModule(LightningDataModule):
+    """Target dataset of a model search: a stratified test set and training chunks D1..Dl with |D_{i+1}| ≈ 2|D_i|.
+
+    Items are prepared once (on the first ``setup`` or access) into one float32 tensor that all rounds and models
+    reuse; accessors return views of it (do not modify them in place).
+
+    name: a registered dataset (``fashion_mnist``, ``image_folder``, ``stanford_cars``); path: its folder (image
+    folders; for fashion_mnist an optional folder of IDX files); num_items: a seeded class-balanced subset (None: all;
+    fashion_mnist: the 3,000 embedded items); image_size: side of the square model input; test_fraction: share of
+    each class held out for D_test; seed: drives subset, split and chunk order; mean/std: per-channel normalisation.
+    """
+
+    def __init__(self, name: str = "fashion_mnist", path: str | None = None, num_items: int | None = None,
+                 image_size: int = 64, test_fraction: float = 0.2, seed: int = 0,
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)):
+        super().__init__()
+        self.spec = _spec(name, path, num_items, image_size, test_fraction, seed, mean, std)
+        self.save_hyperparameters(asdict(self.spec))
+        self.batch_size = 64
+        self._data: _Prepared | None = None
+        self._rounds = 1
+
+    # -- preparation
+
+    def setup(self, stage: str | None = None, num_rounds: int | None = None) -> None:
+        """Prepare the items (once per data module); with ``num_rounds`` also cut the chunks (:meth:`setup_rounds`)."""
+        if self._data is None:
+            self._data = self._prepare(num_rounds)
+        if num_rounds is not None:
+            self.setup_rounds(num_rounds)
+
+    def _prepare(self, num_rounds: int | None) -> _Prepared:
+        spec = self.spec
+        source = make_source(spec)
+        labels, names = np.asarray(source.labels, dtype=np.int64), list(source.class_names)
+        rng = np.random.default_rng(spec.seed)
+        keep = np.arange(len(labels))
+        if spec.num_items is not None and spec.num_items < len(labels):
+            keep = balanced_subset(labels, spec.num_items, rng)
+        elif spec.num_items is not None and spec.num_items > len(labels):
+            raise DataError(f"dataset {spec.name!r} has only {len(labels)} items but num_items={spec.num_items}: "
+                            "lower num_items, or set it to null to use all items")
+        _check_classes(np.bincount(labels[keep], minlength=len(names)), np.bincount(labels, minlength=len(names)),
+                       names, spec)
+        train, test = stratified_split(labels[keep], spec.test_fraction, rng)
+        if num_rounds is not None:  # fail before the expensive part
+            _check_rounds(len(train), len(names), num_rounds, spec)
+        order = keep[np.concatenate([train, test])]
+        items = source.prepare(order)
+        targets = torch.from_numpy(labels[order])
+        n = len(train)
+        return _Prepared(items[:n], targets[:n], items[n:], targets[n:], names)
+
+    def setup_rounds(self, num_rounds: int) -> None:
+        """Cut the training set into ``num_rounds`` chunks D1..Dl, each about twice the previous, together all of it.
+
+        D1 must hold one item per class: needs at least ``num_classes * (2**num_rounds - 1)`` training items.
+        """
+        data = self._prepared()
+        _check_rounds(len(data.train_y), len(data.class_names), num_rounds, self.spec)
+        self._rounds = num_rounds
+
+    def _prepared(self) -> _Prepared:
+        if self._data is None:
+            self.setup()
+        assert self._data is not None
+        return self._data
+
+    # -- access for the search executor
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self._prepared().class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names; label ``k`` is ``class_names[k]``."""
+        return list(self._prepared().class_names)
+
+    @property
+    def chunk_sizes(self) -> list[int]:
+        """|D1|, ..., |Dl| (one chunk when :meth:`setup_rounds` was not called)."""
+        bounds = self._bounds()
+        return [b - a for a, b in zip(bounds, bounds[1:])]
+
+    def _bounds(self) -> list[int]:
+        return chunk_bounds(len(self._prepared().train_y), self._rounds)
+
+    @property
+    def item_bytes(self) -> int:
+        """Bytes of one prepared item (e.g. ``3 * S * S * 4`` for float32 images)."""
+        x = self._prepared().train_x
+        return x[0].numel() * x.element_size()
+
+    def test_items(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of the test set D_test, the same in every round."""
+        data = self._prepared()
+        return data.test_x, data.test_y
+
+    def chunk(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of the items new in round ``i`` (0-based), i.e. chunk D_{i+1}."""
+        bounds = self._bounds()
+        if not 0 <= i < len(bounds) - 1:
+            raise IndexError(f"chunk {i} out of range: there are {len(bounds) - 1} chunks")
+        data = self._prepared()
+        return data.train_x[bounds[i]:bounds[i + 1]], data.train_y[bounds[i]:bounds[i + 1]]
+
+    def train_items(self, upto: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of chunks 0..``upto`` together, in chunk order (default: the whole training set)."""
+        bounds = self._bounds()
+        upto = len(bounds) - 2 if upto is None else upto
+        if not 0 <= upto < len(bounds) - 1:
+            raise IndexError(f"chunk {upto} out of range: there are {len(bounds) - 1} chunks")
+        data = self._prepared()
+        return data.train_x[:bounds[upto + 1]], data.train_y[:bounds[upto + 1]]
+
+    def describe(self) -> dict[str, Any]:
+        """Summary for results.json: name, items, classes, image_size, chunk_sizes, test_size and more."""
+        data = self._prepared()
+        return {"name": self.spec.name, "path": self.spec.path, "items": len(data.train_y) + len(data.test_y),
+                "classes": len(data.class_names), "image_size": self.spec.image_size,
+                "train_size": len(data.train_y), "test_size": len(data.test_y), "chunk_sizes": self.chunk_sizes,
+                "item_bytes": self.item_bytes, "seed": self.spec.seed}
+
+    # -- Lightning loaders for later fine-tuning
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) batches of ``batch_size`` over the whole training set."""
+        data = self._prepared()
+        generator = torch.Generator().manual_seed(self.spec.seed)
+        return DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=self.batch_size, shuffle=True,
+                          generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches of ``batch_size`` over the test set, in order."""
+        data = self._prepared()
+        return DataLoader(TensorDataset(data.test_x, data.test_y), batch_size=self.batch_size)
+
+
+def _check_classes(counts: np.ndarray, available: np.ndarray, names: list[str], spec: DataSpec) -> None:
+    """At least two classes, and two items per class (one for the test set, one for training) among those kept."""
+    if counts.sum() == 0:
+        raise DataError(f"empty dataset {spec.name!r}: it has no items")
+    if len(names) < 2:
+        raise DataError(f"dataset {spec.name!r} has one class only ({names[0]!r}); model search needs at least two "
+                        "classes: add a subfolder with images for each further class")
+    small = np.flatnonzero(counts < 2)
+    if len(small):
+        listed = ", ".join(f"{names[c]!r} ({counts[c]})" for c in small[:5]) + (" ..." if len(small) > 5 else "")
+        fix = (f"raise num_items to at least {2 * len(names)}" if (available[small] >= 2).all()
+               else "add images to these classes or remove their folders")
+        raise DataError(f"every class needs at least 2 items (one for the test set, one for training), but "
+                        f"{len(small)} class(es) have fewer: {listed}; {fix}")
+
+
+def _check_rounds(num_train: int, num_classes: int, rounds: int, spec: DataSpec) -> None:
+    """A positive number of rounds whose first chunk D1 = round(num_train / (2**rounds - 1)) holds every class."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise DataError(f"the number of rounds must be a positive integer, got {rounds!r}")
+    needed = num_classes * (2**rounds - 1)
+    if num_train < needed:
+        total = math.ceil((needed + num_classes) / (1 - spec.test_fraction))
+        raise DataError(
+            f"too few items for {rounds} rounds: the first chunk D1 must hold one item per class, so {rounds} rounds "
+            f"need at least {needed} training items ({num_classes} classes x (2^{rounds} - 1)), but dataset "
+            f"{spec.name!r} has {num_train} (test_fraction={spec.test_fraction}). Use at least {total} items "
+            "(num_items, or more images), or fewer rounds (rounds = ceil(log2(models / result size)): search fewer "
+            "models or ask for a larger result)")

@@ -1,0 +1,65 @@
+"""Seeded, stratified index arithmetic on label vectors: balanced subsets, test split, round-robin order, chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def num_rounds(num_models: int, result_size: int) -> int:
+    """Successive-halving rounds from ``num_models`` down to ``result_size``: max(1, ceil(log2(models / result)))."""
+    if num_models < 1 or result_size < 1:
+        raise ValueError(f"num_models and result_size must be positive, got {num_models} and {result_size}")
+    rounds = 0
+    while result_size << rounds < num_models:  # exact integer ceil(log2(.)), no float rounding
+        rounds += 1
+    return max(1, rounds)
+
+
+def _class_ranks(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded permutation ``perm`` of all items and, for each ``perm[k]``, its rank in its class's shuffled list."""
+    perm = rng.permutation(len(labels))
+    shuffled = labels[perm]
+    by_class = np.argsort(shuffled, kind="stable")
+    sorted_labels = shuffled[by_class]
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[by_class] = np.arange(len(labels)) - np.searchsorted(sorted_labels, sorted_labels, side="left")
+    return perm, rank
+
+
+def interleave(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """All indices, round robin over per-class shuffled lists: each prefix holds every class that has items left."""
+    perm, rank = _class_ranks(labels, rng)
+    return perm[np.lexsort((labels[perm], rank))]
+
+
+def balanced_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a seeded, class-balanced subset of ``size`` items (a prefix of :func:`interleave`)."""
+    return np.sort(interleave(labels, rng)[:size])
+
+
+def num_test_items(counts: np.ndarray, test_fraction: float) -> np.ndarray:
+    """Test items per class: ``test_fraction`` of the class, rounded half up, at least one, leaving one for training."""
+    return np.clip(np.floor(counts * test_fraction + 0.5), 1, np.maximum(counts - 1, 1)).astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` indices: per class a seeded ``test_fraction`` goes to test (sorted); train is interleaved.
+
+    Every class needs at least two items (one test, one training item); callers check this first.
+    """
+    perm, rank = _class_ranks(labels, rng)
+    shuffled = labels[perm]
+    rank = rank - num_test_items(np.bincount(labels), test_fraction)[shuffled]  # < 0: test, else rank among train
+    train = rank >= 0
+    return perm[train][np.lexsort((shuffled[train], rank[train]))], np.sort(perm[~train])
+
+
+def chunk_bounds(num_train: int, rounds: int) -> list[int]:
+    """Boundaries ``0 = b0 <= ... <= b_rounds = num_train`` of chunks D1..Dl, each within one item of its ideal size
+    (so ``|D_{i+1}| = 2|D_i|`` up to rounding).
+
+    ``b_i = round(num_train * (2**i - 1) / (2**rounds - 1))``, rounded half up with exact integers.
+    """
+    total = 2**rounds - 1
+    return [(2 * num_train * (2**i - 1) + total) // (2 * total) for i in range(rounds + 1)]
