@@ -1,0 +1,128 @@
+"""Glue between Hydra configs and the stages: build the zoo, instantiate the data module, run the search, report.
+
+``search.py`` and ``train.py`` stay thin: they call :func:`run_search` with the composed config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from .data import SearchDataModule
+from .errors import AlsatianError, ConfigError
+from .halving import SearchResult, SuccessiveHalving
+from .store import BlockStore
+from .units import format_bytes, parse_bytes
+from .zoo import Zoo, ZooConfig, build_synthetic_zoo, import_checkpoint_folder
+
+
+def build_zoo(store: BlockStore, models: DictConfig, image_size: int, *, progress: bool = True) -> Zoo:
+    """The zoo that the ``models`` config group describes, built into ``store`` once (reused afterwards).
+
+    Text zoos (``builder: hf`` or ``kind: hf_dirs``) take items of ``(2, models.max_length)`` token ids and masks."""
+    kind = models.get("kind", "synthetic")
+    text = models.get("builder", "timm") == "hf" or kind == "hf_dirs"
+    input_size = (2, int(models.get("max_length", 128))) if text else (3, int(image_size), int(image_size))
+    raw = models.get("model_kwargs")
+    kwargs = dict(OmegaConf.to_container(raw, resolve=True)) if raw else {}  # an empty DictConfig is falsy
+    if kind == "synthetic":
+        cfg = ZooConfig(name=models.name, arch=models.arch, num_models=int(models.num_models),
+                        distribution=models.distribution, seed=int(models.seed), input_size=input_size,
+                        model_kwargs=kwargs, checkpoint=models.get("checkpoint"),
+                        builder=models.get("builder", "timm"), pooling=models.get("pooling", "cls"),
+                        tokenizer=models.get("tokenizer"))
+        return build_synthetic_zoo(store, cfg, progress=progress)
+    if kind == "checkpoints":
+        return import_checkpoint_folder(store, name=models.name, path=models.path, arch=models.arch,
+                                        input_size=input_size, model_kwargs=kwargs, progress=progress)
+    if kind == "hf_dirs":
+        from .zoo import import_hf_folder
+        return import_hf_folder(store, name=models.name, path=models.path, pooling=models.get("pooling", "cls"),
+                                max_length=input_size[1], tokenizer=models.get("tokenizer"), progress=progress)
+    raise ConfigError(f"models.kind must be 'synthetic', 'checkpoints' or 'hf_dirs', got {kind!r}")
+
+
+def run_search(cfg: DictConfig, output_dir: str | Path | None = None) -> tuple[SearchResult, dict[str, Any]]:
+    """Run the search the config describes; write ``results.json`` into ``output_dir`` (if given) and return it."""
+    s = cfg.search
+    data: SearchDataModule = instantiate(cfg.dataset)
+    store = BlockStore(cfg.store.root)
+    zoo = build_zoo(store, cfg.models, data.spec.image_size, progress=bool(s.progress))
+    searcher = SuccessiveHalving(
+        store, data, strategy=s.strategy, scorer=s.scorer.name,
+        scorer_kwargs=_container(s.scorer.get("kwargs")),
+        result_size=int(s.result_size), batch_size=int(s.batch_size), device=str(s.device),
+        cache_budget=parse_bytes(s.cache_budget), seed=int(s.seed), progress=bool(s.progress))
+    result = searcher.run(zoo.models)
+    stats = zoo.stats()
+    report = {
+        "strategy": result.strategy,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "zoo": zoo.name,
+        "dataset": data.describe(),
+        **{k: v for k, v in result.to_json().items() if k != "strategy"},
+        "store": {"models": stats.models, "distinct_blocks": stats.distinct_blocks,
+                  "logical_bytes": stats.logical_bytes, "physical_bytes": stats.physical_bytes},
+    }
+    if output_dir is not None:
+        path = Path(output_dir) / "results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1))
+    return result, report
+
+
+def print_report(report: dict[str, Any], console: Console | None = None, top: int = 10) -> None:
+    """The ranking as a table and the time breakdown, as a person reads them."""
+    console = console or Console()
+    table = Table(title=f"ranking ({report['strategy']}, zoo {report['zoo']})")
+    for col in ("#", "model", "score", "test loss", "eliminated in round"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for i, row in enumerate(report["ranking"][:top]):
+        out = "-" if row["eliminated_in_round"] is None else str(row["eliminated_in_round"] + 1)
+        table.add_row(str(i + 1), row["model"], f"{row['score']:.4f}", f"{row['test_loss']:.4f}", out)
+    console.print(table)
+    t = report["timings_s"]
+    times = Table(title="time (s)")
+    for k in ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "total"):
+        times.add_column(k, justify="right")
+    times.add_row(*(f"{t[k]:.2f}" for k in ("prepare_data", "prepare_model", "inference", "proxy_scoring",
+                                             "planning", "total")))
+    console.print(times)
+    rounds = Table(title="rounds")
+    for col in ("round", "models", "items", "partitions", "inference steps", "distinct blocks", "planned peak",
+                "observed peak"):
+        rounds.add_column(col, justify="right")
+    for r in report["rounds"]:
+        rounds.add_row(str(r["round"] + 1), str(r["models"]), str(r["items"]), str(r["partitions"]),
+                       str(r["inference_steps"]), str(r["distinct_blocks"]), format_bytes(r["planned_peak_bytes"]),
+                       format_bytes(r["observed_peak_bytes"]))
+    console.print(rounds)
+    st = report["store"]
+    console.print(f"store: {st['models']} models, {st['distinct_blocks']} distinct blocks, "
+                  f"{format_bytes(st['logical_bytes'])} logical, {format_bytes(st['physical_bytes'])} on disk; "
+                  f"peak host RSS {format_bytes(report['memory']['peak_host_rss_bytes'])}")
+
+
+def _container(node: Any) -> dict[str, Any]:
+    """A plain dict from an optional config node."""
+    return {} if node is None else dict(OmegaConf.to_container(node, resolve=True))
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Entry-point decorator: an AlsatianError prints one clear message (no traceback) and exits with status 2."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AlsatianError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper

@@ -1,0 +1,220 @@
+"""The execution engine (paper §4.3): runs a round's plan steps over the round's items.
+
+Block inference runs batch-wise under ``torch.inference_mode`` on the chosen device; node outputs live in a
+:class:`CacheService` that counts bytes exactly as the planner does (resident + intermediates + running weights);
+block weights come from a :class:`WeightCache` so that each block is read from the store at most once per search
+while memory allows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import AlsatianError
+from .plan import InferenceStep, ReleaseStep, RoundPlan, ScoreStep, TaskTree
+from .store import BlockStore
+
+
+class Timings(dict):
+    """Seconds spent per phase (prepare_data, prepare_model, inference, proxy_scoring, planning)."""
+
+    PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning")
+
+    def __init__(self, device: torch.device | None = None):
+        super().__init__({p: 0.0 for p in self.PHASES})
+        self._sync = device is not None and device.type == "cuda"
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` body to ``name`` (synchronising the accelerator first)."""
+        if self._sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync:
+                torch.cuda.synchronize()
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@dataclass
+class CacheService:
+    """Holds node outputs between plan steps and accounts every byte the planner accounts for.
+
+    ``reserve`` holds the round's resident bytes; ``put``/``release`` the intermediates; ``hold_weights`` the
+    weights of the running step. ``peak`` is the largest total seen since :meth:`reset_peak`. Outputs stay on the
+    compute device; on an accelerator, entries beyond ``device_capacity`` bytes are moved to host memory (the
+    second tier) and brought back when read.
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device_capacity: int | None = None
+    resident: int = 0
+    intermediates: int = 0
+    weights: int = 0
+    peak: int = 0
+    hits: int = 0
+    moved_to_host_bytes: int = 0
+    _entries: dict[int, torch.Tensor] = field(default_factory=dict)
+    _on_device: int = 0
+
+    @property
+    def in_use(self) -> int:
+        return self.resident + self.intermediates + self.weights
+
+    def _bump(self) -> None:
+        self.peak = max(self.peak, self.in_use)
+
+    def reset_peak(self) -> None:
+        self.peak = self.in_use
+
+    def reserve(self, nbytes: int) -> None:
+        self.resident = nbytes
+        self._bump()
+
+    def put(self, node: int, value: torch.Tensor) -> None:
+        nbytes = tensor_bytes(value)
+        if (value.device.type != "cpu" and self.device_capacity is not None
+                and self._on_device + nbytes > self.device_capacity):
+            value = value.to("cpu", non_blocking=False)
+            self.moved_to_host_bytes += nbytes
+        elif value.device.type != "cpu":
+            self._on_device += nbytes
+        self._entries[node] = value
+        self.intermediates += nbytes
+        self._bump()
+
+    def get(self, node: int) -> torch.Tensor:
+        self.hits += 1
+        return self._entries[node]
+
+    def release(self, node: int) -> None:
+        value = self._entries.pop(node)
+        self.intermediates -= tensor_bytes(value)
+        if value.device.type != "cpu":
+            self._on_device -= tensor_bytes(value)
+
+    @contextmanager
+    def hold_weights(self, nbytes: int) -> Iterator[None]:
+        self.weights += nbytes
+        self._bump()
+        try:
+            yield
+        finally:
+            self.weights -= nbytes
+
+    def clear(self) -> None:
+        for node in list(self._entries):
+            self.release(node)
+
+
+class WeightCache:
+    """Blocks loaded from the store, kept on the device (LRU) within ``capacity`` bytes (None: unlimited)."""
+
+    def __init__(self, store: BlockStore, device: torch.device, capacity: int | None = None):
+        self.store, self.device, self.capacity = store, device, capacity
+        self._blocks: OrderedDict[Hashable, tuple[nn.Module, int]] = OrderedDict()
+        self.bytes = 0
+        self.loads = 0
+        self.hits = 0
+
+    def get(self, key: Hashable, block_hash: str) -> nn.Module:
+        """The block ``block_hash`` (cached under ``key``), loading it from the store on a miss."""
+        if key in self._blocks:
+            self._blocks.move_to_end(key)
+            self.hits += 1
+            return self._blocks[key][0]
+        block = self.store.load_block(block_hash).to(self.device)
+        self.loads += 1
+        nbytes = sum(tensor_bytes(t) for t in block.state_dict().values())
+        self._blocks[key] = (block, nbytes)
+        self.bytes += nbytes
+        self.shrink(self.capacity)
+        return block
+
+    def shrink(self, capacity: int | None) -> None:
+        """Evict least-recently-used blocks until at most ``capacity`` bytes are held (keeping the newest one)."""
+        self.capacity = capacity
+        while capacity is not None and self.bytes > capacity and len(self._blocks) > 1:
+            _, (_, nbytes) = self._blocks.popitem(last=False)
+            self.bytes -= nbytes
+
+
+FeatureSink = Callable[[str, int, torch.Tensor], None]  # (model id, first item index, features of those items)
+
+
+class Executor:
+    """Runs :class:`RoundPlan` steps. ``share_weights=False`` keys weights per model (the baselines load their own)."""
+
+    def __init__(self, store: BlockStore, *, device: torch.device, batch_size: int, timings: Timings,
+                 cache: CacheService, weights: WeightCache, share_weights: bool = True):
+        self.store, self.device, self.batch_size = store, device, batch_size
+        self.timings, self.cache, self.weights, self.share_weights = timings, cache, weights, share_weights
+        self.block_runs = 0          # block applications (one block over one partition of items)
+        self.inference_steps = 0
+        self.block_seconds: dict[str, float] = {}   # measured inference seconds per block hash
+        self.block_items: dict[str, int] = {}       # items each block hash was applied to
+
+    def run_round(self, plan: RoundPlan, tree: TaskTree, inputs: torch.Tensor, sink: FeatureSink) -> None:
+        """Run ``plan`` once per partition of ``inputs``; each model's features reach ``sink`` partition by partition."""
+        for p in range(plan.partitions):
+            start = p * plan.partition_items
+            part = inputs[start:start + plan.partition_items]
+            leaves: dict[int, torch.Tensor] = {}
+            for step in plan.steps:
+                if isinstance(step, InferenceStep):
+                    leaves.clear()
+                    x = part if step.input == TaskTree.ROOT else self.cache.get(step.input)
+                    with self.cache.hold_weights(step.weight_bytes):  # input, output and weights held together
+                        out = self._infer(step, x)
+                        if tree.node(step.output).children:
+                            self.cache.put(step.output, out)
+                        else:
+                            leaves[step.output] = out  # a model's features: written into its reserved buffer
+                elif isinstance(step, ScoreStep):
+                    feats = leaves[step.features] if step.features in leaves else self.cache.get(step.features)
+                    sink(step.model, start, feats)
+                elif isinstance(step, ReleaseStep):
+                    self.cache.release(step.node)
+                else:  # pragma: no cover - the planner emits only these three kinds
+                    raise TypeError(f"unknown plan step {step!r}")
+            if self.cache.intermediates:
+                raise AlsatianError("internal error: the plan left intermediates in the cache")
+
+    def _infer(self, step: InferenceStep, x: torch.Tensor) -> torch.Tensor:
+        owner = None if self.share_weights else min(step.models)
+        with self.timings.phase("prepare_model"):
+            blocks = [self.weights.get((b.hash, owner), b.hash) for b in step.blocks]
+        with self.timings.phase("inference"), torch.inference_mode():
+            t0 = time.perf_counter()
+            out = None
+            for s in range(0, len(x), self.batch_size):
+                y = x[s:s + self.batch_size].to(self.device, non_blocking=True)
+                for block in blocks:
+                    y = block(y)
+                if out is None:
+                    out = torch.empty((len(x), *y.shape[1:]), dtype=y.dtype, device=self.device)
+                out[s:s + len(y)] = y
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+        self.inference_steps += 1
+        self.block_runs += len(blocks)
+        total_cost = sum(b.cost for b in step.blocks) or 1.0
+        for b in step.blocks:  # attribute the step's time to its blocks by their relative cost
+            self.block_seconds[b.hash] = self.block_seconds.get(b.hash, 0.0) + elapsed * b.cost / total_cost
+            self.block_items[b.hash] = self.block_items.get(b.hash, 0) + len(x)
+        assert out is not None
+        return out

@@ -1,0 +1,222 @@
+"""Successive halving (paper §2.2, §4.1): round by round, plan → execute → score → prune.
+
+Round i pushes only its new training chunk D_i (and, in the first round, the test items) through the surviving
+models' blocks; every model's features from earlier rounds are kept, so nothing is recomputed across rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .data import SearchDataModule
+from .errors import ConfigError, DataError
+from .execute import CacheService, Executor, Timings, WeightCache
+from .plan import BlockSpec, plan_round
+from .score import ProxyScore, get_scorer, rank
+from .store import BlockStore, ModelManifest
+from .strategies import Strategy, get_strategy
+
+
+@dataclass
+class RoundReport:
+    """What one round did: models scored, items pushed, steps run, and planned vs observed peak cache bytes."""
+
+    round: int
+    models: int
+    items: int
+    partitions: int
+    inference_steps: int
+    block_runs: int
+    distinct_blocks: int
+    planned_peak_bytes: int
+    observed_peak_bytes: int
+    kept: int
+
+
+@dataclass
+class RankedModel:
+    model: str
+    score: float
+    test_loss: float
+    eliminated_in_round: int | None
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search: ranking (best first), per-round reports, time breakdown, memory and cache stats."""
+
+    strategy: str
+    ranking: list[RankedModel]
+    rounds: list[RoundReport]
+    timings_s: dict[str, float]
+    memory: dict[str, int]
+    cache: dict[str, int]
+    block_seconds: dict[str, float] = field(default_factory=dict)
+    block_items: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def winner(self) -> str:
+        return self.ranking[0].model
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; through Lightning Fabric's accelerator selection."""
+    from lightning.fabric import Fabric
+
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}.get(str(device))
+    if accelerator is None:
+        raise ConfigError(f"search.device must be auto, cpu or cuda, got {device!r}")
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("search.device=cuda but no CUDA device is available; use search.device=auto or cpu")
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    return Fabric(accelerator=accelerator, devices=1).device
+
+
+class SuccessiveHalving:
+    """The search driver: one strategy, one store, one data module, one scorer."""
+
+    def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
+                 scorer: str = "linear", scorer_kwargs: dict[str, Any] | None = None, result_size: int = 1,
+                 batch_size: int = 64, device: str | torch.device = "auto", cache_budget: int | None = None,
+                 seed: int = 0, progress: bool = True):
+        if result_size < 1:
+            raise ConfigError(f"search.result_size must be at least 1, got {result_size}")
+        if batch_size < 1:
+            raise ConfigError(f"search.batch_size must be at least 1, got {batch_size}")
+        self.store, self.data = store, data
+        self.strategy = strategy if isinstance(strategy, Strategy) else get_strategy(strategy)
+        self.scorer = get_scorer(scorer, seed=seed, **(scorer_kwargs or {}))
+        self.result_size, self.batch_size, self.cache_budget = result_size, batch_size, cache_budget
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.progress = progress
+
+    # ------------------------------------------------------------------------------------------------------------
+    def run(self, model_names: Sequence[str]) -> SearchResult:
+        """Rank ``model_names`` (all stored in ``self.store``) on the data module's dataset."""
+        if not model_names:
+            raise ConfigError("the search has no candidate models: the model query matched nothing")
+        if len(set(model_names)) != len(model_names):
+            raise ConfigError("the candidate model list names a model twice")
+        timings = Timings(self.device)
+        wall = time.perf_counter()
+        manifests = {n: self.store.manifest(n) for n in model_names}
+        rounds = self.strategy.num_rounds(len(manifests), self.result_size)
+        with timings.phase("prepare_data"):
+            self.data.setup(num_rounds=rounds)
+        self._check_inputs(manifests)
+        with timings.phase("planning"):
+            tree = self.strategy.make_tree()
+            for name, man in manifests.items():
+                tree.add_model(name, block_specs(man))
+        cache = CacheService(device=self.device)
+        weights = WeightCache(self.store, self.device)
+        executor = Executor(self.store, device=self.device, batch_size=self.batch_size, timings=timings,
+                            cache=cache, weights=weights, share_weights=self.strategy.shared)
+        feature_bytes = {n: m.blocks[-1].out_bytes for n, m in manifests.items()}
+        train: dict[str, list[torch.Tensor]] = {n: [] for n in manifests}
+        test: dict[str, torch.Tensor] = {}
+        labels: list[torch.Tensor] = []
+        x_test, y_test = self.data.test_items()
+        alive = list(manifests)
+        eliminated: dict[str, tuple[int, ProxyScore]] = {}
+        reports: list[RoundReport] = []
+        last: dict[str, ProxyScore] = {}
+        with _progress(self.progress) as bar:
+            task = bar.add_task("search", total=rounds)
+            for r in range(rounds):
+                x_new, y_new = self.data.chunk(r) if self.strategy.halving else self.data.train_items()
+                inputs = torch.cat([x_new, x_test]) if r == 0 else x_new
+                n_new = len(x_new)
+                kept = sum(_nbytes(t) for m in alive for t in train[m]) + sum(_nbytes(test[m]) for m in test)
+                reserved = sum(feature_bytes[m] for m in alive) * len(inputs)
+                with timings.phase("planning"):
+                    plan = plan_round(tree, num_items=len(inputs), batch_size=self.batch_size,
+                                      budget=self.cache_budget, resident_bytes=_nbytes(inputs) + kept + reserved)
+                weights.shrink(None if self.cache_budget is None else max(0, self.cache_budget - plan.peak_bytes))
+                buffers: dict[str, torch.Tensor] = {}
+
+                def sink(model: str, start: int, feats: torch.Tensor) -> None:
+                    if model not in buffers:
+                        buffers[model] = torch.empty((len(inputs), *feats.shape[1:]), dtype=feats.dtype,
+                                                     device=feats.device)
+                    buffers[model][start:start + len(feats)] = feats
+
+                steps_before, runs_before = executor.inference_steps, executor.block_runs
+                cache.reserve(plan.resident_bytes)
+                cache.reset_peak()
+                bar.update(task, description=f"round {r + 1}/{rounds} · {len(alive)} models · {len(inputs)} items")
+                executor.run_round(plan, tree, inputs, sink)
+                observed = cache.peak
+                cache.reserve(0)
+                for m in alive:
+                    train[m].append(buffers[m][:n_new])
+                    if r == 0:
+                        test[m] = buffers[m][n_new:]
+                labels.append(y_new)
+                with timings.phase("proxy_scoring"):
+                    y_train = torch.cat(labels)
+                    last = self.scorer.score({m: torch.cat(train[m]) for m in alive}, y_train,
+                                             {m: test[m] for m in alive}, y_test, self.data.num_classes)
+                order = rank(last, self.scorer.higher_is_better)
+                keep = self.result_size if r == rounds - 1 else max(self.result_size, math.ceil(len(alive) / 2))
+                dropped = order[keep:]
+                for m in dropped:
+                    eliminated[m] = (r, last[m])
+                    del train[m], test[m]
+                reports.append(RoundReport(r, len(alive), len(inputs), plan.partitions,
+                                           executor.inference_steps - steps_before, executor.block_runs - runs_before,
+                                           len(tree.distinct_blocks()), plan.peak_bytes, observed, keep))
+                with timings.phase("planning"):
+                    tree.prune(dropped)
+                alive = order[:keep]
+                bar.advance(task)
+        ranking = [RankedModel(m, last[m].score, last[m].test_loss, None) for m in alive]
+        for r in reversed(range(rounds)):
+            out = {m: s for m, (rr, s) in eliminated.items() if rr == r}
+            ranking += [RankedModel(m, out[m].score, out[m].test_loss, r)
+                        for m in rank(out, self.scorer.higher_is_better)]
+        timings["total"] = time.perf_counter() - wall
+        memory = {"peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "peak_accelerator_bytes": torch.cuda.max_memory_allocated() if self.device.type == "cuda" else 0,
+                  "peak_cache_bytes": max(rep.observed_peak_bytes for rep in reports),
+                  "weight_cache_bytes": weights.bytes}
+        stats = {"hits": cache.hits, "moved_to_host_bytes": cache.moved_to_host_bytes,
+                 "weight_loads": weights.loads, "weight_hits": weights.hits,
+                 "blocks_read": sum(self.store.blocks_read.values())}
+        return SearchResult(self.strategy.name, ranking, reports, dict(timings), memory, stats,
+                            dict(executor.block_seconds), dict(executor.block_items))
+
+    def _check_inputs(self, manifests: dict[str, ModelManifest]) -> None:
+        x, _ = self.data.test_items()
+        shape = tuple(x.shape[1:])
+        bad = [n for n, m in manifests.items() if tuple(m.input_size) != shape]
+        if bad:
+            m = manifests[bad[0]]
+            raise DataError(f"model {bad[0]} expects inputs of size {list(m.input_size)} but the dataset prepares "
+                            f"{list(shape)} ({len(bad)} model(s) differ). Set dataset.image_size to "
+                            f"{m.input_size[-1]}, or rebuild the zoo at the dataset's image size.")
+
+
+def block_specs(manifest: ModelManifest) -> list[BlockSpec]:
+    """What the planner needs of a model's blocks: hash, output bytes per item, weight bytes, relative cost."""
+    return [BlockSpec(b.hash, b.out_bytes, b.nbytes, float(max(b.params, 1))) for b in manifest.blocks]
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
+                    TimeElapsedColumn(), disable=not enabled, transient=False)

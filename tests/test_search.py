@@ -1,0 +1,165 @@
+"""The search engine end to end on a tiny zoo: strategy equivalence, cross-round reuse, budget splitting, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from alsatian_pl.app import run_search
+from alsatian_pl.data import SearchDataModule
+from alsatian_pl.errors import BudgetTooSmallError, ConfigError, DataError, StoreError
+from alsatian_pl.halving import SuccessiveHalving
+from alsatian_pl.store import BlockStore
+from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+TINY = ["models.arch=mobilenetv3_small_050", "models.num_models=6", "models.checkpoint=null",
+        "dataset.num_items=300", "dataset.image_size=32", "++search.scorer.kwargs.epochs=10",
+        "search.progress=false", "search.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    store = BlockStore(tmp_path_factory.mktemp("store"))
+    cfg = ZooConfig("tiny", "mobilenetv3_small_050", num_models=6, distribution="top25", seed=1,
+                    input_size=(3, 32, 32))
+    return build_synthetic_zoo(store, cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    dm = SearchDataModule(num_items=300, image_size=32, seed=0)
+    dm.setup()
+    return dm
+
+
+def _search(zoo, data, strategy="alsatian", **kwargs):
+    kwargs = {"batch_size": 32, "device": "cpu", "progress": False, "scorer_kwargs": {"epochs": 10}, **kwargs}
+    return SuccessiveHalving(BlockStore(zoo.store.root), data, strategy=strategy, **kwargs).run(zoo.models)
+
+
+@pytest.fixture(scope="module")
+def results(zoo, data):
+    return {s: _search(zoo, data, s) for s in ("alsatian", "shift", "base")}
+
+
+def _scores(result):
+    return {r.model: (r.score, r.test_loss, r.eliminated_in_round) for r in result.ranking}
+
+
+def test_alsatian_and_shift_give_identical_scores_and_rankings(results):
+    a, s = results["alsatian"], results["shift"]
+    assert [r.model for r in a.ranking] == [r.model for r in s.ranking]
+    for (sa, la, ra), (ss, ls, rs) in zip(_scores(a).values(), _scores(s).values()):
+        assert abs(sa - ss) <= 1e-5 and abs(la - ls) <= 1e-5 and ra == rs
+    assert len(a.rounds) == 3 and [r.models for r in a.rounds] == [6, 3, 2]
+
+
+def test_base_scores_the_winner_like_alsatians_final_round(results):
+    a, b = results["alsatian"], results["base"]
+    base = _scores(b)
+    assert len(b.rounds) == 1 and b.rounds[0].models == 6
+    assert abs(base[a.winner][0] - a.ranking[0].score) <= 1e-5
+    assert abs(base[a.winner][1] - a.ranking[0].test_loss) <= 1e-5
+
+
+def test_each_distinct_block_runs_once_per_item_and_nothing_is_recomputed(results, zoo, data):
+    a = results["alsatian"]
+    alive_in = {r: {m.model for m in a.ranking if m.eliminated_in_round is None or m.eliminated_in_round >= r}
+                for r in range(len(a.rounds))}
+    manifests = {m.name: m for m in zoo.manifests()}
+    expected: dict[str, int] = {}
+    for r, rep in enumerate(a.rounds):
+        for h in {h for m in alive_in[r] for h in manifests[m].hashes}:
+            expected[h] = expected.get(h, 0) + rep.items
+    assert a.block_items == expected
+    data.setup_rounds(len(a.rounds))
+    assert a.rounds[0].items == len(data.chunk(0)[0]) + len(data.test_items()[0])  # test items once, in round 1
+    assert [r.items for r in a.rounds[1:]] == data.chunk_sizes[1:]
+    shift = results["shift"]
+    assert sum(shift.block_items.values()) > sum(a.block_items.values())
+    # every block is read from the store once per search (weights are cached)
+    assert a.cache["weight_loads"] == len(expected)
+
+
+def test_planned_and_observed_peaks_agree(results):
+    for res in results.values():
+        for rep in res.rounds:
+            assert rep.observed_peak_bytes == rep.planned_peak_bytes
+
+
+def test_a_tight_budget_splits_rounds_and_keeps_the_results(results, zoo, data):
+    ample = results["alsatian"]
+    budget = max(r.planned_peak_bytes for r in ample.rounds) - 1
+    tight = _search(zoo, data, cache_budget=budget)
+    assert any(r.partitions > 1 for r in tight.rounds)
+    assert all(r.observed_peak_bytes <= budget for r in tight.rounds)
+    assert _scores(tight) == _scores(ample)
+    with pytest.raises(BudgetTooSmallError, match="Raise the cache budget") as err:
+        _search(zoo, data, cache_budget=1024)
+    assert err.value.needed > 1024
+
+
+def test_bad_search_arguments(zoo, data):
+    with pytest.raises(ConfigError, match="result_size"):
+        _search(zoo, data, result_size=0)
+    with pytest.raises(ConfigError, match="unknown search strategy"):
+        _search(zoo, data, strategy="greedy")
+    with pytest.raises(ConfigError, match="no candidate models"):
+        SuccessiveHalving(zoo.store, data, device="cpu", progress=False).run([])
+    wrong_size = SearchDataModule(num_items=300, image_size=48)
+    with pytest.raises(DataError, match="expects inputs of size"):
+        _search(zoo, wrong_size)
+    too_few = SearchDataModule(num_items=40, image_size=32)
+    with pytest.raises(DataError, match="items"):
+        _search(zoo, too_few)
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("search", overrides=[*TINY, *overrides])
+
+
+def test_run_search_from_composed_config_writes_results(tmp_path):
+    cfg = _compose(f"store.root={tmp_path / 'store'}")
+    result, report = run_search(cfg, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["ranking"][0]["model"] == result.winner
+    assert set(saved["timings_s"]) >= {"total", "prepare_data", "prepare_model", "inference", "proxy_scoring",
+                                       "planning"}
+    assert saved["config"]["search"]["strategy"] == "alsatian" and saved["store"]["models"] == 6
+    assert {"models", "items", "inference_steps", "distinct_blocks", "planned_peak_bytes",
+            "observed_peak_bytes"} <= set(saved["rounds"][0])
+    assert saved["memory"]["peak_host_rss_bytes"] > 0 and "hits" in saved["cache"]
+
+
+def _cli(tmp_path, *overrides):
+    cmd = [sys.executable, str(ROOT / "search.py"), *TINY, f"store.root={tmp_path / 'store'}",
+           f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["search.cache_budget=1KB"], "cache budget"),
+    (["search.cache_budget=lots"], "invalid byte size"),
+    (["dataset.num_items=0"], "empty"),
+    (["dataset=image_folder", f"dataset.path=/nonexistent/images"], "/nonexistent/images"),
+    (["search.strategy=greedy"], "unknown search strategy"),
+])
+def test_cli_user_errors_print_one_clear_message(tmp_path, overrides, message):
+    proc = _cli(tmp_path, *overrides)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "store").rglob("*.tmp"))
+
+
+def test_cli_unknown_config_key_is_refused(tmp_path):
+    proc = _cli(tmp_path, "search.cache_budgt=1GB")
+    assert proc.returncode != 0 and "cache_budgt" in proc.stderr and "Traceback" not in proc.stderr
