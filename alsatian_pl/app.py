@@ -122,7 +122,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except AlsatianError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except Exception as exc:
+            cause = exc
+            while cause is not None and not isinstance(cause, AlsatianError):
+                cause = cause.__cause__  # hydra's instantiate wraps errors raised in constructors
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
             sys.exit(2)
     return wrapper

@@ -198,14 +198,23 @@ class SuccessiveHalving:
                             dict(executor.block_seconds), dict(executor.block_items))
 
     def _check_inputs(self, manifests: dict[str, ModelManifest]) -> None:
+        """Every model must accept the prepared items: same input shape, and for text the same tokenizer."""
         x, _ = self.data.test_items()
-        shape = tuple(x.shape[1:])
+        shape, text = tuple(x.shape[1:]), self.data.tokenizer_key is not None
         bad = [n for n, m in manifests.items() if tuple(m.input_size) != shape]
         if bad:
             m = manifests[bad[0]]
+            fix = (f"set dataset.max_length to {m.input_size[-1]}" if text else
+                   f"set dataset.image_size to {m.input_size[-1]}")
             raise DataError(f"model {bad[0]} expects inputs of size {list(m.input_size)} but the dataset prepares "
-                            f"{list(shape)} ({len(bad)} model(s) differ). Set dataset.image_size to "
-                            f"{m.input_size[-1]}, or rebuild the zoo at the dataset's image size.")
+                            f"{list(shape)} ({len(bad)} model(s) differ): {fix}, or rebuild the zoo to match.")
+        key = self.data.tokenizer_key
+        other = [n for n, m in manifests.items() if any(t.startswith("tokenizer:") and t != f"tokenizer:{key}"
+                                                        for t in m.tags)]
+        if other:
+            raise DataError(f"model {other[0]} uses another tokenizer than the dataset ({len(other)} model(s)); "
+                            "a search runs models of one tokenizer: set dataset.tokenizer to the zoo's tokenizer, "
+                            "or search each tokenizer's models separately.")
 
 
 def block_specs(manifest: ModelManifest) -> list[BlockSpec]:

@@ -110,8 +110,9 @@ class StoreStats:
 
 
 # ---------------------------------------------------------------------------------------------- skeleton builders
-# A recipe rebuilds a block's empty module: {"builder": name, ...builder args..., "index": i}. Builders create the
-# whole model on the meta device (no memory, no init cost) and return its blocks.
+# A recipe rebuilds a block's empty module: {"builder": name, ...builder args..., "index": i}, plus "input_dtype" of
+# the model's items when not float32 (text: int64). Builders create the whole model on the meta device (no memory,
+# no init cost) and return its blocks.
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -134,9 +135,28 @@ def timm_recipe(arch: str, **kwargs: Any) -> dict[str, Any]:
     return {"builder": "timm", "arch": arch, "kwargs": dict(sorted(kwargs.items()))}
 
 
+@register_builder("hf")
+def _build_hf(arch: str, config: dict[str, Any], pooling: str = "cls") -> nn.Module:
+    from .blocks._bert import build_encoder
+    return build_encoder(config, pooling)
+
+
+def hf_recipe(config: Any, pooling: str = "cls", arch: str | None = None) -> dict[str, Any]:
+    """The recipe of a Hugging Face BERT-style encoder (config fields or a ``PretrainedConfig``); its models take
+    int64 ``[2, L]`` items (token ids; attention mask)."""
+    from .blocks._bert import config_dict
+    fields = config_dict(config)
+    arch = arch or "{}-L{}-H{}".format(fields.get("model_type", "bert"), fields.get("num_hidden_layers", 12),
+                                       fields.get("hidden_size", 768))
+    return {"builder": "hf", "arch": arch, "config": fields, "pooling": pooling, "input_dtype": "int64"}
+
+
+_NOT_BUILDER_ARGS = ("builder", "input_dtype")  # recipe keys that describe the model but are not builder arguments
+
+
 def build_model(recipe: dict[str, Any]) -> nn.Module:
     """A freshly initialised (CPU) model from a recipe."""
-    args = {k: v for k, v in recipe.items() if k != "builder"}
+    args = {k: v for k, v in recipe.items() if k not in _NOT_BUILDER_ARGS}
     try:
         return _BUILDERS[recipe["builder"]](**args)
     except KeyError as exc:
@@ -421,7 +441,8 @@ class BlockStore:
         """Per-item output shape and dtype of every block, by shape propagation on the meta device."""
         key = json.dumps([recipe, input_size], sort_keys=True)
         if key not in self._shapes:
-            x = torch.empty((1, *input_size), device="meta")
+            dtype = getattr(torch, recipe.get("input_dtype", "float32"))
+            x = torch.empty((1, *input_size), device="meta", dtype=dtype)
             shapes = []
             try:
                 with torch.no_grad():
@@ -431,7 +452,7 @@ class BlockStore:
             except Exception as exc:  # noqa: BLE001 - any failure here means the input size does not fit
                 raise StoreError(f"{recipe.get('arch')} cannot run on inputs of size {list(input_size)}: {exc}. "
                                  "Choose an input size the architecture accepts (e.g. models.input_size / "
-                                 "dataset.image_size).") from exc
+                                 "dataset.image_size; text: dataset.max_length).") from exc
             self._shapes[key] = shapes
         return self._shapes[key]
 

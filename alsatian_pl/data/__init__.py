@@ -7,5 +7,6 @@ and class names cheaply and prepares model-ready items (pixels, or token ids for
 from ._module import SearchDataModule
 from ._sources import DATASETS, DataSpec, Source, register_dataset
 from ._split import num_rounds
+from . import _text  # noqa: F401  (register the text datasets)
 
 __all__ = ["DATASETS", "DataSpec", "SearchDataModule", "Source", "num_rounds", "register_dataset"]

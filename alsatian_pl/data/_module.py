@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import DataError
 from ._sources import DATASETS, DataSpec, make_source
+from ._text import TextSource, tokenizer_key
 from ._split import balanced_subset, chunk_bounds, stratified_split
 
 
@@ -25,10 +26,12 @@ class _Prepared:
     test_x: torch.Tensor
     test_y: torch.Tensor
     class_names: list[str]
+    order: np.ndarray  # source indices of the items: training items (round-robin order), then test items
 
 
 def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fraction: Any, seed: Any,
-          mean: Sequence[float], std: Sequence[float]) -> DataSpec:
+          mean: Sequence[float], std: Sequence[float], max_length: Any = 128, tokenizer: str | None = None,
+          text_column: str = "text", label_column: str = "label") -> DataSpec:
     """A validated :class:`DataSpec`; bad values raise ``DataError`` saying which value to change."""
     def positive_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -43,35 +46,49 @@ def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fra
     if num_items is not None and not positive_int(num_items):
         raise DataError(f"num_items must be a positive number of items, or null for all items; got {num_items!r} "
                         "(an empty dataset cannot be searched)")
+    if not positive_int(max_length) or max_length < 2:
+        raise DataError(f"max_length must be a whole number of tokens, at least 2 (e.g. 64 or 128), got {max_length!r}")
+    for key, col in (("text_column", text_column), ("label_column", label_column)):
+        if not isinstance(col, str) or not col:
+            raise DataError(f"{key} must name a column of the text file, got {col!r}")
     mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise DataError(f"mean and std need three values each (one per RGB channel), std > 0; "
                         f"got mean={mean}, std={std}")
     return DataSpec(name, None if path is None else str(path), num_items, image_size, float(test_fraction), int(seed),
-                    mean, std)  # type: ignore[arg-type]
+                    mean, std, max_length, None if tokenizer is None else str(tokenizer),  # type: ignore[arg-type]
+                    text_column, label_column)
 
 
 class SearchDataModule(LightningDataModule):
     """Target dataset of a model search: a stratified test set and training chunks D1..Dl with |D_{i+1}| ≈ 2|D_i|.
 
-    Items are prepared once (on the first ``setup`` or access) into one float32 tensor that all rounds and models
-    reuse; accessors return views of it (do not modify them in place).
+    Items are prepared once (on the first ``setup`` or access) into one tensor that all rounds and models reuse
+    (images: float32 pixels; text: int64 token ids and masks, once per tokenizer); accessors return views of it (do
+    not modify them in place).
 
-    name: a registered dataset (``fashion_mnist``, ``image_folder``, ``stanford_cars``); path: its folder (image
-    folders; for fashion_mnist an optional folder of IDX files); num_items: a seeded class-balanced subset (None: all;
-    fashion_mnist: the 3,000 embedded items); image_size: side of the square model input; test_fraction: share of
-    each class held out for D_test; seed: drives subset, split and chunk order; mean/std: per-channel normalisation.
+    name: a registered dataset (``fashion_mnist``, ``image_folder``, ``stanford_cars``, ``text_file``,
+    ``rotten_tomatoes``, ``reuters_r8``); path: its folder (image folders; for fashion_mnist an optional folder of IDX
+    files) or file (text_file); num_items: a seeded class-balanced subset (None: all; fashion_mnist: the 3,000 embedded
+    items); image_size: side of the square model input; test_fraction: share of each class held out for D_test; seed:
+    drives subset, split and chunk order; mean/std: per-channel normalisation. Text: max_length tokens per item,
+    tokenizer (a tokenizer.json, a model folder or ``all-MiniLM-L6-v2``), text_column/label_column of text files.
     """
 
     def __init__(self, name: str = "fashion_mnist", path: str | None = None, num_items: int | None = None,
                  image_size: int = 64, test_fraction: float = 0.2, seed: int = 0,
-                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)):
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 max_length: int = 128, tokenizer: str | None = None, text_column: str = "text",
+                 label_column: str = "label"):
         super().__init__()
-        self.spec = _spec(name, path, num_items, image_size, test_fraction, seed, mean, std)
+        self.spec = _spec(name, path, num_items, image_size, test_fraction, seed, mean, std, max_length, tokenizer,
+                          text_column, label_column)
         self.save_hyperparameters(asdict(self.spec))
         self.batch_size = 64
         self._data: _Prepared | None = None
         self._rounds = 1
+        self._text: TextSource | None = None  # kept to tokenise again for other tokenizers
+        self._inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # tokenizer key -> (train_x, test_x)
 
     # -- preparation
 
@@ -102,7 +119,10 @@ class SearchDataModule(LightningDataModule):
         items = source.prepare(order)
         targets = torch.from_numpy(labels[order])
         n = len(train)
-        return _Prepared(items[:n], targets[:n], items[n:], targets[n:], names)
+        if isinstance(source, TextSource):
+            self._text = source
+            self._inputs[tokenizer_key(source.tokenizer)] = (items[:n], items[n:])
+        return _Prepared(items[:n], targets[:n], items[n:], targets[n:], names, order)
 
     def setup_rounds(self, num_rounds: int) -> None:
         """Cut the training set into ``num_rounds`` chunks D1..Dl, each about twice the previous, together all of it.
@@ -118,6 +138,25 @@ class SearchDataModule(LightningDataModule):
             self.setup()
         assert self._data is not None
         return self._data
+
+    def _items(self, tokenizer: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(train_x, test_x)``; text tokenised with ``tokenizer`` (None: the dataset's), once per tokenizer key."""
+        data = self._prepared()
+        if tokenizer is None:
+            return data.train_x, data.test_x
+        if self._text is None:
+            raise DataError(f"dataset {self.spec.name!r} is not a text dataset: it has no tokenizer to choose")
+        key = tokenizer_key(tokenizer)
+        if key not in self._inputs:
+            items = self._text.prepare(data.order, tokenizer=tokenizer)
+            self._inputs[key] = (items[:len(data.train_y)], items[len(data.train_y):])
+        return self._inputs[key]
+
+    @property
+    def tokenizer_key(self) -> str | None:
+        """Content key of the dataset's tokenizer (text), else None; models with this key can use the default items."""
+        self._prepared()
+        return None if self._text is None else tokenizer_key(self._text.tokenizer)
 
     # -- access for the search executor
 
@@ -146,27 +185,27 @@ class SearchDataModule(LightningDataModule):
         x = self._prepared().train_x
         return x[0].numel() * x.element_size()
 
-    def test_items(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` of the test set D_test, the same in every round."""
-        data = self._prepared()
-        return data.test_x, data.test_y
+    def test_items(self, tokenizer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of the test set D_test, the same in every round (text: tokenised with ``tokenizer``)."""
+        return self._items(tokenizer)[1], self._prepared().test_y
 
-    def chunk(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` of the items new in round ``i`` (0-based), i.e. chunk D_{i+1}."""
+    def chunk(self, i: int, tokenizer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of the items new in round ``i`` (0-based), i.e. chunk D_{i+1} (text: tokenised with
+        ``tokenizer``, default the dataset's)."""
         bounds = self._bounds()
         if not 0 <= i < len(bounds) - 1:
             raise IndexError(f"chunk {i} out of range: there are {len(bounds) - 1} chunks")
-        data = self._prepared()
-        return data.train_x[bounds[i]:bounds[i + 1]], data.train_y[bounds[i]:bounds[i + 1]]
+        x = self._items(tokenizer)[0]
+        return x[bounds[i]:bounds[i + 1]], self._prepared().train_y[bounds[i]:bounds[i + 1]]
 
-    def train_items(self, upto: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_items(self, upto: int | None = None, tokenizer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` of chunks 0..``upto`` together, in chunk order (default: the whole training set)."""
         bounds = self._bounds()
         upto = len(bounds) - 2 if upto is None else upto
         if not 0 <= upto < len(bounds) - 1:
             raise IndexError(f"chunk {upto} out of range: there are {len(bounds) - 1} chunks")
-        data = self._prepared()
-        return data.train_x[:bounds[upto + 1]], data.train_y[:bounds[upto + 1]]
+        x = self._items(tokenizer)[0]
+        return x[:bounds[upto + 1]], self._prepared().train_y[:bounds[upto + 1]]
 
     def describe(self) -> dict[str, Any]:
         """Summary for results.json: name, items, classes, image_size, chunk_sizes, test_size and more."""
@@ -174,7 +213,8 @@ class SearchDataModule(LightningDataModule):
         return {"name": self.spec.name, "path": self.spec.path, "items": len(data.train_y) + len(data.test_y),
                 "classes": len(data.class_names), "image_size": self.spec.image_size,
                 "train_size": len(data.train_y), "test_size": len(data.test_y), "chunk_sizes": self.chunk_sizes,
-                "item_bytes": self.item_bytes, "seed": self.spec.seed}
+                "item_bytes": self.item_bytes, "seed": self.spec.seed,
+                **({"max_length": self.spec.max_length, "tokenizer": self._text.tokenizer} if self._text else {})}
 
     # -- Lightning loaders for later fine-tuning
 

@@ -1,5 +1,6 @@
 """Dataset registry: each entry turns a :class:`DataSpec` into a :class:`Source` that knows its labels up front and
-prepares model-ready items once. Image sources: Fashion-MNIST (embedded or Debian), class-per-subfolder folders."""
+prepares model-ready items once. Image sources: Fashion-MNIST (embedded or Debian), class-per-subfolder folders; text
+sources are in ``_text``."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ class DataSpec:
     seed: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    max_length: int = 128  # text: tokens per item (truncated / padded)
+    tokenizer: str | None = None  # text: tokenizer.json, model folder or all-MiniLM-L6-v2 (None: all-MiniLM-L6-v2)
+    text_column: str = "text"  # text files: the columns holding the text and the label
+    label_column: str = "label"
 
 
 class Source(ABC):
@@ -44,7 +49,8 @@ class Source(ABC):
 
     @abstractmethod
     def prepare(self, indices: np.ndarray) -> torch.Tensor:
-        """Model-ready items for ``indices``, in that order (images: float32 ``[n, 3, S, S]``); called once."""
+        """Model-ready items for ``indices``, in that order (images: float32 ``[n, 3, S, S]``; text: int64
+        ``[n, 2, max_length]``, token ids and attention mask); called once."""
 
 
 DATASETS: dict[str, Callable[[DataSpec], Source]] = {}
