@@ -60,7 +60,8 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None) -> tuple[S
         store, data, strategy=s.strategy, scorer=s.scorer.name,
         scorer_kwargs=_container(s.scorer.get("kwargs")),
         result_size=int(s.result_size), batch_size=int(s.batch_size), device=str(s.device),
-        cache_budget=parse_bytes(s.cache_budget), seed=int(s.seed), progress=bool(s.progress))
+        cache_budget=parse_bytes(s.cache_budget), seed=int(s.seed), progress=bool(s.progress),
+        channels_last=bool(s.get("channels_last", True)))
     result = searcher.run(zoo.models)
     stats = zoo.stats()
     report = {

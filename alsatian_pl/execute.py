@@ -123,8 +123,9 @@ class CacheService:
 class WeightCache:
     """Blocks loaded from the store, kept on the device (LRU) within ``capacity`` bytes (None: unlimited)."""
 
-    def __init__(self, store: BlockStore, device: torch.device, capacity: int | None = None):
-        self.store, self.device, self.capacity = store, device, capacity
+    def __init__(self, store: BlockStore, device: torch.device, capacity: int | None = None,
+                 channels_last: bool = False):
+        self.store, self.device, self.capacity, self.channels_last = store, device, capacity, channels_last
         self._blocks: OrderedDict[Hashable, tuple[nn.Module, int]] = OrderedDict()
         self.bytes = 0
         self.loads = 0
@@ -137,6 +138,8 @@ class WeightCache:
             self.hits += 1
             return self._blocks[key][0]
         block = self.store.load_block(block_hash).to(self.device)
+        if self.channels_last:
+            block = block.to(memory_format=torch.channels_last)  # only 4-D weights change layout
         self.loads += 1
         nbytes = sum(tensor_bytes(t) for t in block.state_dict().values())
         self._blocks[key] = (block, nbytes)
@@ -202,10 +205,15 @@ class Executor:
             out = None
             for s in range(0, len(x), self.batch_size):
                 y = x[s:s + self.batch_size].to(self.device, non_blocking=True)
+                if self.weights.channels_last and y.dim() == 4:
+                    y = y.contiguous(memory_format=torch.channels_last)
                 for block in blocks:
                     y = block(y)
                 if out is None:
-                    out = torch.empty((len(x), *y.shape[1:]), dtype=y.dtype, device=self.device)
+                    layout = (torch.channels_last if y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last)
+                              and not y.is_contiguous() else torch.contiguous_format)
+                    out = torch.empty((len(x), *y.shape[1:]), dtype=y.dtype, device=self.device,
+                                      memory_format=layout)
                 out[s:s + len(y)] = y
             if self.device.type == "cuda":
                 torch.cuda.synchronize()

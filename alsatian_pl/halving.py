@@ -89,7 +89,7 @@ class SuccessiveHalving:
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
                  scorer: str = "linear", scorer_kwargs: dict[str, Any] | None = None, result_size: int = 1,
                  batch_size: int = 64, device: str | torch.device = "auto", cache_budget: int | None = None,
-                 seed: int = 0, progress: bool = True):
+                 seed: int = 0, progress: bool = True, channels_last: bool = True):
         if result_size < 1:
             raise ConfigError(f"search.result_size must be at least 1, got {result_size}")
         if batch_size < 1:
@@ -99,7 +99,7 @@ class SuccessiveHalving:
         self.scorer = get_scorer(scorer, seed=seed, **(scorer_kwargs or {}))
         self.result_size, self.batch_size, self.cache_budget = result_size, batch_size, cache_budget
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.progress = progress
+        self.progress, self.channels_last = progress, channels_last
 
     # ------------------------------------------------------------------------------------------------------------
     def run(self, model_names: Sequence[str]) -> SearchResult:
@@ -120,7 +120,7 @@ class SuccessiveHalving:
             for name, man in manifests.items():
                 tree.add_model(name, block_specs(man))
         cache = CacheService(device=self.device)
-        weights = WeightCache(self.store, self.device)
+        weights = WeightCache(self.store, self.device, channels_last=self.channels_last)
         executor = Executor(self.store, device=self.device, batch_size=self.batch_size, timings=timings,
                             cache=cache, weights=weights, share_weights=self.strategy.shared)
         feature_bytes = {n: m.blocks[-1].out_bytes for n, m in manifests.items()}
