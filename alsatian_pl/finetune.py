@@ -1,0 +1,277 @@
+"""Search, then fine-tune: hand the search's winner to a Lightning ``Trainer`` (the paper's hand-off stage).
+
+``FinetuneCallback`` runs the search (or reads a finished search's ``results.json``) when ``trainer.fit`` sets up,
+and installs the winner's blocks from the :class:`BlockStore` plus a fresh linear head into a
+:class:`FinetuneModule`, before Lightning configures the optimizers. ``SafetensorsCheckpoint`` writes the result as
+``finetuned.safetensors`` with its provenance; :func:`load_finetuned` reads it back without the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .blocks import family_of
+from .errors import ConfigError, DataError, StoreError
+from .store import BlockStore, ModelManifest, _assign, block_tensors, build_model
+
+__all__ = ["FinetuneModule", "FinetuneCallback", "SafetensorsCheckpoint", "save_finetuned", "load_finetuned",
+           "make_head"]
+
+CHECKPOINT_FORMAT = "alsatian-finetuned-v1"
+OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def make_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """A fresh linear classifier over the flattened pre-logits features (as the search's linear probe sees them)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), num_classes))
+
+
+class FinetuneModule(L.LightningModule):
+    """``backbone`` (the stored blocks, an ``nn.Sequential``) → ``head`` (linear); ``None`` until :meth:`install`.
+
+    ``train_blocks``: how many of the backbone's last blocks train (0: head only; ``-1`` or ``"all"``: every block);
+    frozen blocks keep ``requires_grad=False`` and stay in eval mode, so neither their weights nor their BatchNorm
+    statistics change. ``optimizer``/``scheduler`` are factories (Hydra ``_partial_: true``) called with the trainable
+    parameters / the optimizer; the scheduler steps once per epoch.
+    """
+
+    def __init__(self, optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
+                 train_blocks: int | str = 0):
+        super().__init__()
+        self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3))
+        self.scheduler_factory = scheduler
+        self.train_blocks = -1 if train_blocks in ("all", None) else int(train_blocks)
+        self.backbone: nn.Sequential | None = None
+        self.head: nn.Module | None = None
+        self.provenance: dict[str, Any] = {}
+        self.frozen_blocks = 0
+
+    # -- installation
+    def install(self, backbone: nn.Sequential, head: nn.Module, num_classes: int,
+                provenance: dict[str, Any] | None = None) -> None:
+        """Put the blocks and the head in place, add accuracy metrics and apply the freezing rule."""
+        self.backbone, self.head = backbone, head
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.provenance = dict(provenance or {})
+        n = len(backbone)
+        first = 0 if self.train_blocks < 0 else max(0, n - self.train_blocks)
+        for i, block in enumerate(backbone):
+            block.requires_grad_(i >= first)
+        self.frozen_blocks = first
+        self.train(self.training)
+
+    @property
+    def installed(self) -> bool:
+        return self.backbone is not None and self.head is not None
+
+    def train(self, mode: bool = True) -> "FinetuneModule":
+        """Like ``nn.Module.train``, but frozen blocks always stay in eval mode."""
+        super().train(mode)
+        if self.backbone is not None:
+            for block in list(self.backbone)[:self.frozen_blocks]:
+                block.eval()
+        return self
+
+    # -- Lightning
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.installed:
+            raise ConfigError("FinetuneModule has no backbone yet: add FinetuneCallback to the Trainer's callbacks "
+                              "(or call install) before using it")
+        return self.head(self.backbone(x))  # type: ignore[misc]
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = self.train_acc if stage == "train" else self.val_acc
+        acc(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}/acc", acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self) -> Any:
+        """The optimizer over the trainable parameters only (installed by then: Lightning calls this after setup)."""
+        if not self.installed:
+            raise ConfigError("FinetuneModule was not installed before the optimizers were configured: add "
+                              "FinetuneCallback to the Trainer's callbacks")
+        opt = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
+
+
+class FinetuneCallback(L.Callback):
+    """On ``setup`` of ``trainer.fit``: find the model and install its blocks plus a fresh head into the module.
+
+    The model is ``model`` if given, else the winner of the search in ``results`` (a ``results.json`` path), else of
+    a new search run with ``cfg`` (``run_search``; its ``results.json`` goes to ``output_dir``). Blocks load from
+    ``store_root`` (default: the search config's ``store.root``). The head has ``trainer.datamodule.num_classes``
+    outputs. The module must be a :class:`FinetuneModule` that is not yet installed. ``on_search`` is called with
+    the report of a search this callback ran (e.g. ``app.print_report``).
+    """
+
+    def __init__(self, cfg: DictConfig | None = None, results: str | Path | None = None, model: str | None = None,
+                 store_root: str | Path | None = None, output_dir: str | Path | None = None,
+                 on_search: Callable[[dict[str, Any]], None] | None = None):
+        if cfg is None and results is None and (model is None or store_root is None):
+            raise ConfigError("FinetuneCallback needs a search config, a results.json path, or a model and a store")
+        self.cfg, self.results, self.model = cfg, (None if results is None else Path(results)), model
+        self.store_root, self.output_dir, self.on_search = store_root, output_dir, on_search
+        self.report: dict[str, Any] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or getattr(pl_module, "installed", False):
+            return
+        if not isinstance(pl_module, FinetuneModule):
+            raise ConfigError(f"FinetuneCallback installs into a FinetuneModule, got {type(pl_module).__name__}")
+        report = self._report()
+        name = self.model or (report["ranking"][0]["model"] if report else None)
+        root = self.store_root or (report or {}).get("config", {}).get("store", {}).get("root")
+        if name is None or root is None:
+            raise ConfigError("no model to fine-tune: the search ranked nothing, or no store root is known")
+        store = BlockStore(root)
+        manifest = store.manifest(name)
+        data = trainer.datamodule
+        if data is None or not hasattr(data, "num_classes"):
+            raise ConfigError("fine-tuning needs trainer.fit(module, datamodule=SearchDataModule(...))")
+        x, _ = data.test_items() if hasattr(data, "test_items") else next(iter(data.val_dataloader()))
+        if tuple(x.shape[1:]) != tuple(manifest.input_size):
+            raise DataError(f"model {name} expects inputs of size {list(manifest.input_size)} but the data module "
+                            f"prepares {list(x.shape[1:])}; set dataset.image_size (text: dataset.max_length) to "
+                            f"{manifest.input_size[-1]}")
+        searched, ours = (report or {}).get("dataset", {}), data.describe() if hasattr(data, "describe") else {}
+        keys = [k for k in ("name", "items", "seed") if k in searched and k in ours]
+        if any(searched[k] != ours[k] for k in keys):
+            rank_zero_warn(f"the search ranked the models on dataset {[searched[k] for k in keys]} ({keys}) but "
+                           f"fine-tuning uses {[ours[k] for k in keys]}: the ranking may not carry over, and test "
+                           "items of one may be training items of the other")
+        backbone = store.load_model(name)
+        head = make_head(manifest.blocks[-1].out_shape, data.num_classes)
+        ranked = {r["model"]: (i + 1, r["score"]) for i, r in enumerate((report or {}).get("ranking", []))}
+        provenance = {
+            "model": name, "search_rank": ranked.get(name, (None, None))[0],
+            "proxy_score": ranked.get(name, (None, None))[1],
+            "results": None if self.results is None else str(self.results.resolve()), "store_root": str(root),
+            "manifest": manifest.to_json(), "num_classes": data.num_classes,
+            "class_names": list(getattr(data, "class_names", [])), "train_blocks": pl_module.train_blocks,
+            "config": None if self.cfg is None else OmegaConf.to_container(self.cfg, resolve=True),
+            "search_config": (report or {}).get("config"),
+        }
+        pl_module.install(backbone, head, data.num_classes, provenance)
+
+    def _report(self) -> dict[str, Any] | None:
+        """The search's results.json contents: read from ``results``, or produced by running the search now."""
+        if self.report is None and self.results is not None:
+            if not self.results.is_file():
+                raise ConfigError(f"search results {self.results} do not exist: run search.py first, or leave "
+                                  "finetune.results empty to search now")
+            self.report = json.loads(self.results.read_text())
+        elif self.report is None and self.model is None and self.cfg is not None:
+            from .app import run_search  # imported late: app imports the whole search engine
+
+            _, self.report = run_search(self.cfg, self.output_dir)
+            if self.output_dir is not None:
+                self.results = Path(self.output_dir) / "results.json"
+            if self.on_search is not None:
+                self.on_search(self.report)
+        return self.report
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def save_finetuned(module: FinetuneModule, path: str | Path, **extra: Any) -> Path:
+    """Write the backbone and head tensors to a safetensors file; metadata: provenance plus ``extra`` (as JSON)."""
+    if not module.installed:
+        raise ConfigError("nothing to save: the FinetuneModule has no backbone")
+    tensors = {f"backbone.{k}": v for k, v in block_tensors(module.backbone).items()}
+    tensors.update({f"head.{k}": v for k, v in block_tensors(module.head).items()})
+    meta = {"format": CHECKPOINT_FORMAT, "provenance": json.dumps({**module.provenance, **extra}, default=str),
+            "head_shape": json.dumps(list(module.head[-1].weight.shape))}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
+    return path
+
+
+def load_finetuned(path: str | Path) -> FinetuneModule:
+    """A fine-tuned model saved by :func:`save_finetuned`, in eval mode, ``provenance`` restored; needs no store."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise StoreError(f"cannot read fine-tuned checkpoint {path}: {exc}") from exc
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise StoreError(f"{path} is not a fine-tuned alsatian-pl checkpoint (format {meta.get('format')!r})")
+    prov = json.loads(meta["provenance"])
+    manifest = ModelManifest.from_json(prov["manifest"])
+    num_classes, in_features = json.loads(meta["head_shape"])
+    with torch.device("meta"):
+        net = build_model(manifest.recipe)
+        parts = nn.ModuleDict({"backbone": nn.Sequential(*family_of(net).split(net.eval())),
+                               "head": make_head((in_features,), num_classes)})
+    _assign(parts, tensors)
+    module = FinetuneModule(train_blocks=prov.get("train_blocks", 0))
+    module.install(parts["backbone"], parts["head"], num_classes, prov)
+    return module.eval()
+
+
+class SafetensorsCheckpoint(L.Callback):
+    """At the end of ``fit``, write the fine-tuned model to ``path`` (see :func:`save_finetuned`), with the final
+    logged metrics added to its provenance."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and isinstance(pl_module, FinetuneModule):
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            save_finetuned(pl_module, self.path, metrics=metrics, epochs=trainer.current_epoch)
+
+
+def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
+                 on_search: Callable[[dict[str, Any]], None] | None = None) -> tuple[FinetuneModule, L.Trainer,
+                                                                                    FinetuneCallback]:
+    """Fine-tune as the ``train.yaml`` config says: search (or read ``finetune.results``), install the winner, fit.
+
+    Data: ``cfg.dataset`` (same module and preprocessing as the search) with ``finetune.batch_size``; returns the
+    fitted module, the trainer (``callback_metrics`` hold ``val/acc``) and the callback (``report``: the search).
+    """
+    from hydra.utils import instantiate
+
+    f = cfg.finetune
+    L.seed_everything(int(f.seed), workers=True, verbose=False)
+    data = instantiate(cfg.dataset)
+    data.batch_size = int(f.batch_size)
+    module = FinetuneModule(instantiate(f.optimizer), instantiate(f.scheduler) if f.get("scheduler") else None,
+                            f.train_blocks)
+    hand_off = FinetuneCallback(cfg, results=f.get("results"), model=f.get("model"), store_root=cfg.store.root,
+                                output_dir=cfg.output_dir, on_search=on_search)
+    extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
+    trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *(callbacks or [])])
+    with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        trainer.fit(module, datamodule=data)
+    return module, trainer, hand_off

@@ -1,0 +1,155 @@
+"""Sweep summary: after ``python search.py -m search.cache_budget=256MB,1GB,8GB``, compare the jobs.
+
+:class:`SweepSummary` is a Hydra callback (``hydra.callbacks`` in conf/search.yaml): when the multirun ends it reads
+every job's ``results.json`` in the sweep folder and writes ``summary.json`` and ``summary.png`` there, and prints
+time, peak memory and ranking per job. A cache budget changes how the search runs, never what it finds: when the
+rankings differ, the summary says so loudly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .units import format_bytes
+
+__all__ = ["SweepSummary", "summarize", "summarize_sweep", "draw_summary"]
+
+
+def _overrides(job_dir: Path, report: dict[str, Any]) -> list[str]:
+    """The job's command-line overrides (Hydra's .hydra/overrides.yaml), else its cache budget."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if path.is_file():
+        import yaml
+
+        return [str(i) for i in yaml.safe_load(path.read_text()) or []]
+    return [f"search.cache_budget={report.get('config', {}).get('search', {}).get('cache_budget')}"]
+
+
+def summarize(results: list[str | Path], out_dir: str | Path | None = None, console: Console | None = None) -> dict:
+    """Compare the searches in ``results`` (results.json paths, in job order): one row per job, plus
+    ``rankings_identical``; writes ``summary.json``/``summary.png`` into ``out_dir`` (if given) and prints the table."""
+    jobs = []
+    for path in map(Path, results):
+        r = json.loads(path.read_text())
+        rounds = r.get("rounds", [])
+        jobs.append({
+            "job": path.parent.name, "overrides": _overrides(path.parent, r), "results": str(path),
+            "cache_budget": r.get("config", {}).get("search", {}).get("cache_budget"),
+            "total_s": r["timings_s"]["total"], "timings_s": r["timings_s"],
+            "peak_cache_bytes": r["memory"]["peak_cache_bytes"],
+            "planned_peak_bytes": max((x["planned_peak_bytes"] for x in rounds), default=0),
+            "partitions": max((x["partitions"] for x in rounds), default=1),
+            "peak_host_rss_bytes": r["memory"]["peak_host_rss_bytes"],
+            "peak_accelerator_bytes": r["memory"]["peak_accelerator_bytes"],
+            "ranking": [m["model"] for m in r["ranking"]],
+        })
+    if not jobs:
+        raise FileNotFoundError("no results.json found: did the sweep's jobs fail?")
+    common = set.intersection(*(set(j["overrides"]) for j in jobs)) if len(jobs) > 1 else set()
+    for j in jobs:  # label a job by what the sweep varied
+        j["label"] = " ".join(o for o in j["overrides"] if o not in common) or "-"
+    reference = jobs[0]["ranking"]
+    for j in jobs:  # 1-based position of the first difference from the reference ranking, None when identical
+        pos = next((i for i, (a, b) in enumerate(zip(j["ranking"], reference)) if a != b), None)
+        j["first_difference"] = None if j["ranking"] == reference else 1 + (len(reference) if pos is None else pos)
+    differ = [j["job"] for j in jobs if j["first_difference"] is not None]
+    summary = {"jobs": jobs, "rankings_identical": not differ, "differing_jobs": differ,
+               "reference_job": jobs[0]["job"]}
+    gpu = any(j["peak_accelerator_bytes"] for j in jobs)
+    console = console or Console()
+    table = Table(title=f"sweep summary ({len(jobs)} jobs)", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, collapse_padding=True)
+    for col in ("job", "swept", "time s", "peak cache", "planned", "parts", "RSS*", *(["GPU*"] if gpu else []),
+                "ranking"):
+        table.add_column(col, justify="left" if col in ("swept", "ranking") else "right", no_wrap=True)
+    for j in jobs:
+        same = "same" if j["first_difference"] is None else f"[bold red]DIFFERS at #{j['first_difference']}[/]"
+        swept = " ".join(f"{k.rpartition('.')[2]}={v}" for k, _, v in (o.partition("=") for o in j["label"].split()))
+        table.add_row(j["job"], swept, f"{j['total_s']:.2f}", format_bytes(j["peak_cache_bytes"]),
+                      format_bytes(j["planned_peak_bytes"]), str(j["partitions"]),
+                      format_bytes(j["peak_host_rss_bytes"]),
+                      *([format_bytes(j["peak_accelerator_bytes"])] if gpu else []), same)
+    console.print(table)
+    console.print(f"winner: {', '.join(sorted({j['ranking'][0] for j in jobs}))}")
+    console.print("* peak RSS (and GPU) are per process: jobs run one after another in one process report the "
+                  "running maximum")
+    if differ:
+        console.print(f"[bold red]WARNING: RANKINGS DIFFER: job(s) {', '.join(differ)} rank the models differently "
+                      f"from job {jobs[0]['job']}. A cache budget must never change the ranking: if the jobs differ "
+                      "only in search.cache_budget, this is a bug; please report it with this sweep's results.json "
+                      "files.[/]")
+    else:
+        console.print(f"[bold green]rankings identical in all {len(jobs)} jobs[/]")
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        draw_summary(summary, out / "summary.png")
+        console.print(f"summary: {out / 'summary.json'}, {out / 'summary.png'}")
+    return summary
+
+
+def summarize_sweep(sweep_dir: str | Path, console: Console | None = None) -> dict:
+    """:func:`summarize` over every ``<sweep_dir>/<job>/results.json``, in job number order; writes into sweep_dir."""
+    sweep_dir = Path(sweep_dir)
+    paths = sorted(sweep_dir.glob("*/results.json"),
+                   key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0,
+                                  p.parent.name))
+    return summarize(paths, sweep_dir, console)
+
+
+def draw_summary(summary: dict, path: str | Path) -> Path:
+    """A PNG with one bar chart per measure (total time, observed peak cache bytes), one bar per job, and the
+    verdict on the rankings as the title (drawn with PIL)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    jobs = summary["jobs"]
+    panels = [("total time (s)", [j["total_s"] for j in jobs], lambda v: f"{v:.2f} s"),
+              ("peak cache", [j["peak_cache_bytes"] for j in jobs], format_bytes)]
+    bar_w, gap, pad, chart_h = 56, 24, 40, 220
+    panel_w = pad + len(jobs) * (bar_w + gap) + pad
+    img = Image.new("RGB", (max(520, panel_w * len(panels)), chart_h + 100), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    ok = summary["rankings_identical"]
+    title = "rankings identical in all jobs" if ok else f"RANKINGS DIFFER: jobs {', '.join(summary['differing_jobs'])}"
+    draw.text((pad, 10), title, fill=(0, 128, 0) if ok else (200, 0, 0), font=font)
+    for p, (name, values, fmt) in enumerate(panels):
+        x0, base = p * panel_w + pad, chart_h + 50
+        draw.text((x0, 32), name, fill="black", font=font)
+        draw.line((x0 - 4, base, x0 + len(jobs) * (bar_w + gap), base), fill="black")
+        top = max(values) or 1
+        for i, (job, v) in enumerate(zip(jobs, values)):
+            x = x0 + i * (bar_w + gap)
+            h = int((chart_h - 20) * v / top)
+            draw.rectangle((x, base - h, x + bar_w, base), fill=(70, 110, 180))
+            draw.text((x, base - h - 14), fmt(v), fill="black", font=font)
+            draw.text((x, base + 6), job["label"].rpartition("=")[2][:10], fill="black", font=font)
+            draw.text((x, base + 20), f"job {job['job']}", fill="gray", font=font)
+    img.save(path)
+    return Path(path)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, :func:`summarize_sweep` over the sweep folder (single runs: no-op)."""
+
+    def __init__(self) -> None:
+        self.sweep_dir: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_dir = str(config.hydra.sweep.dir)  # resolved once: ${now:...} must not be re-evaluated at the end
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(self.sweep_dir or str(config.hydra.sweep.dir))
+        if not any(sweep_dir.glob("*/results.json")):
+            print(f"sweep summary: no results.json under {sweep_dir} (did the jobs fail?)")
+            return
+        summarize_sweep(sweep_dir)

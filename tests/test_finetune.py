@@ -1,0 +1,114 @@
+"""Search-then-fine-tune on a tiny zoo (4 x mobilenetv3_small_050 at 32 px, 300 Fashion-MNIST items, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from alsatian_pl.errors import ConfigError
+from alsatian_pl.finetune import FinetuneModule, load_finetuned, run_finetune
+from alsatian_pl.store import BlockStore, block_tensors
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TINY = ["models.arch=mobilenetv3_small_050", "models.num_models=4", "models.checkpoint=null",
+        "dataset.num_items=300", "dataset.image_size=32", "++search.scorer.kwargs.epochs=5", "search.progress=false"]
+
+
+def train_cfg(tmp: Path, store: Path, *overrides: str):
+    """The train.yaml config as a user composes it, on the tiny zoo, with the quick `smoke` trainer."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[*TINY, f"store.root={store}", f"output_dir={tmp}", "trainer=smoke",
+                                           *overrides])
+
+
+class Capture(L.Callback):
+    """Records the installed backbone's tensors and the optimizer's parameters when fitting starts."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.tensors = {k: v.detach().clone() for k, v in block_tensors(pl_module.backbone).items()}
+        self.head = {k: v.detach().clone() for k, v in pl_module.head.state_dict().items()}
+        self.opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One search-then-fine-tune run (the callback searches), training the last block and the head."""
+    tmp = tmp_path_factory.mktemp("ft")
+    cfg = train_cfg(tmp / "out", tmp / "store", "finetune.train_blocks=1")
+    capture = Capture()
+    module, trainer, hand_off = run_finetune(cfg, callbacks=[capture])
+    return cfg, module, trainer, hand_off, capture
+
+
+def test_callback_installs_exactly_the_winner(fitted):
+    cfg, module, trainer, hand_off, capture = fitted
+    results = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    winner = results["ranking"][0]["model"]
+    assert module.provenance["model"] == winner == hand_off.report["ranking"][0]["model"]
+    stored = block_tensors(BlockStore(cfg.store.root).load_model(winner))
+    assert capture.tensors.keys() == stored.keys()
+    assert all(torch.equal(capture.tensors[k], stored[k]) for k in stored)
+    assert capture.head["1.weight"].shape[0] == 10  # a fresh head for the 10 classes
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    assert capture.opt_params == trainable and {id(p) for p in module.head.parameters()} <= trainable
+
+
+def test_freezing_keeps_frozen_blocks_unchanged(fitted):
+    cfg, module, trainer, _, capture = fitted
+    assert trainer.global_step == 2
+    frozen, trained = list(module.backbone)[:-1], module.backbone[-1]
+    assert module.frozen_blocks == len(module.backbone) - 1
+    assert not any(p.requires_grad for b in frozen for p in b.parameters())
+    stored = block_tensors(BlockStore(cfg.store.root).load_model(module.provenance["model"]))
+    now = block_tensors(module.backbone)
+    last = f"{len(module.backbone) - 1}."
+    # frozen: weights and BatchNorm statistics exactly as stored; the trained block and the head moved
+    assert all(torch.equal(now[k].cpu(), stored[k]) for k in now if not k.startswith(last))
+    assert any(not torch.equal(p.detach().cpu(), stored[last + n]) for n, p in trained.named_parameters())
+    assert not torch.equal(module.head[1].weight.detach().cpu(), capture.head["1.weight"])
+
+
+def test_checkpoint_round_trips(fitted):
+    cfg, module, trainer, _, _ = fitted
+    path = Path(cfg.finetune.checkpoint)
+    loaded = load_finetuned(path)
+    ours = {**{f"b.{k}": v for k, v in block_tensors(module.backbone).items()},
+            **{f"h.{k}": v for k, v in block_tensors(module.head).items()}}
+    theirs = {**{f"b.{k}": v for k, v in block_tensors(loaded.backbone).items()},
+              **{f"h.{k}": v for k, v in block_tensors(loaded.head).items()}}
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k].cpu(), theirs[k]) for k in ours)
+    p = loaded.provenance
+    assert p["model"] == module.provenance["model"] and p["search_rank"] == 1
+    assert p["results"] == str((Path(cfg.output_dir) / "results.json").resolve())
+    assert p["config"]["finetune"]["train_blocks"] == 1 and p["config"]["models"]["arch"] == "mobilenetv3_small_050"
+    assert "val/acc" in p["metrics"] and p["manifest"]["name"] == p["model"]
+    x = torch.randn(4, 3, 32, 32)
+    module.eval()
+    with torch.no_grad():
+        assert torch.allclose(module.cpu()(x), loaded(x))
+
+
+def test_results_file_and_explicit_model(fitted, tmp_path):
+    cfg, *_ = fitted
+    results = Path(cfg.output_dir) / "results.json"
+    last = json.loads(results.read_text())["ranking"][-1]["model"]
+    cfg2 = train_cfg(tmp_path / "out", Path(cfg.store.root), f"finetune.results={results}", f"finetune.model={last}",
+                     "finetune.train_blocks=0", "trainer.limit_train_batches=1", "finetune.checkpoint=null",
+                     "finetune.scheduler=null")
+    module, trainer, hand_off = run_finetune(cfg2)
+    assert module.provenance["model"] == last and module.provenance["search_rank"] == 4
+    assert module.frozen_blocks == len(module.backbone)  # head only
+    assert not (tmp_path / "out" / "results.json").exists()  # no second search
+    assert not (tmp_path / "out" / "finetuned.safetensors").exists()
+
+
+def test_module_without_callback_says_what_is_missing():
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 3), torch.zeros(4).long()))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="FinetuneCallback"):
+        trainer.fit(FinetuneModule(), data)

@@ -1,0 +1,29 @@
+"""Search, then fine-tune: ``python train.py dataset=cars models=resnet152_zoo trainer.max_epochs=20``.
+
+Composes the search's config groups (``dataset``, ``models``, ``search``) plus ``trainer`` and ``finetune`` (conf/),
+searches the zoo (or reads ``finetune.results=path/to/results.json``), fine-tunes the winner on the same data, logs
+with the trainer's logger (CSV by default) and writes ``finetuned.safetensors`` with its provenance.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from alsatian_pl.app import print_report, user_errors
+from alsatian_pl.finetune import run_finetune
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@user_errors
+def main(cfg: DictConfig) -> float:
+    module, trainer, hand_off = run_finetune(cfg, on_search=print_report)
+    acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
+    p = module.provenance
+    print(f"fine-tuned {p['model']} (search rank {p['search_rank']}, {module.frozen_blocks}/{len(module.backbone)} "
+          f"blocks frozen): val accuracy {acc:.4f}")
+    if cfg.finetune.get("checkpoint"):
+        print(f"checkpoint: {cfg.finetune.checkpoint}")
+    return acc
+
+
+if __name__ == "__main__":
+    main()
