@@ -50,10 +50,15 @@ def build_zoo(store: BlockStore, models: DictConfig, image_size: int, *, progres
     raise ConfigError(f"models.kind must be 'synthetic', 'checkpoints' or 'hf_dirs', got {kind!r}")
 
 
-def run_search(cfg: DictConfig, output_dir: str | Path | None = None) -> tuple[SearchResult, dict[str, Any]]:
-    """Run the search the config describes; write ``results.json`` into ``output_dir`` (if given) and return it."""
+def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: SearchDataModule | None = None
+               ) -> tuple[SearchResult, dict[str, Any]]:
+    """Run the search the config describes; write ``results.json`` into ``output_dir`` (if given) and return it.
+
+    ``data``: an already built data module for ``cfg.dataset`` (its prepared items are reused), else one is made.
+    """
     s = cfg.search
-    data: SearchDataModule = instantiate(cfg.dataset)
+    data = data if data is not None else instantiate(cfg.dataset)
+    data.setup()  # prepare (and validate) the data before anything is written to the store
     store = BlockStore(cfg.store.root)
     zoo = build_zoo(store, cfg.models, data.spec.image_size, progress=bool(s.progress))
     searcher = SuccessiveHalving(

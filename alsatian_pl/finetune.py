@@ -147,7 +147,7 @@ class FinetuneCallback(L.Callback):
             return
         if not isinstance(pl_module, FinetuneModule):
             raise ConfigError(f"FinetuneCallback installs into a FinetuneModule, got {type(pl_module).__name__}")
-        report = self._report()
+        report = self._report(trainer.datamodule)
         name = self.model or (report["ranking"][0]["model"] if report else None)
         root = self.store_root or (report or {}).get("config", {}).get("store", {}).get("root")
         if name is None or root is None:
@@ -182,7 +182,7 @@ class FinetuneCallback(L.Callback):
         }
         pl_module.install(backbone, head, data.num_classes, provenance)
 
-    def _report(self) -> dict[str, Any] | None:
+    def _report(self, data: Any = None) -> dict[str, Any] | None:
         """The search's results.json contents: read from ``results``, or produced by running the search now."""
         if self.report is None and self.results is not None:
             if not self.results.is_file():
@@ -192,7 +192,7 @@ class FinetuneCallback(L.Callback):
         elif self.report is None and self.model is None and self.cfg is not None:
             from .app import run_search  # imported late: app imports the whole search engine
 
-            _, self.report = run_search(self.cfg, self.output_dir)
+            _, self.report = run_search(self.cfg, self.output_dir, data=data)  # same prepared data
             if self.output_dir is not None:
                 self.results = Path(self.output_dir) / "results.json"
             if self.on_search is not None:

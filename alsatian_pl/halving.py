@@ -109,6 +109,9 @@ class SuccessiveHalving:
         if len(set(model_names)) != len(model_names):
             raise ConfigError("the candidate model list names a model twice")
         timings = Timings(self.device)
+        reset_peak_rss()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         wall = time.perf_counter()
         manifests = {n: self.store.manifest(n) for n in model_names}
         rounds = self.strategy.num_rounds(len(manifests), self.result_size)
@@ -187,7 +190,7 @@ class SuccessiveHalving:
             ranking += [RankedModel(m, out[m].score, out[m].test_loss, r)
                         for m in rank(out, self.scorer.higher_is_better)]
         timings["total"] = time.perf_counter() - wall
-        memory = {"peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        memory = {"peak_host_rss_bytes": peak_rss(),
                   "peak_accelerator_bytes": torch.cuda.max_memory_allocated() if self.device.type == "cuda" else 0,
                   "peak_cache_bytes": max(rep.observed_peak_bytes for rep in reports),
                   "weight_cache_bytes": weights.bytes}
@@ -220,6 +223,27 @@ class SuccessiveHalving:
 def block_specs(manifest: ModelManifest) -> list[BlockSpec]:
     """What the planner needs of a model's blocks: hash, output bytes per item, weight bytes, relative cost."""
     return [BlockSpec(b.hash, b.out_bytes, b.nbytes, float(max(b.params, 1))) for b in manifest.blocks]
+
+
+def reset_peak_rss() -> None:
+    """Restart the process's peak-RSS counter (Linux: VmHWM via /proc/self/clear_refs), so each search has its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """Peak resident memory in bytes since :func:`reset_peak_rss` (else since the process started)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _nbytes(t: torch.Tensor) -> int:
