@@ -101,8 +101,7 @@ def rank(scores: Mapping[str, ProxyScore], higher_is_better: bool) -> list[str]:
 def _check_labels(split: str, labels: Tensor, num_classes: int) -> int:
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() \
             or labels.dtype == torch.bool:
-        raise DataError(f"{split} labels must be a 1-D integer tensor, got "
-                        f"{_describe(labels)}")
+        raise DataError(f"{split} labels must be a 1-D integer tensor, got {_describe(labels)}")
     if labels.numel() == 0:
         raise DataError(f"there are no {split} items to score with: the {split} labels are empty")
     lo, hi = int(labels.min()), int(labels.max())
