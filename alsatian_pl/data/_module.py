@@ -3,6 +3,8 @@ stratified test set and doubling training chunks D1..Dl (one per successive-halv
 
 from __future__ import annotations
 
+import time
+
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -87,6 +89,7 @@ class SearchDataModule(LightningDataModule):
         self.batch_size = 64
         self._data: _Prepared | None = None
         self._rounds = 1
+        self.prepare_seconds = 0.0  # wall time spent preparing items (decode/resize/normalise or tokenise)
         self._text: TextSource | None = None  # kept to tokenise again for other tokenizers
         self._inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # tokenizer key -> (train_x, test_x)
 
@@ -95,7 +98,9 @@ class SearchDataModule(LightningDataModule):
     def setup(self, stage: str | None = None, num_rounds: int | None = None) -> None:
         """Prepare the items (once per data module); with ``num_rounds`` also cut the chunks (:meth:`setup_rounds`)."""
         if self._data is None:
+            start = time.perf_counter()
             self._data = self._prepare(num_rounds)
+            self.prepare_seconds += time.perf_counter() - start
         if num_rounds is not None:
             self.setup_rounds(num_rounds)
 
@@ -148,7 +153,9 @@ class SearchDataModule(LightningDataModule):
             raise DataError(f"dataset {self.spec.name!r} is not a text dataset: it has no tokenizer to choose")
         key = tokenizer_key(tokenizer)
         if key not in self._inputs:
+            start = time.perf_counter()
             items = self._text.prepare(data.order, tokenizer=tokenizer)
+            self.prepare_seconds += time.perf_counter() - start
             self._inputs[key] = (items[:len(data.train_y)], items[len(data.train_y):])
         return self._inputs[key]
 
