@@ -14,24 +14,11 @@ from alsatian_pl.blocks._bert import BertEmbed, BertLayerBlock, BertPool, build_
 from alsatian_pl.errors import StoreError
 from alsatian_pl.store import _skeleton_blocks, hf_recipe
 from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo, import_hf_folder, tokenizer_file
+from _tokenizer import write_tokenizer
 
 pytest.importorskip("transformers")
 TINY = dict(model_type="bert", hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
             vocab_size=40, max_position_embeddings=24)
-
-
-def write_tokenizer(path, words=("good", "bad", "movie", "film", "great", "awful", "plot", "the", "a")):
-    """A tiny WordPiece tokenizer.json (BERT special tokens, lower-casing, [CLS] text [SEP])."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                                ("[SEP]", 3)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-    return path
 
 
 def items(model, n=5, length=12, seed=0):

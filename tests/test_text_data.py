@@ -17,21 +17,7 @@ from alsatian_pl.errors import DataError
 
 pytest.importorskip("tokenizers")
 CONF = Path(__file__).resolve().parents[1] / "conf"
-WORDS = ("good", "bad", "movie", "film", "great", "awful", "plot", "the", "a")
-
-
-def write_tokenizer(path, words=WORDS):
-    """A tiny WordPiece tokenizer.json (BERT special tokens, lower-casing, [CLS] text [SEP])."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                                ("[SEP]", 3)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-    return path
+from _tokenizer import WORDS, write_tokenizer  # noqa: E402
 
 
 def reviews(n: int = 40) -> list[tuple[str, str]]:
