@@ -1,0 +1,499 @@
+"""The alsatian-pl benchmark suite: one command, paper-style figures, BENCHMARKS.md.
+
+    python bench/run.py --mode quick     # < 5 min on 2 cores: checks a change
+    python bench/run.py --mode full      # < 45 min on 2 cores: the numbers in BENCHMARKS.md
+
+Experiments (paper §6.1, §6.4):
+  fig10/fig11  35 synthetic models per architecture and distribution; base, shift and alsatian in one invocation on
+               the same store, data and seed, interleaved (orders rotate over cells); wall time, time breakdown,
+               speedups, alsatian's time over its lower bound, and correctness checks (identical rankings).
+  fig16        alsatian under an ample, a tight and a very tight cache budget (derived from the ample run's planned
+               peaks), each in its own process: time, peak host memory, identical ranking.
+  scaling      alsatian's time as the number of models and of items grows.
+  storage      logical vs physical store bytes of every zoo.
+
+Results: bench/results/<mode>-<timestamp>/ (one JSON per search, a JSON per cell and summary.json, PNG plots) and
+BENCHMARKS.md (written at the repository root for --mode full, or with --publish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness as H  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+TARGETS = {"top_layers": {"base": 16.0, "shift": 5.0}, "top25": {"base": 10.0}, "top50": {"base": 6.0}}
+BOUND_TARGET = 1.2
+
+
+# -------------------------------------------------------------------------------------------------------- presets
+@dataclass
+class Plan:
+    """Everything one mode runs."""
+
+    mode: str
+    archs: list[H.Arch]
+    distributions: list[str]
+    num_models: int
+    repeats: int
+    settings: H.SearchSettings
+    fig16: tuple[str, str] | None            # (arch key, distribution); items: the arch's
+    scaling_arch: str                        # arch key of the scaling runs (Top Layers)
+    scaling_models: list[int]
+    scaling_models_items: int
+    scaling_items: list[int]
+    calibration_repeats: int = 5
+    notes: list[str] = field(default_factory=list)
+
+
+RESNET18 = H.Arch("resnet18", "resnet18", image_size=32, items=2000)
+RESNET152 = H.Arch("resnet152", "resnet152", image_size=32, items=1000)
+EFFNET = H.Arch("effnet_lite0", "tf_efficientnet_lite0", image_size=32, items=2000, checkpoint="efficientnet_lite0")
+VIT = H.Arch("vit_tiny", "vit_tiny_patch16_224", image_size=64, items=1000, model_kwargs={"img_size": 64})
+
+
+def preset(mode: str) -> Plan:
+    if mode == "quick":
+        return Plan("quick", [replace(RESNET18, items=800), replace(EFFNET, items=800)], ["top_layers"],
+                    num_models=35, repeats=1, settings=H.SearchSettings(), fig16=("resnet18", "top_layers"),
+                    scaling_arch="resnet18", scaling_models=[10, 35], scaling_models_items=800,
+                    scaling_items=[800, 1600, 3200])
+    if mode == "full":
+        return Plan("full", [RESNET18, RESNET152, EFFNET, VIT], ["top50", "top25", "top_layers"],
+                    num_models=35, repeats=1, settings=H.SearchSettings(), fig16=("vit_tiny", "top50"),
+                    scaling_arch="resnet18", scaling_models=[10, 35, 100], scaling_models_items=2000,
+                    scaling_items=[1000, 2000, 4000, 8000])
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+class Log:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose total is the median (lower median for an even count)."""
+    return sorted(runs, key=lambda r: r["timings_s"]["total"])[(len(runs) - 1) // 2]
+
+
+def _cell_targets(dist: str, speedup: dict[str, float], bound_ratio: float) -> list[dict[str, Any]]:
+    rows = []
+    for strategy, target in TARGETS.get(dist, {}).items():
+        measured = speedup[f"{strategy}_over_alsatian"]
+        rows.append({"what": f"{strategy}/alsatian", "target": target, "kind": ">=", "measured": measured,
+                     "met": measured >= target})
+    rows.append({"what": "alsatian/bound", "target": BOUND_TARGET, "kind": "<=", "measured": bound_ratio,
+                 "met": bound_ratio <= BOUND_TARGET})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ experiments
+def build_zoos(plan: Plan, store: Path, log: Log) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Every zoo the plan needs, built (or reused) once up front."""
+    wanted: list[tuple[H.Arch, str, int]] = [(a, d, plan.num_models) for a in plan.archs for d in plan.distributions]
+    by_key = {a.key: a for a in plan.archs}
+    if plan.fig16 is not None:
+        wanted.append((by_key[plan.fig16[0]], plan.fig16[1], plan.num_models))
+    scaling = by_key.get(plan.scaling_arch, RESNET18 if plan.scaling_arch == "resnet18" else None)
+    if scaling is not None and (plan.scaling_models or plan.scaling_items):
+        wanted += [(scaling, "top_layers", n) for n in plan.scaling_models]
+        if plan.scaling_items:
+            wanted.append((scaling, "top_layers", plan.num_models))
+    zoos: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for arch, dist, n in wanted:
+        key = (arch.key, dist, n)
+        if key in zoos:
+            continue
+        log(f"zoo {arch.key} {dist} x{n}: building or loading")
+        zoos[key] = H.build_zoo(store, arch, dist, n, seed=plan.settings.seed)
+        z = zoos[key]
+        log(f"  {z['zoo']}: {z['distinct_blocks']} distinct blocks, {z['logical_bytes'] / 2**20:.0f} MiB logical, "
+            f"{z['physical_bytes'] / 2**20:.0f} MiB physical ({z['build_or_load_s']:.1f}s)")
+    return zoos
+
+
+def run_fig10(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> list[dict[str, Any]]:
+    """Every (architecture, distribution) cell: calibrate, then base, shift and alsatian in a rotating order."""
+    cells = []
+    counter = 0
+    for arch in plan.archs:
+        for dist in plan.distributions:
+            tag = f"{arch.key}-{dist}"
+            try:
+                cells.append(run_cell(plan, store, arch, dist, zoos[(arch.key, dist, plan.num_models)], counter,
+                                      out, log))
+            except Exception as exc:  # noqa: BLE001 - one failed cell must not lose the others
+                H.loud(f"cell {tag} failed: {type(exc).__name__}: {exc}")
+                cells.append({"cell": tag, "arch": arch.key, "distribution": dist,
+                              "error": f"{type(exc).__name__}: {exc}"})
+            counter += plan.repeats
+    return cells
+
+
+def run_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, counter: int, out: Path,
+             log: Log) -> dict[str, Any]:
+    data = H.data_kwargs(arch.items, arch.image_size, plan.settings.seed)
+    tag = f"{arch.key}-{dist}"
+    log(f"cell {tag}: {plan.num_models} models, {arch.items} items at {arch.image_size}px; calibrating")
+    cal = H.calibrate(store, zoo["models"], data, plan.settings, repeats=plan.calibration_repeats)
+    H.write_json(out / "fig10" / f"{tag}-calibration.json", cal)
+    mean_model = sum(cal["model_per_item_s"].values()) / len(cal["model_per_item_s"])
+    log(f"  calibration: {cal['distinct_blocks']} distinct blocks, {cal['tree_edges']} tree edges, "
+        f"{mean_model * 1e3:.2f} ms/item per model, tree {cal['tree_per_item_s'] * 1e3:.2f} ms/item "
+        f"({cal['seconds']:.1f}s); base inference ~{mean_model * plan.num_models * arch.items:.0f}s predicted")
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in H.STRATEGIES}
+    orders = []
+    for rep in range(plan.repeats):
+        order = H.ORDERS[(counter + rep) % len(H.ORDERS)]
+        orders.append(list(order))
+        for pos, strategy in enumerate(order):
+            res = H.run_search(store, zoo["models"], data, strategy, plan.settings)
+            res.update(cell=tag, repeat=rep, position=pos, order=list(order))
+            H.write_json(out / "fig10" / f"{tag}-{strategy}-r{rep}.json", res)
+            runs[strategy].append(res)
+            t = res["timings_s"]
+            log(f"  {strategy:<8} {t['total']:7.2f}s  (data {t['prepare_data']:.2f}, model "
+                f"{t['prepare_model']:.2f}, inference {t['inference']:.2f}, scoring {t['proxy_scoring']:.2f}, "
+                f"planning {t['planning']:.2f}; other processes {res['cpu']['other_cores']:.2f} cores)")
+    return summarize_cell(plan, store, arch, dist, zoo, cal, runs, orders, out, log)
+
+
+def summarize_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, cal: dict,
+                   runs: dict[str, list[dict[str, Any]]], orders: list, out: Path, log: Log) -> dict[str, Any]:
+    tag = f"{arch.key}-{dist}"
+    time_s = {s: _median([r["timings_s"]["total"] for r in runs[s]]) for s in H.STRATEGIES}
+    breakdown = {s: {p: _median([r["timings_s"][p] for r in runs[s]]) for p in (*H.PHASES, "total")}
+                 for s in H.STRATEGIES}
+    speedup = {"base_over_alsatian": time_s["base"] / time_s["alsatian"],
+               "shift_over_alsatian": time_s["shift"] / time_s["alsatian"],
+               "base_over_shift": time_s["base"] / time_s["shift"]}
+    bounds = []
+    for r in runs["alsatian"]:
+        b = H.lower_bound(store, zoo["models"], r, cal["per_item_s"], H.executor_costs(r))
+        b["alsatian_s"] = r["timings_s"]["total"]
+        b["ratio"] = r["timings_s"]["total"] / b["bound_s"]
+        b["ratio_exec"] = r["timings_s"]["total"] / b["bound_exec_s"]
+        b["inference_ratio"] = r["timings_s"]["inference"] / b["inference_s"]
+        bounds.append(b)
+    bound = sorted(bounds, key=lambda b: b["ratio"])[(len(bounds) - 1) // 2]
+    prediction = {}
+    for s in H.STRATEGIES:
+        r = _median_run(runs[s])
+        pred = H.predicted_inference(r, cal["model_per_item_s"], shared=(s == "alsatian"),
+                                     per_item=cal["per_item_s"], store_root=store, models=zoo["models"])
+        prediction[s] = {"predicted_inference_s": pred, "measured_inference_s": r["timings_s"]["inference"],
+                         "measured_over_predicted": r["timings_s"]["inference"] / pred if pred else None}
+    checks = [H.check_cell({s: runs[s][k] for s in H.STRATEGIES}) for k in range(plan.repeats)]
+    for c in checks:
+        for w in c["warnings"]:
+            H.loud(f"{tag}: {w}")
+    targets = _cell_targets(dist, speedup, bound["ratio"])
+    als = _median_run(runs["alsatian"])
+    mean_model = sum(cal["model_per_item_s"].values()) / len(cal["model_per_item_s"])
+    cell = {"cell": tag, "arch": arch.key, "timm": arch.arch, "distribution": dist, "items": arch.items,
+            "image_size": arch.image_size, "num_models": plan.num_models, "zoo": zoo["zoo"], "orders": orders,
+            "repeats": plan.repeats, "time_s": time_s, "breakdown_s": breakdown,
+            "wall_s": {s: _median([r["wall_s"] for r in runs[s]]) for s in H.STRATEGIES},
+            "speedup": speedup, "bound": bound, "bound_ratios": [b["ratio"] for b in bounds],
+            "calibration": {**{k: cal[k] for k in ("batch", "repeats", "seconds", "distinct_blocks", "tree_edges",
+                                                    "tree_per_item_s")},
+                            "mean_model_per_item_s": mean_model},
+            "prediction": prediction, "checks": checks[0] if len(checks) == 1 else checks,
+            "checks_ok": all(c["ok"] for c in checks), "exact_ok": all(c["exact"] for c in checks),
+            "winner_ok": all(c["base_winner_score_matches"] for c in checks),
+            "targets": targets,
+            "rounds": [{k: r[k] for k in ("round", "models", "items", "partitions", "inference_steps", "block_runs",
+                                          "distinct_blocks", "planned_peak_bytes", "observed_peak_bytes")}
+                       for r in als["rounds"]],
+            "other_cores": {s: [r["cpu"]["other_cores"] for r in runs[s]] for s in H.STRATEGIES}}
+    H.write_json(out / "fig10" / f"{tag}.json", cell)
+    met = " ".join(f"{t['what']} {t['measured']:.2f} ({'ok' if t['met'] else 'MISSED'} {t['kind']}{t['target']})"
+                   for t in targets)
+    log(f"  => {met}; exact (identical rankings, same scores): {'ok' if cell['exact_ok'] else 'FAILED'}; "
+        f"base's winner score {'matches' if cell['winner_ok'] else 'DIFFERS from'} alsatian's final score")
+    return cell
+
+
+def _spawn(spec: dict[str, Any], out_json: Path, log: Log) -> dict[str, Any]:
+    spec_path = out_json.with_suffix(".spec.json")
+    H.write_json(spec_path, spec)
+    proc = subprocess.run([sys.executable, str(BENCH / "worker.py"), str(spec_path), str(out_json)],
+                          capture_output=True, text=True)
+    spec_path.unlink(missing_ok=True)
+    if not out_json.is_file():
+        log(f"  worker failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        return {"error": f"worker exited {proc.returncode}: {proc.stderr[-2000:]}"}
+    import json
+    return json.loads(out_json.read_text())
+
+
+def run_fig16(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[str, Any] | None:
+    if plan.fig16 is None:
+        return None
+    key, dist = plan.fig16
+    arch = next(a for a in plan.archs if a.key == key)
+    zoo = zoos[(key, dist, plan.num_models)]
+    data = H.data_kwargs(arch.items, arch.image_size, plan.settings.seed)
+    base_spec = {"store_root": str(store), "models": zoo["models"], "data": data, "strategy": "alsatian",
+                 "settings": asdict(plan.settings)}
+    log(f"fig16: alsatian on {key} {dist} ({arch.items} items), each budget in its own process; ample (unlimited)")
+    runs: dict[str, dict[str, Any]] = {}
+    runs["ample"] = _spawn({**base_spec, "cache_budget": None}, out / "fig16" / "ample.json", log)
+    if "error" in runs["ample"]:
+        H.loud(f"fig16 ample run failed: {runs['ample']['error']}")
+        return {"error": runs["ample"]["error"]}
+    derived = H.derive_budgets(store, zoo["models"], runs["ample"], plan.settings.batch_size)
+    if not derived["replan_matches"]:
+        H.loud("fig16: offline replanning does not reproduce the ample run's planned peaks "
+               f"({derived['replanned_peaks']} vs {derived['planned_peaks']}); derived budgets may be off")
+    if all(p == 1 for b in derived["budgets"].values() for p in b["predicted_partitions"]):
+        H.loud("fig16: no budget below the ample peak plans in this workload (the smallest feasible budget equals "
+               "the peak), so no partitions happen; use more items or another zoo for figure 16")
+    for name, b in derived["budgets"].items():
+        log(f"  {name}: {b['bytes'] / 2**20:.1f} MiB (floor {derived['floor'] / 2**20:.1f}, ample peak "
+            f"{derived['peak'] / 2**20:.1f} MiB), predicted partitions per round {b['predicted_partitions']}")
+        runs[name] = _spawn({**base_spec, "cache_budget": b["bytes"]}, out / "fig16" / f"{name}.json", log)
+    order = [r["model"] for r in runs["ample"]["ranking"]]
+    rows = []
+    for name, r in runs.items():
+        if "error" in r:
+            H.loud(f"fig16 {name} failed: {r['error']}")
+            rows.append({"budget": name, "error": r["error"]})
+            continue
+        same = [x["model"] for x in r["ranking"]] == order
+        scores_same = all(abs(x["score"] - y["score"]) <= 1e-5 for x, y in zip(r["ranking"], runs["ample"]["ranking"]))
+        if not (same and scores_same):
+            H.loud(f"fig16 {name}: ranking differs from the ample budget's")
+        observed = max(x["observed_peak_bytes"] for x in r["rounds"])
+        budget = r["cache_budget"]
+        row = {"budget": name, "budget_bytes": budget, "time_s": r["timings_s"]["total"],
+               "breakdown_s": {p: r["timings_s"][p] for p in H.PHASES},
+               "peak_rss_bytes": r["memory"]["peak_host_rss_bytes"],
+               "process_peak_rss_bytes": max(r["process"]["vm_hwm_bytes"], r["process"]["vm_hwm_before_search_bytes"]),
+               "ru_maxrss_bytes": r["process"]["ru_maxrss_bytes"],
+               "rss_before_search_bytes": r["process"]["rss_before_search_bytes"],
+               "planned_peak_bytes": max(x["planned_peak_bytes"] for x in r["rounds"]),
+               "observed_peak_bytes": observed, "within_budget": budget is None or observed <= budget,
+               "partitions": [x["partitions"] for x in r["rounds"]], "weight_loads": r["cache"]["weight_loads"],
+               "blocks_read": r["cache"]["blocks_read"], "ranking_identical": same and scores_same,
+               "other_cores": r.get("cpu", {}).get("other_cores")}
+        if not row["within_budget"]:
+            H.loud(f"fig16 {name}: observed cache peak {observed} exceeds the budget {budget}")
+        rows.append(row)
+        log(f"  {name:<10} {row['time_s']:7.2f}s  peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB, cache peak "
+            f"{observed / 2**20:.1f} MiB, partitions {row['partitions']}, ranking "
+            f"{'identical' if row['ranking_identical'] else 'DIFFERENT'}")
+    fig16 = {"arch": key, "timm": arch.arch, "distribution": dist, "items": arch.items, "image_size": arch.image_size,
+             "num_models": plan.num_models, "derived": derived, "rows": rows,
+             "ok": all(r.get("ranking_identical") and r.get("within_budget") for r in rows)}
+    H.write_json(out / "fig16" / "fig16.json", fig16)
+    return fig16
+
+
+def run_scaling(plan: Plan, store: Path, zoos: dict, cells: list[dict[str, Any]], out: Path,
+                log: Log) -> dict[str, Any]:
+    arch = next((a for a in plan.archs if a.key == plan.scaling_arch), RESNET18)
+    results: dict[str, list[dict[str, Any]]] = {"models": [], "items": []}
+    notes: list[str] = []
+    reusable = {(c["arch"], c["distribution"], c["num_models"], c["items"]): c for c in cells if "error" not in c}
+    done: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def one(kind: str, n_models: int, items: int) -> None:
+        ok, why = H.items_available(items)
+        if not ok:
+            notes.append(why)
+            log(f"scaling {kind}: {why}")
+            return
+        if items < H.min_items(n_models):
+            note = f"{n_models} models need at least {H.min_items(n_models)} items; {items} skipped"
+            notes.append(note)
+            log(f"scaling {kind}: {note}")
+            return
+        zoo = zoos[(arch.key, "top_layers", n_models)]
+        cell = reusable.get((arch.key, "top_layers", n_models, items))
+        if cell is not None:
+            import json
+            r = json.loads((out / "fig10" / f"{cell['cell']}-alsatian-r0.json").read_text())
+            source = f"fig10 {cell['cell']}"
+        elif (n_models, items) in done:
+            r, source = done[(n_models, items)], "scaling (same run as above)"
+        else:
+            r = H.run_search(store, zoo["models"], H.data_kwargs(items, arch.image_size, plan.settings.seed),
+                             "alsatian", plan.settings)
+            H.write_json(out / "scaling" / f"{n_models}models-{items}items.json", r)
+            source = "run"
+        done[(n_models, items)] = r
+        row = {"models": n_models, "items": items, "time_s": r["timings_s"]["total"],
+               "breakdown_s": {p: r["timings_s"][p] for p in H.PHASES}, "rounds": len(r["rounds"]),
+               "source": source}
+        results[kind].append(row)
+        log(f"scaling {kind}: {n_models} models, {items} items: {row['time_s']:.2f}s ({source})")
+
+    for n in plan.scaling_models:
+        one("models", n, plan.scaling_models_items)
+    for items in plan.scaling_items:
+        one("items", plan.num_models, items)
+    scaling = {"arch": arch.key, "timm": arch.arch, "distribution": "top_layers", "image_size": arch.image_size,
+               **results, "notes": notes}
+    H.write_json(out / "scaling" / "scaling.json", scaling)
+    return scaling
+
+
+# -------------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("quick", "full"), default="quick")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results/<mode>-<timestamp>)")
+    parser.add_argument("--store", type=Path, default=Path(os.environ.get("ALSATIAN_BENCH_STORE",
+                                                                          H.ROOT / ".alsatian" / "bench-store")),
+                        help="block store for the benchmark zoos (built once, reused; default .alsatian/bench-store)")
+    parser.add_argument("--archs", help="comma-separated subset of the mode's architectures (resnet18, resnet152, "
+                                        "effnet_lite0, vit_tiny)")
+    parser.add_argument("--distributions", help="comma-separated subset of top_layers, top25, top50")
+    parser.add_argument("--items", type=int, help="items of every fig10 cell (default: per architecture)")
+    parser.add_argument("--models", type=int, help="models per zoo (default 35, as in the paper)")
+    parser.add_argument("--scaling-models", help="comma-separated model counts of the scaling runs")
+    parser.add_argument("--scaling-items", help="comma-separated item counts of the scaling runs")
+    parser.add_argument("--repeats", type=int, help="runs per strategy and cell (median reported)")
+    parser.add_argument("--epochs", type=int, help="linear-probe epochs (same for all strategies; default 100)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core); on a "
+                                                    "busy machine 1 avoids OpenMP threads waiting for each other")
+    parser.add_argument("--skip", default="", help="comma-separated experiments to skip: fig10, fig16, scaling")
+    parser.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
+                        help="write BENCHMARKS.md at the repository root (default: yes for full, no for quick)")
+    args = parser.parse_args(argv)
+
+    plan = preset(args.mode)
+    if args.archs:
+        keep = args.archs.split(",")
+        plan.archs = [a for a in plan.archs if a.key in keep] + [a for a in (RESNET18, RESNET152, EFFNET, VIT)
+                                                                 if a.key in keep and a.key not in
+                                                                 {b.key for b in plan.archs}]
+        if plan.fig16 and plan.fig16[0] not in {a.key for a in plan.archs}:
+            plan.fig16 = (plan.archs[0].key, plan.fig16[1]) if plan.archs else None
+    if args.distributions:
+        plan.distributions = args.distributions.split(",")
+    if args.items:
+        plan.archs = [replace(a, items=args.items) for a in plan.archs]
+    if args.models:
+        plan.num_models = args.models
+    if args.scaling_models:
+        plan.scaling_models = [int(x) for x in args.scaling_models.split(",")]
+    if args.scaling_items:
+        plan.scaling_items = [int(x) for x in args.scaling_items.split(",")]
+    if args.repeats:
+        plan.repeats = args.repeats
+    if args.epochs:
+        plan.settings.epochs = args.epochs
+    plan.settings.device = args.device
+    plan.settings.threads = args.threads
+    plan.settings.apply_threads()
+    skip = set(filter(None, args.skip.split(",")))
+    if "fig16" in skip:
+        plan.fig16 = None
+    if "scaling" in skip:
+        plan.scaling_models, plan.scaling_items = [], []
+    if "fig10" in skip:
+        plan.distributions = [d for d in plan.distributions if plan.fig16 and d == plan.fig16[1]]
+        plan.archs = [a for a in plan.archs if plan.fig16 and a.key == plan.fig16[0]]
+    for a in plan.archs:
+        if a.items < H.min_items(plan.num_models):
+            raise SystemExit(f"{a.key}: {a.items} items are too few for {plan.num_models} models "
+                             f"(at least {H.min_items(plan.num_models)})")
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or BENCH / "results" / f"{plan.mode}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log()
+    meter = H.CpuMeter()
+    command = "python bench/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    meta = {"mode": plan.mode, "command": command.strip(), "started": dt.datetime.now().astimezone().isoformat(
+        timespec="seconds"), "machine": H.machine(), "store": str(args.store), "results": str(out),
+        "plan": {"archs": [asdict(a) for a in plan.archs], "distributions": plan.distributions,
+                 "num_models": plan.num_models, "repeats": plan.repeats, "settings": asdict(plan.settings),
+                 "fig16": plan.fig16, "scaling_arch": plan.scaling_arch, "scaling_models": plan.scaling_models,
+                 "scaling_models_items": plan.scaling_models_items, "scaling_items": plan.scaling_items,
+                 "calibration_repeats": plan.calibration_repeats}}
+    m = meta["machine"]
+    log(f"{plan.mode} benchmark -> {out}")
+    log(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"gpu {m['gpu']}, load {m['loadavg_start'][0]:.2f}")
+    probe = H.CpuMeter()
+    time.sleep(1.0)
+    meta["cpu_before"] = probe.read()
+    log(f"other processes use {meta['cpu_before']['other_cores']:.2f} cores right now")
+    if meta["cpu_before"]["other_cores"] > 0.25:
+        H.loud(f"the machine is busy (other processes use {meta['cpu_before']['other_cores']:.2f} of "
+               f"{m['cores']} cores): "
+               "timings will be noisy (two OpenMP threads on two busy cores wait for each other; --threads 1 "
+               "is more robust there)")
+    H.write_json(out / "meta.json", meta)
+
+    zoos = build_zoos(plan, args.store, log)
+    storage = sorted(({k: v for k, v in z.items() if k != "models"} for z in zoos.values()),
+                     key=lambda z: (z["key"], z["distribution"], z["num_models"]))
+    H.write_json(out / "storage.json", storage)
+    cells = [] if "fig10" in skip else run_fig10(plan, args.store, zoos, out, log)
+    fig16 = run_fig16(plan, args.store, zoos, out, log)
+    scaling = run_scaling(plan, args.store, zoos, cells, out, log) if (plan.scaling_models or plan.scaling_items) \
+        else None
+
+    meta["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    meta["wall_s"] = log_elapsed = time.perf_counter() - log.t0
+    meta["machine"]["loadavg_end"] = list(os.getloadavg())
+    meta["cpu"] = meter.read()
+    log(f"other processes used {meta['cpu']['other_cores']:.2f} cores on average during the run "
+        f"(steal {meta['cpu']['steal_cores']:.2f})")
+    if meta["cpu"]["other_cores"] > 0.25:
+        H.loud(f"other processes used {meta['cpu']['other_cores']:.2f} of {m['cores']} cores on average during "
+               "this run: timings are noisy")
+    summary = {"meta": meta, "cells": cells, "fig16": fig16, "scaling": scaling, "storage": storage,
+               "targets": {"speedup": TARGETS, "bound": BOUND_TARGET}}
+    H.write_json(out / "summary.json", summary)
+    H.write_json(out / "meta.json", meta)
+
+    import plots
+    import report
+    made = plots.make_all(summary, out)
+    log(f"plots: {', '.join(p.name for p in made) or 'none (matplotlib missing)'}")
+    publish = args.publish if args.publish is not None else plan.mode == "full"
+    (out / "BENCHMARKS.md").write_text(report.render(summary, out, out))
+    if publish:
+        (H.ROOT / "BENCHMARKS.md").write_text(report.render(summary, out, H.ROOT))
+    log(f"report: {out / 'BENCHMARKS.md'}{' and BENCHMARKS.md' if publish else ''}; "
+        f"total {log_elapsed:.0f}s")
+    inexact = [c["cell"] for c in cells if "error" in c or not c.get("exact_ok")]
+    winners = [c["cell"] for c in cells if "error" not in c and c.get("exact_ok") and not c.get("winner_ok")]
+    if inexact or (fig16 and not fig16.get("ok", True)):
+        H.loud(f"CORRECTNESS checks failed (see the cells' JSON and BENCHMARKS.md): {', '.join(inexact)}"
+               f"{' fig16' if fig16 and not fig16.get('ok', True) else ''}")
+    if winners:
+        H.loud(f"base's winner score differs from alsatian's final score (successive halving dropped base's winner; "
+               f"rankings otherwise exact) in: {', '.join(winners)}")
+
+
+if __name__ == "__main__":
+    main()
