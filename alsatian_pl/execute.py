@@ -12,14 +12,17 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterator
+from pathlib import Path
+from typing import Callable, Hashable, Iterable, Iterator
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import AlsatianError
+from .errors import AlsatianError, BudgetTooSmallError
 from .plan import InferenceStep, ReleaseStep, RoundPlan, ScoreStep, TaskTree
 from .store import BlockStore
+from .units import format_bytes
 
 
 class Timings(dict):
@@ -54,9 +57,10 @@ class CacheService:
     """Holds node outputs between plan steps and accounts every byte the planner accounts for.
 
     ``reserve`` holds the round's resident bytes; ``put``/``release`` the intermediates; ``hold_weights`` the
-    weights of the running step. ``peak`` is the largest total seen since :meth:`reset_peak`. Outputs stay on the
-    compute device; on an accelerator, entries beyond ``device_capacity`` bytes are moved to host memory (the
-    second tier) and brought back when read.
+    weights of the running step. ``peak`` is the largest total seen since :meth:`reset_peak`. Tiers: outputs stay on
+    the compute device; on an accelerator, entries beyond ``device_capacity`` bytes go to host memory; with a
+    ``spill_dir``, least-recently-used entries are written to disk (safetensors) whenever memory would exceed
+    ``capacity`` bytes, and read back when a step needs them.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -67,7 +71,11 @@ class CacheService:
     peak: int = 0
     hits: int = 0
     moved_to_host_bytes: int = 0
+    capacity: int | None = None
+    spill_dir: Path | None = None
+    spilled_bytes: int = 0
     _entries: dict[int, torch.Tensor] = field(default_factory=dict)
+    _spilled: dict[int, tuple[Path, int, torch.device]] = field(default_factory=dict)
     _on_device: int = 0
 
     @property
@@ -98,9 +106,50 @@ class CacheService:
 
     def get(self, node: int) -> torch.Tensor:
         self.hits += 1
+        if node in self._spilled:  # back from disk, making room first
+            path, nbytes, device = self._spilled.pop(node)
+            self.make_room(nbytes, keep=())
+            value = load_file(path, device=str(device))["x"]
+            path.unlink()
+            self._entries[node] = value
+            self.intermediates += nbytes
+            self._bump()
+        self._entries[node] = self._entries.pop(node)  # most recently used last
         return self._entries[node]
 
+    def make_room(self, nbytes: int, keep: Iterable[int] = ()) -> None:
+        """Spill least-recently-used entries (not those in ``keep``) until ``nbytes`` more fit in ``capacity``.
+
+        Raises BudgetTooSmallError when even spilling everything else leaves too little room. No-op without a
+        ``spill_dir`` or a ``capacity``.
+        """
+        if self.spill_dir is None or self.capacity is None:
+            return
+        keep = set(keep)
+        for node in [n for n in self._entries if n not in keep]:
+            if self.in_use + nbytes <= self.capacity:
+                break
+            value = self._entries.pop(node)
+            size = tensor_bytes(value)
+            path = Path(self.spill_dir) / f"node-{node}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"x": value.contiguous()}, path)
+            self._spilled[node] = (path, size, value.device)
+            self.intermediates -= size
+            self.spilled_bytes += size
+            if value.device.type != "cpu":
+                self._on_device -= size
+        if self.in_use + nbytes > self.capacity:
+            needed = self.in_use + nbytes
+            raise BudgetTooSmallError(
+                f"The cache budget {format_bytes(self.capacity)} is too small even with spilling to disk: this step "
+                f"needs {format_bytes(needed)} in memory (resident data, its input, its output and its weights). "
+                f"Raise search.cache_budget to at least {format_bytes(needed)} or lower the batch size.", needed=needed)
+
     def release(self, node: int) -> None:
+        if node in self._spilled:
+            self._spilled.pop(node)[0].unlink()
+            return
         value = self._entries.pop(node)
         self.intermediates -= tensor_bytes(value)
         if value.device.type != "cpu":
@@ -180,6 +229,8 @@ class Executor:
                 if isinstance(step, InferenceStep):
                     leaves.clear()
                     x = part if step.input == TaskTree.ROOT else self.cache.get(step.input)
+                    cached_out = step.blocks[-1].out_bytes * len(x) if tree.node(step.output).children else 0
+                    self.cache.make_room(step.weight_bytes + cached_out, keep=(step.input,))
                     with self.cache.hold_weights(step.weight_bytes):  # input, output and weights held together
                         out = self._infer(step, x)
                         if tree.node(step.output).children:

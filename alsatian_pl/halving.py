@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import math
 import resource
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -89,7 +92,8 @@ class SuccessiveHalving:
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
                  scorer: str = "linear", scorer_kwargs: dict[str, Any] | None = None, result_size: int = 1,
                  batch_size: int = 64, device: str | torch.device = "auto", cache_budget: int | None = None,
-                 seed: int = 0, progress: bool = True, channels_last: bool = True):
+                 seed: int = 0, progress: bool = True, channels_last: bool = True,
+                 spill_dir: str | Path | None = None):
         if result_size < 1:
             raise ConfigError(f"search.result_size must be at least 1, got {result_size}")
         if batch_size < 1:
@@ -100,6 +104,9 @@ class SuccessiveHalving:
         self.result_size, self.batch_size, self.cache_budget = result_size, batch_size, cache_budget
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.progress, self.channels_last = progress, channels_last
+        # With a spill folder, a round that does not fit the budget spills cached outputs to disk instead of being
+        # split into partitions (paper §5.4's alternative; same results, more I/O).
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
 
     # ------------------------------------------------------------------------------------------------------------
     def run(self, model_names: Sequence[str]) -> SearchResult:
@@ -122,7 +129,8 @@ class SuccessiveHalving:
             tree = self.strategy.make_tree()
             for name, man in manifests.items():
                 tree.add_model(name, block_specs(man))
-        cache = CacheService(device=self.device)
+        spill = None if self.spill_dir is None else Path(tempfile.mkdtemp(prefix="spill-", dir=_mkdir(self.spill_dir)))
+        cache = CacheService(device=self.device, capacity=self.cache_budget if spill else None, spill_dir=spill)
         weights = WeightCache(self.store, self.device, channels_last=self.channels_last)
         executor = Executor(self.store, device=self.device, batch_size=self.batch_size, timings=timings,
                             cache=cache, weights=weights, share_weights=self.strategy.shared)
@@ -135,55 +143,60 @@ class SuccessiveHalving:
         eliminated: dict[str, tuple[int, ProxyScore]] = {}
         reports: list[RoundReport] = []
         last: dict[str, ProxyScore] = {}
-        with _progress(self.progress) as bar:
-            task = bar.add_task("search", total=rounds)
-            for r in range(rounds):
-                x_new, y_new = self.data.chunk(r) if self.strategy.halving else self.data.train_items()
-                inputs = torch.cat([x_new, x_test]) if r == 0 else x_new
-                n_new = len(x_new)
-                kept = sum(_nbytes(t) for m in alive for t in train[m]) + sum(_nbytes(test[m]) for m in test)
-                reserved = sum(feature_bytes[m] for m in alive) * len(inputs)
-                with timings.phase("planning"):
-                    plan = plan_round(tree, num_items=len(inputs), batch_size=self.batch_size,
-                                      budget=self.cache_budget, resident_bytes=_nbytes(inputs) + kept + reserved)
-                weights.shrink(None if self.cache_budget is None else max(0, self.cache_budget - plan.peak_bytes))
-                buffers: dict[str, torch.Tensor] = {}
+        try:
+            with _progress(self.progress) as bar:
+                task = bar.add_task("search", total=rounds)
+                for r in range(rounds):
+                    x_new, y_new = self.data.chunk(r) if self.strategy.halving else self.data.train_items()
+                    inputs = torch.cat([x_new, x_test]) if r == 0 else x_new
+                    n_new = len(x_new)
+                    kept = sum(_nbytes(t) for m in alive for t in train[m]) + sum(_nbytes(test[m]) for m in test)
+                    reserved = sum(feature_bytes[m] for m in alive) * len(inputs)
+                    with timings.phase("planning"):
+                        plan = plan_round(tree, num_items=len(inputs), batch_size=self.batch_size,
+                                          budget=None if spill else self.cache_budget,
+                                          resident_bytes=_nbytes(inputs) + kept + reserved)
+                    weights.shrink(None if self.cache_budget is None else max(0, self.cache_budget - plan.peak_bytes))
+                    buffers: dict[str, torch.Tensor] = {}
 
-                def sink(model: str, start: int, feats: torch.Tensor) -> None:
-                    if model not in buffers:
-                        buffers[model] = torch.empty((len(inputs), *feats.shape[1:]), dtype=feats.dtype,
-                                                     device=feats.device)
-                    buffers[model][start:start + len(feats)] = feats
+                    def sink(model: str, start: int, feats: torch.Tensor) -> None:
+                        if model not in buffers:
+                            buffers[model] = torch.empty((len(inputs), *feats.shape[1:]), dtype=feats.dtype,
+                                                         device=feats.device)
+                        buffers[model][start:start + len(feats)] = feats
 
-                steps_before, runs_before = executor.inference_steps, executor.block_runs
-                cache.reserve(plan.resident_bytes)
-                cache.reset_peak()
-                bar.update(task, description=f"round {r + 1}/{rounds} · {len(alive)} models · {len(inputs)} items")
-                executor.run_round(plan, tree, inputs, sink)
-                observed = cache.peak
-                cache.reserve(0)
-                for m in alive:
-                    train[m].append(buffers[m][:n_new])
-                    if r == 0:
-                        test[m] = buffers[m][n_new:]
-                labels.append(y_new)
-                with timings.phase("proxy_scoring"):
-                    y_train = torch.cat(labels)
-                    last = self.scorer.score({m: torch.cat(train[m]) for m in alive}, y_train,
-                                             {m: test[m] for m in alive}, y_test, self.data.num_classes)
-                order = rank(last, self.scorer.higher_is_better)
-                keep = self.result_size if r == rounds - 1 else max(self.result_size, math.ceil(len(alive) / 2))
-                dropped = order[keep:]
-                for m in dropped:
-                    eliminated[m] = (r, last[m])
-                    del train[m], test[m]
-                reports.append(RoundReport(r, len(alive), len(inputs), plan.partitions,
-                                           executor.inference_steps - steps_before, executor.block_runs - runs_before,
-                                           len(tree.distinct_blocks()), plan.peak_bytes, observed, keep))
-                with timings.phase("planning"):
-                    tree.prune(dropped)
-                alive = order[:keep]
-                bar.advance(task)
+                    steps_before, runs_before = executor.inference_steps, executor.block_runs
+                    cache.reserve(plan.resident_bytes)
+                    cache.reset_peak()
+                    bar.update(task, description=f"round {r + 1}/{rounds} · {len(alive)} models · {len(inputs)} items")
+                    executor.run_round(plan, tree, inputs, sink)
+                    observed = cache.peak
+                    cache.reserve(0)
+                    for m in alive:
+                        train[m].append(buffers[m][:n_new])
+                        if r == 0:
+                            test[m] = buffers[m][n_new:]
+                    labels.append(y_new)
+                    with timings.phase("proxy_scoring"):
+                        y_train = torch.cat(labels)
+                        last = self.scorer.score({m: torch.cat(train[m]) for m in alive}, y_train,
+                                                 {m: test[m] for m in alive}, y_test, self.data.num_classes)
+                    order = rank(last, self.scorer.higher_is_better)
+                    keep = self.result_size if r == rounds - 1 else max(self.result_size, math.ceil(len(alive) / 2))
+                    dropped = order[keep:]
+                    for m in dropped:
+                        eliminated[m] = (r, last[m])
+                        del train[m], test[m]
+                    reports.append(RoundReport(r, len(alive), len(inputs), plan.partitions,
+                                               executor.inference_steps - steps_before, executor.block_runs - runs_before,
+                                               len(tree.distinct_blocks()), plan.peak_bytes, observed, keep))
+                    with timings.phase("planning"):
+                        tree.prune(dropped)
+                    alive = order[:keep]
+                    bar.advance(task)
+        finally:
+            if spill is not None:
+                shutil.rmtree(spill, ignore_errors=True)
         ranking = [RankedModel(m, last[m].score, last[m].test_loss, None) for m in alive]
         for r in reversed(range(rounds)):
             out = {m: s for m, (rr, s) in eliminated.items() if rr == r}
@@ -196,6 +209,7 @@ class SuccessiveHalving:
                   "peak_cache_bytes": max(rep.observed_peak_bytes for rep in reports),
                   "weight_cache_bytes": weights.bytes}
         stats = {"hits": cache.hits, "moved_to_host_bytes": cache.moved_to_host_bytes,
+                 "spilled_bytes": cache.spilled_bytes,
                  "weight_loads": weights.loads, "weight_hits": weights.hits,
                  "blocks_read": sum(self.store.blocks_read.values())}
         return SearchResult(self.strategy.name, ranking, reports, dict(timings), memory, stats,
@@ -224,6 +238,11 @@ class SuccessiveHalving:
 def block_specs(manifest: ModelManifest) -> list[BlockSpec]:
     """What the planner needs of a model's blocks: hash, output bytes per item, weight bytes, relative cost."""
     return [BlockSpec(b.hash, b.out_bytes, b.nbytes, float(max(b.params, 1))) for b in manifest.blocks]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def reset_peak_rss() -> None:

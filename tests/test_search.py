@@ -163,3 +163,36 @@ def test_cli_user_errors_print_one_clear_message(tmp_path, overrides, message):
 def test_cli_unknown_config_key_is_refused(tmp_path):
     proc = _cli(tmp_path, "search.cache_budgt=1GB")
     assert proc.returncode != 0 and "cache_budgt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_spill_mode_keeps_results_and_the_budget(results, zoo, data, tmp_path):
+    ample = results["alsatian"]
+    budget = max(r.planned_peak_bytes for r in ample.rounds)
+    spilled = _search(zoo, data, cache_budget=budget, spill_dir=tmp_path / "spill")
+    assert all(r.partitions == 1 and r.observed_peak_bytes <= budget for r in spilled.rounds)
+    assert _scores(spilled) == _scores(ample)
+    assert not list((tmp_path / "spill").rglob("*"))  # nothing left behind
+    with pytest.raises(BudgetTooSmallError, match="even with spilling"):
+        _search(zoo, data, cache_budget=budget // 2, spill_dir=tmp_path / "spill")
+    assert not list((tmp_path / "spill").rglob("*"))
+
+
+def test_cache_service_spills_least_recently_used_outputs_to_disk(tmp_path):
+    from alsatian_pl.execute import CacheService
+
+    cache = CacheService(capacity=3000, spill_dir=tmp_path)
+    cache.reserve(1000)
+    a, b = torch.arange(200, dtype=torch.float32), torch.ones(200)  # 800 bytes each
+    cache.put(1, a)
+    cache.put(2, b)
+    cache.make_room(800, keep=(2,))  # 1000 + 1600 + 800 > 3000: node 1 goes to disk
+    assert cache.spilled_bytes == 800 and cache.intermediates == 800 and len(list(tmp_path.iterdir())) == 1
+    torch.testing.assert_close(cache.get(1), a, rtol=0, atol=0)  # read back
+    assert cache.peak <= 3000
+    cache.release(1)
+    cache.release(2)
+    assert cache.intermediates == 0 and not list(tmp_path.iterdir())
+    cache.put(3, torch.ones(400))
+    with pytest.raises(BudgetTooSmallError, match="even with spilling") as err:
+        cache.make_room(2500, keep=(3,))
+    assert err.value.needed == 1000 + 1600 + 2500
