@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -348,14 +348,12 @@ class BlockStore:
     def read_block_tensors(self, h: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The verified tensors and metadata of block ``h``; CorruptBlockError if the file does not match its hash."""
         path = self.block_path(h)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise self._corrupt(h, "is missing") from None
-        try:
+        if not path.is_file():
+            raise self._corrupt(h, "is missing")
+        try:  # memory-mapped: the bytes are read once, by the hash check below
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
-            tensors = st_load(data)
+            tensors = load_file(path)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise self._corrupt(h, f"is unreadable or truncated ({exc})") from exc
         self.blocks_read[h] += 1
@@ -479,7 +477,6 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
         raise StoreError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
