@@ -49,6 +49,7 @@ class Timings(dict):
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes of a tensor's elements."""
     return t.numel() * t.element_size()
 
 
@@ -163,10 +164,6 @@ class CacheService:
             yield
         finally:
             self.weights -= nbytes
-
-    def clear(self) -> None:
-        for node in list(self._entries):
-            self.release(node)
 
 
 class WeightCache:

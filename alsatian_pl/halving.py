@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .data import SearchDataModule
 from .errors import ConfigError, DataError
-from .execute import CacheService, Executor, Timings, WeightCache
+from .execute import CacheService, Executor, Timings, WeightCache, tensor_bytes
 from .plan import BlockSpec, plan_round
 from .score import ProxyScore, get_scorer, rank
 from .store import BlockStore, ModelManifest
@@ -150,12 +150,13 @@ class SuccessiveHalving:
                     x_new, y_new = self.data.chunk(r) if self.strategy.halving else self.data.train_items()
                     inputs = torch.cat([x_new, x_test]) if r == 0 else x_new
                     n_new = len(x_new)
-                    kept = sum(_nbytes(t) for m in alive for t in train[m]) + sum(_nbytes(test[m]) for m in test)
+                    kept = (sum(tensor_bytes(t) for m in alive for t in train[m])
+                            + sum(tensor_bytes(test[m]) for m in test))
                     reserved = sum(feature_bytes[m] for m in alive) * len(inputs)
                     with timings.phase("planning"):
                         plan = plan_round(tree, num_items=len(inputs), batch_size=self.batch_size,
                                           budget=None if spill else self.cache_budget,
-                                          resident_bytes=_nbytes(inputs) + kept + reserved)
+                                          resident_bytes=tensor_bytes(inputs) + kept + reserved)
                     weights.shrink(None if self.cache_budget is None else max(0, self.cache_budget - plan.peak_bytes))
                     buffers: dict[str, torch.Tensor] = {}
 
@@ -264,10 +265,6 @@ def peak_rss() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 def _progress(enabled: bool) -> Progress:
