@@ -66,7 +66,8 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
         scorer_kwargs=_container(s.scorer.get("kwargs")),
         result_size=int(s.result_size), batch_size=int(s.batch_size), device=str(s.device),
         cache_budget=parse_bytes(s.cache_budget), seed=int(s.seed), progress=bool(s.progress),
-        channels_last=bool(s.get("channels_last", True)), spill_dir=s.get("spill_dir"))
+        channels_last=bool(s.get("channels_last", True)), spill_dir=s.get("spill_dir"),
+        prefetch=s.get("prefetch", "auto"))
     result = searcher.run(zoo.models)
     stats = zoo.stats()
     report = {

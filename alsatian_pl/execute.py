@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,15 +168,24 @@ class CacheService:
 
 
 class WeightCache:
-    """Blocks loaded from the store, kept on the device (LRU) within ``capacity`` bytes (None: unlimited)."""
+    """Blocks loaded from the store, kept on the device (LRU) within ``capacity`` bytes (None: unlimited).
+
+    ``prefetch`` starts reading a block on a background thread (file read and hash check, which release the GIL and
+    use no torch kernels) so that it overlaps the current step's inference; a block being prefetched
+    counts against ``capacity`` from the moment it is requested, so prefetching never exceeds the budget.
+    """
 
     def __init__(self, store: BlockStore, device: torch.device, capacity: int | None = None,
                  channels_last: bool = False):
         self.store, self.device, self.capacity, self.channels_last = store, device, capacity, channels_last
         self._blocks: OrderedDict[Hashable, tuple[nn.Module, int]] = OrderedDict()
-        self.bytes = 0
+        self._pending: dict[Hashable, tuple[Future[nn.Module], int]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self.bytes = 0          # bytes of the loaded blocks held
+        self.pending_bytes = 0  # bytes of the blocks being prefetched
         self.loads = 0
         self.hits = 0
+        self.prefetched = 0     # loads that were started ahead of time
 
     def get(self, key: Hashable, block_hash: str) -> nn.Module:
         """The block ``block_hash`` (cached under ``key``), loading it from the store on a miss."""
@@ -183,9 +193,12 @@ class WeightCache:
             self._blocks.move_to_end(key)
             self.hits += 1
             return self._blocks[key][0]
-        block = self.store.load_block(block_hash).to(self.device)
-        if self.channels_last:
-            block = block.to(memory_format=torch.channels_last)  # only 4-D weights change layout
+        if key in self._pending:
+            future, nbytes = self._pending.pop(key)
+            self.pending_bytes -= nbytes
+            block = self._place(future.result())  # re-raises the store's error (e.g. CorruptBlockError) here
+        else:
+            block = self._place(self.store.load_block(block_hash))
         self.loads += 1
         nbytes = sum(tensor_bytes(t) for t in block.state_dict().values())
         self._blocks[key] = (block, nbytes)
@@ -193,12 +206,41 @@ class WeightCache:
         self.shrink(self.capacity)
         return block
 
+    def prefetch(self, key: Hashable, block_hash: str, nbytes: int) -> bool:
+        """Start loading ``block_hash`` in the background if it is not held and ``nbytes`` more fit the capacity."""
+        if key in self._blocks or key in self._pending:
+            return False
+        if self.capacity is not None and self.bytes + self.pending_bytes + nbytes > self.capacity:
+            return False
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alsatian-prefetch")
+        self._pending[key] = (self._pool.submit(self.store.load_block, block_hash), nbytes)
+        self.pending_bytes += nbytes
+        self.prefetched += 1
+        return True
+
+    def _place(self, block: nn.Module) -> nn.Module:
+        # On the calling thread: torch's parallel copies on a second thread would start a second OpenMP team that
+        # competes with inference for the cores (measured: inference 7 s -> 11.5 s for resnet18 Top 50%).
+        layout = torch.channels_last if self.channels_last else torch.preserve_format
+        return block.to(self.device, memory_format=layout)  # only 4-D weights change layout
+
     def shrink(self, capacity: int | None) -> None:
         """Evict least-recently-used blocks until at most ``capacity`` bytes are held (keeping the newest one)."""
         self.capacity = capacity
-        while capacity is not None and self.bytes > capacity and len(self._blocks) > 1:
+        while capacity is not None and self.bytes + self.pending_bytes > capacity and len(self._blocks) > 1:
             _, (_, nbytes) = self._blocks.popitem(last=False)
             self.bytes -= nbytes
+
+    def close(self) -> None:
+        """Stop the prefetch thread and drop blocks still being prefetched."""
+        for future, _ in self._pending.values():
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pending.clear()
+        self.pending_bytes = 0
 
 
 FeatureSink = Callable[[str, int, torch.Tensor], None]  # (model id, first item index, features of those items)
@@ -208,8 +250,8 @@ class Executor:
     """Runs :class:`RoundPlan` steps. ``share_weights=False`` keys weights per model (the baselines load their own)."""
 
     def __init__(self, store: BlockStore, *, device: torch.device, batch_size: int, timings: Timings,
-                 cache: CacheService, weights: WeightCache, share_weights: bool = True):
-        self.store, self.device, self.batch_size = store, device, batch_size
+                 cache: CacheService, weights: WeightCache, share_weights: bool = True, prefetch: bool = True):
+        self.store, self.device, self.batch_size, self.prefetch = store, device, batch_size, prefetch
         self.timings, self.cache, self.weights, self.share_weights = timings, cache, weights, share_weights
         self.block_runs = 0          # block applications (one block over one partition of items)
         self.inference_steps = 0
@@ -222,9 +264,15 @@ class Executor:
             start = p * plan.partition_items
             part = inputs[start:start + plan.partition_items]
             leaves: dict[int, torch.Tensor] = {}
+            inference = [s for s in plan.steps if isinstance(s, InferenceStep)]
+            upcoming = iter(inference[1:])
             for step in plan.steps:
                 if isinstance(step, InferenceStep):
                     leaves.clear()
+                    nxt = next(upcoming, None)
+                    if nxt is not None and self.prefetch:  # the next step's weights load while this step runs
+                        for b in nxt.blocks:
+                            self.weights.prefetch(self._key(b.hash, nxt), b.hash, b.weight_bytes)
                     x = part if step.input == TaskTree.ROOT else self.cache.get(step.input)
                     cached_out = step.blocks[-1].out_bytes * len(x) if tree.node(step.output).children else 0
                     self.cache.make_room(step.weight_bytes + cached_out, keep=(step.input,))
@@ -244,10 +292,13 @@ class Executor:
             if self.cache.intermediates:
                 raise AlsatianError("internal error: the plan left intermediates in the cache")
 
+    def _key(self, block_hash: str, step: InferenceStep) -> Hashable:
+        """Weight-cache key: the block (shared weights), or the block of one model (the baselines' own copies)."""
+        return (block_hash, None if self.share_weights else min(step.models))
+
     def _infer(self, step: InferenceStep, x: torch.Tensor) -> torch.Tensor:
-        owner = None if self.share_weights else min(step.models)
         with self.timings.phase("prepare_model"):
-            blocks = [self.weights.get((b.hash, owner), b.hash) for b in step.blocks]
+            blocks = [self.weights.get(self._key(b.hash, step), b.hash) for b in step.blocks]
         with self.timings.phase("inference"), torch.inference_mode():
             t0 = time.perf_counter()
             out = None

@@ -110,7 +110,7 @@ class SuccessiveHalving:
                  scorer: str = "linear", scorer_kwargs: dict[str, Any] | None = None, result_size: int = 1,
                  batch_size: int = 64, device: str | torch.device = "auto", cache_budget: int | None = None,
                  seed: int = 0, progress: bool = True, channels_last: bool = True,
-                 spill_dir: str | Path | None = None):
+                 spill_dir: str | Path | None = None, prefetch: bool | str | None = "auto"):
         if result_size < 1:
             raise ConfigError(f"search.result_size must be at least 1, got {result_size}")
         if batch_size < 1:
@@ -121,6 +121,11 @@ class SuccessiveHalving:
         self.result_size, self.batch_size, self.cache_budget = result_size, batch_size, cache_budget
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.progress, self.channels_last = progress, channels_last
+        # Reading the next step's weights on a background thread overlaps an accelerator's inference; on a CPU the
+        # reads compete with inference for the same cores (measured on 2 cores: no gain), so auto = accelerators only.
+        if prefetch not in ("auto", None, True, False):
+            raise ConfigError(f"search.prefetch must be auto, true or false, got {prefetch!r}")
+        self.prefetch = self.device.type != "cpu" if prefetch in ("auto", None) else bool(prefetch)
         # With a spill folder, a round that does not fit the budget spills cached outputs to disk instead of being
         # split into partitions (paper §5.4's alternative; same results, more I/O).
         self.spill_dir = None if spill_dir is None else Path(spill_dir)
@@ -152,7 +157,8 @@ class SuccessiveHalving:
         cache = CacheService(device=self.device, capacity=self.cache_budget if spill else None, spill_dir=spill)
         weights = WeightCache(self.store, self.device, channels_last=self.channels_last)
         executor = Executor(self.store, device=self.device, batch_size=self.batch_size, timings=timings,
-                            cache=cache, weights=weights, share_weights=self.strategy.shared)
+                            cache=cache, weights=weights, share_weights=self.strategy.shared,
+                            prefetch=self.prefetch)
         feature_bytes = {n: m.blocks[-1].out_bytes for n, m in manifests.items()}
         train: dict[str, list[torch.Tensor]] = {n: [] for n in manifests}
         test: dict[str, torch.Tensor] = {}
@@ -229,6 +235,7 @@ class SuccessiveHalving:
                     alive = order[:keep]
                     bar.advance(task)
         finally:
+            weights.close()
             if spill is not None:
                 shutil.rmtree(spill, ignore_errors=True)
         ranking = [RankedModel(m, last[m].score, last[m].test_loss, None) for m in alive]
@@ -244,7 +251,7 @@ class SuccessiveHalving:
                   "weight_cache_bytes": weights.bytes}
         stats = {"hits": cache.hits, "moved_to_host_bytes": cache.moved_to_host_bytes,
                  "spilled_bytes": cache.spilled_bytes,
-                 "weight_loads": weights.loads, "weight_hits": weights.hits,
+                 "weight_loads": weights.loads, "weight_hits": weights.hits, "weight_prefetches": weights.prefetched,
                  "blocks_read": sum(self.store.blocks_read.values())}
         return SearchResult(self.strategy.name, ranking, reports, dict(timings), memory, stats,
                             dict(executor.block_seconds), dict(executor.block_items))

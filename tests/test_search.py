@@ -112,6 +112,8 @@ def test_bad_search_arguments(zoo, data):
         _search(zoo, data, result_size=0)
     with pytest.raises(ConfigError, match="unknown search strategy"):
         _search(zoo, data, strategy="greedy")
+    with pytest.raises(ConfigError, match="search.prefetch must be auto, true or false"):
+        _search(zoo, data, prefetch="sometimes")
     with pytest.raises(ConfigError, match="no candidate models"):
         SuccessiveHalving(zoo.store, data, device="cpu", progress=False).run([])
     wrong_size = SearchDataModule(num_items=300, image_size=48)
@@ -196,3 +198,42 @@ def test_cache_service_spills_least_recently_used_outputs_to_disk(tmp_path):
     with pytest.raises(BudgetTooSmallError, match="even with spilling") as err:
         cache.make_room(2500, keep=(3,))
     assert err.value.needed == 1000 + 1600 + 2500
+
+
+def test_prefetching_weights_changes_nothing_but_when_blocks_are_read(results, zoo, data):
+    on = _search(zoo, data, "alsatian", prefetch=True)  # auto is off on a CPU
+    off = results["alsatian"]
+    assert _scores(on) == _scores(off)
+    assert on.cache["weight_prefetches"] > 0 and off.cache["weight_prefetches"] == 0
+    assert on.cache["weight_loads"] == off.cache["weight_loads"]  # still one read per distinct block
+    assert on.cache["blocks_read"] == off.cache["blocks_read"]
+
+
+def test_weight_prefetch_stays_within_capacity_and_reports_corrupt_blocks_on_use(zoo):
+    from alsatian_pl.execute import WeightCache
+    from alsatian_pl.errors import CorruptBlockError
+    store = BlockStore(zoo.store.root)
+    hashes = store.manifest(zoo.models[0]).hashes
+    nbytes = [sum(t.numel() * t.element_size() for t in store.load_block(h).state_dict().values()) for h in hashes]
+    cache = WeightCache(store, torch.device("cpu"), capacity=nbytes[0] + nbytes[1])
+    assert cache.prefetch("a", hashes[0], nbytes[0]) and cache.prefetch("b", hashes[1], nbytes[1])
+    assert not cache.prefetch("c", hashes[2], nbytes[2])  # would exceed the capacity: not started
+    assert not cache.prefetch("a", hashes[0], nbytes[0])  # already on its way
+    assert cache.get("a", hashes[0]) is cache.get("a", hashes[0]) and cache.loads == 1 and cache.hits == 1
+    cache.get("b", hashes[1])
+    assert cache.bytes <= nbytes[0] + nbytes[1] and cache.pending_bytes == 0
+    cache.close()
+    # a damaged block fails where it is used, with the store's message, even when it was read in the background
+    path = store.block_path(hashes[2])
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    try:
+        bad = WeightCache(BlockStore(zoo.store.root), torch.device("cpu"))
+        assert bad.prefetch("c", hashes[2], nbytes[2])
+        with pytest.raises(CorruptBlockError, match=hashes[2][:12]):
+            bad.get("c", hashes[2])
+        bad.close()
+    finally:
+        blob[-1] ^= 0xFF
+        path.write_bytes(bytes(blob))
