@@ -42,13 +42,16 @@ ORDERS = (("base", "shift", "alsatian"), ("alsatian", "shift", "base"), ("shift"
           ("base", "alsatian", "shift"), ("alsatian", "base", "shift"), ("shift", "base", "alsatian"))
 PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning")
 DIST_LABELS = {"top_layers": "Top Layers", "top25": "Top 25%", "top50": "Top 50%"}
+CALIBRATION_WARMUP = 3  # untimed calls per block before timing (BERT layers settle after 2-3 calls: 1.8 -> 0.8 ms/item)
 EMBEDDED_ITEMS = 3000  # Fashion-MNIST items shipped with alsatian-pl; more need the Debian package
 
 
 # ------------------------------------------------------------------------------------------------------ settings
 @dataclass
 class Arch:
-    """One architecture of the benchmark: timm name, input side, timm kwargs, base weights, items it is searched on."""
+    """One architecture of the benchmark: timm name (or Hugging Face preset), input side, kwargs, base weights, and
+    the dataset and number of items it is searched on. Text models (``builder="hf"``): ``image_size`` is the number
+    of tokens per item (``max_length``)."""
 
     key: str
     arch: str
@@ -56,11 +59,35 @@ class Arch:
     items: int
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    builder: str = "timm"              # "timm", or "hf" (a BERT-style encoder, searched on text)
+    dataset: str = "fashion_mnist"     # a SearchDataModule dataset name
+    classes: int = 10                  # classes of the dataset (sets the fewest items a search accepts)
+    tokenizer: str | None = None       # hf: the models' tokenizer
+    pooling: str = "cls"               # hf: pooling of the last hidden state
+
+    @property
+    def text(self) -> bool:
+        return self.builder == "hf"
+
+    @property
+    def size_label(self) -> str:
+        """How the input size reads in tables: ``32px`` or ``32 tokens``."""
+        return f"{self.image_size} tokens" if self.text else f"{self.image_size}px"
 
     def zoo_config(self, distribution: str, num_models: int, seed: int = 0) -> ZooConfig:
+        size = (2, self.image_size) if self.text else (3, self.image_size, self.image_size)
+        extra = {"builder": "hf", "tokenizer": self.tokenizer, "pooling": self.pooling} if self.text else {}
         return ZooConfig(name=f"bench-{self.key}-{distribution}-{num_models}", arch=self.arch, num_models=num_models,
-                         distribution=distribution, seed=seed, input_size=(3, self.image_size, self.image_size),
-                         model_kwargs=dict(self.model_kwargs), checkpoint=self.checkpoint)
+                         distribution=distribution, seed=seed, input_size=size,
+                         model_kwargs=dict(self.model_kwargs), checkpoint=self.checkpoint, **extra)
+
+    def data_kwargs(self, items: int | None = None, seed: int = 0) -> dict[str, Any]:
+        """Constructor arguments of this architecture's SearchDataModule (``items``: default ``self.items``)."""
+        kwargs: dict[str, Any] = {"name": self.dataset, "num_items": self.items if items is None else items,
+                                  "seed": seed}
+        if self.text:
+            return {**kwargs, "max_length": self.image_size, "tokenizer": self.tokenizer}
+        return {**kwargs, "image_size": self.image_size}
 
 
 @dataclass
@@ -85,14 +112,9 @@ class SearchSettings:
         return {"epochs": self.epochs}
 
 
-def data_kwargs(items: int, image_size: int, seed: int = 0) -> dict[str, Any]:
-    """Constructor arguments of the benchmark's SearchDataModule (Fashion-MNIST)."""
-    return {"name": "fashion_mnist", "num_items": items, "image_size": image_size, "seed": seed}
-
-
-def items_available(items: int) -> tuple[bool, str]:
-    """Whether Fashion-MNIST can provide ``items`` items here, and a note saying why not."""
-    if items <= EMBEDDED_ITEMS:
+def items_available(items: int, dataset: str = "fashion_mnist") -> tuple[bool, str]:
+    """Whether Fashion-MNIST can provide ``items`` items here, and a note saying why not (other datasets: yes)."""
+    if dataset != "fashion_mnist" or items <= EMBEDDED_ITEMS:
         return True, ""
     files = [FASHION_MNIST_DIR / f"train-{k}-idx{d}-ubyte.gz" for k, d in (("images", 3), ("labels", 1))]
     if all(f.is_file() for f in files):
@@ -173,10 +195,10 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
     """Per-item inference seconds of every distinct block of a zoo, each timed alone.
 
     Walks the zoo's shared task tree depth first on ``repeats`` batches of ``batch_size`` real training items of
-    the cell's dataset, so every block sees the inputs it sees in a search. Each distinct block hash is run once on
-    the first batch to warm up, then timed once on each batch (whose outputs feed its children); its cost is the
-    median over the batches divided by the batch size. Loading a block is outside the timed region. Weights and
-    inputs are laid out as the search lays them out (channels-last for conv blocks unless
+    the cell's dataset, so every block sees the inputs it sees in a search. Each distinct block hash runs
+    ``CALIBRATION_WARMUP`` times on the first batch to warm up, then is timed once on each batch (whose outputs feed
+    its children); its cost is the median over the batches divided by the batch size. Loading a block is outside
+    the timed region. Weights and inputs are laid out as the search lays them out (channels-last for conv blocks unless
     ``settings.channels_last`` is off). The pass also warms the OS page cache, the block skeletons and the kernels
     for all strategies of the cell alike.
     """
@@ -211,8 +233,9 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
             timed = h not in cost
             outputs, ts = [], []
             with torch.inference_mode():
-                if timed:
-                    block(inputs[0])  # warm-up
+                if timed:  # warm-up: first calls pay one-off costs (kernel selection, first-touch of fresh memory)
+                    for _ in range(CALIBRATION_WARMUP):
+                        block(inputs[0])
                 for x in inputs:
                     _sync(device)
                     t0 = time.perf_counter()

@@ -88,9 +88,13 @@ def fig10(plt, summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _size(c: dict[str, Any]) -> str:
+    return c.get("size_label") or f"{c['image_size']}px"
+
+
 def _arch_label(summary: dict[str, Any], arch: str) -> str:
     c = next(c for c in summary["cells"] if c["arch"] == arch)
-    return f"{arch}\n{c['items']} items, {c['image_size']}px"
+    return f"{arch}\n{c['items']} items, {_size(c)}"
 
 
 def fig11(plt, summary: dict[str, Any], path: Path) -> Path:
@@ -191,7 +195,7 @@ def scaling(plt, sc: dict[str, Any], path: Path) -> Path:
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Scaling: alsatian, {sc['arch']} {DIST_LABELS[sc['distribution']]}, {sc['image_size']}px",
+    fig.suptitle(f"Scaling: alsatian, {sc['arch']} {DIST_LABELS[sc['distribution']]}, {_size(sc)}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

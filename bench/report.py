@@ -23,6 +23,10 @@ def _mib(n: float | None) -> str:
     return "unlimited" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
+def _size(c: dict[str, Any]) -> str:
+    return c.get("size_label") or f"{c['image_size']}px"
+
+
 def _s(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
@@ -68,7 +72,8 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
          f"{meta['cpu']['steal_cores']:.2f})" if other is not None else "")
       + f"{' — **busy machine: timings are noisy**' if busy else ''} |")
     w(f"| wall time | {meta.get('wall_s', 0):.0f} s for the whole command |")
-    w(f"| settings | {plan['num_models']} models per zoo; Fashion-MNIST; batch {st['batch_size']}; cache budget "
+    w(f"| settings | {plan['num_models']} models per zoo; Fashion-MNIST (text: Rotten Tomatoes); "
+      f"batch {st['batch_size']}; cache budget "
       f"{_mib(st['cache_budget'])}; linear probe {st['epochs']} epochs; seed {st['seed']}; device "
       f"{st['device']}; {plan['repeats']} run(s) per strategy and cell (median) |")
     w("")
@@ -89,7 +94,7 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
             sp = c["speedup"]
             base_col = _target(t["base/alsatian"]) if "base/alsatian" in t else f"{sp['base_over_alsatian']:.2f}"
             shift_col = _target(t["shift/alsatian"]) if "shift/alsatian" in t else f"{sp['shift_over_alsatian']:.2f}"
-            w(f"| {c['arch']} ({c['image_size']}px) | {DIST_LABELS[c['distribution']]} | {c['items']} | "
+            w(f"| {c['arch']} ({_size(c)}) | {DIST_LABELS[c['distribution']]} | {c['items']} | "
               f"{_s(c['time_s']['base'])} | {_s(c['time_s']['shift'])} | {_s(c['time_s']['alsatian'])} | "
               f"{_s(c['bound']['bound_s'])} | "
               f"{base_col} | {shift_col} | "
@@ -177,7 +182,7 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
         d = f16["derived"]
         w("## Cache budgets (figure 16)\n")
         w(f"Alsatian on {f16['num_models']} {f16['arch']} models ({DIST_LABELS[f16['distribution']]}, "
-          f"{f16['items']} items, {f16['image_size']}px), each budget in its own process, so a "
+          f"{f16['items']} items, {_size(f16)}), each budget in its own process, so a "
           "process-lifetime peak covers one search only. *Peak host RSS (search)* is the search's own "
           "`memory.peak_host_rss_bytes` (VmHWM, reset when the search starts); *RSS before search* is what the "
           "imports and the worker hold before it starts, *growth* the difference; *process peak* is the worker's "
@@ -217,7 +222,7 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
     sc = summary.get("scaling")
     if sc and (sc["models"] or sc["items"]):
         w("## Scaling\n")
-        w(f"Alsatian alone, {sc['arch']} ({sc['image_size']}px), Top Layers zoos (a zoo of n models is the first "
+        w(f"Alsatian alone, {sc['arch']} ({_size(sc)}), Top Layers zoos (a zoo of n models is the first "
           "n models of the same seeded generation). A row marked *fig10* reuses that cell's alsatian run.\n")
         w("| growing | models | items | rounds | time s | prepare data | prepare model | inference | "
           "proxy scoring | planning | source |")
@@ -251,7 +256,9 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
       "weights; the others from a seeded random init (the work per item does not depend on the values).")
     w("- Every search gets a fresh store handle and a fresh, unprepared `SearchDataModule`: preparing the items is "
       "part of every strategy's time alike. Input sizes are reduced from the paper's 224 px to fit a 2-core CPU "
-      "(CNNs 32 px, the ViT 64 px with its 16 px patches); item counts are per architecture (see the tables).")
+      "(CNNs 32 px, the ViT 64 px with its 16 px patches); item counts are per architecture (see the tables). "
+      "Figure 17 (text): all-MiniLM-L6-v2 (the BERT architecture, 6 layers, real weights) on Rotten Tomatoes "
+      "reviews at 32 tokens; `--archs bert_base` runs the paper's 12-layer bert-base, about 6x the work per item.")
     w("- The calibration pass runs right before a cell's searches, so the OS page cache, the block skeletons and "
       "the kernels are warm for all three strategies alike (the paper starts cold).")
     w("- No timed assertions anywhere: a missed target is reported here, not failed. Correctness problems print a "

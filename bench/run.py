@@ -59,9 +59,17 @@ class Plan:
 
 
 RESNET18 = H.Arch("resnet18", "resnet18", image_size=32, items=2000)
-RESNET152 = H.Arch("resnet152", "resnet152", image_size=32, items=1000)
+RESNET152 = H.Arch("resnet152", "resnet152", image_size=32, items=800)
 EFFNET = H.Arch("effnet_lite0", "tf_efficientnet_lite0", image_size=32, items=2000, checkpoint="efficientnet_lite0")
 VIT = H.Arch("vit_tiny", "vit_tiny_patch16_224", image_size=64, items=1000, model_kwargs={"img_size": 64})
+# Figure 17 (paper §6.5): BERT-architecture encoders on a sentiment task. Full mode uses all-MiniLM-L6-v2 (BertModel,
+# 6 layers, real weights) at 32 tokens; the paper's bert-base (12 layers, random init) costs ~6x more per item and is
+# there for --archs bert_base.
+MINILM = H.Arch("minilm", "all-MiniLM-L6-v2", image_size=32, items=400, checkpoint="all-MiniLM-L6-v2", builder="hf",
+                dataset="rotten_tomatoes", classes=2, tokenizer="all-MiniLM-L6-v2", pooling="mean")
+BERT_BASE = H.Arch("bert_base", "bert-base", image_size=32, items=200, builder="hf", dataset="rotten_tomatoes",
+                   classes=2, tokenizer="all-MiniLM-L6-v2", pooling="cls")
+ALL_ARCHS = (RESNET18, RESNET152, EFFNET, VIT, MINILM, BERT_BASE)
 
 
 def preset(mode: str) -> Plan:
@@ -71,7 +79,7 @@ def preset(mode: str) -> Plan:
                     scaling_arch="resnet18", scaling_models=[10, 35], scaling_models_items=800,
                     scaling_items=[800, 1600, 3200])
     if mode == "full":
-        return Plan("full", [RESNET18, RESNET152, EFFNET, VIT], ["top50", "top25", "top_layers"],
+        return Plan("full", [RESNET18, RESNET152, EFFNET, VIT, MINILM], ["top50", "top25", "top_layers"],
                     num_models=35, repeats=1, settings=H.SearchSettings(), fig16=("vit_tiny", "top50"),
                     scaling_arch="resnet18", scaling_models=[10, 35, 100], scaling_models_items=2000,
                     scaling_items=[1000, 2000, 4000, 8000])
@@ -154,9 +162,9 @@ def run_fig10(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> list[
 
 def run_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, counter: int, out: Path,
              log: Log) -> dict[str, Any]:
-    data = H.data_kwargs(arch.items, arch.image_size, plan.settings.seed)
+    data = arch.data_kwargs(seed=plan.settings.seed)
     tag = f"{arch.key}-{dist}"
-    log(f"cell {tag}: {plan.num_models} models, {arch.items} items at {arch.image_size}px; calibrating")
+    log(f"cell {tag}: {plan.num_models} models, {arch.items} {arch.dataset} items at {arch.size_label}; calibrating")
     cal = H.calibrate(store, zoo["models"], data, plan.settings, repeats=plan.calibration_repeats)
     H.write_json(out / "fig10" / f"{tag}-calibration.json", cal)
     mean_model = sum(cal["model_per_item_s"].values()) / len(cal["model_per_item_s"])
@@ -213,7 +221,8 @@ def summarize_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, 
     als = _median_run(runs["alsatian"])
     mean_model = sum(cal["model_per_item_s"].values()) / len(cal["model_per_item_s"])
     cell = {"cell": tag, "arch": arch.key, "timm": arch.arch, "distribution": dist, "items": arch.items,
-            "image_size": arch.image_size, "num_models": plan.num_models, "zoo": zoo["zoo"], "orders": orders,
+            "image_size": arch.image_size, "size_label": arch.size_label, "dataset": arch.dataset,
+            "num_models": plan.num_models, "zoo": zoo["zoo"], "orders": orders,
             "repeats": plan.repeats, "time_s": time_s, "breakdown_s": breakdown,
             "wall_s": {s: _median([r["wall_s"] for r in runs[s]]) for s in H.STRATEGIES},
             "speedup": speedup, "bound": bound, "bound_ratios": [b["ratio"] for b in bounds],
@@ -255,7 +264,7 @@ def run_fig16(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[
     key, dist = plan.fig16
     arch = next(a for a in plan.archs if a.key == key)
     zoo = zoos[(key, dist, plan.num_models)]
-    data = H.data_kwargs(arch.items, arch.image_size, plan.settings.seed)
+    data = arch.data_kwargs(seed=plan.settings.seed)
     base_spec = {"store_root": str(store), "models": zoo["models"], "data": data, "strategy": "alsatian",
                  "settings": asdict(plan.settings)}
     log(f"fig16: alsatian on {key} {dist} ({arch.items} items), each budget in its own process; ample (unlimited)")
@@ -306,6 +315,7 @@ def run_fig16(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[
             f"{observed / 2**20:.1f} MiB, partitions {row['partitions']}, ranking "
             f"{'identical' if row['ranking_identical'] else 'DIFFERENT'}")
     fig16 = {"arch": key, "timm": arch.arch, "distribution": dist, "items": arch.items, "image_size": arch.image_size,
+             "size_label": arch.size_label,
              "num_models": plan.num_models, "derived": derived, "rows": rows,
              "ok": all(r.get("ranking_identical") and r.get("within_budget") for r in rows)}
     H.write_json(out / "fig16" / "fig16.json", fig16)
@@ -321,13 +331,14 @@ def run_scaling(plan: Plan, store: Path, zoos: dict, cells: list[dict[str, Any]]
     done: dict[tuple[int, int], dict[str, Any]] = {}
 
     def one(kind: str, n_models: int, items: int) -> None:
-        ok, why = H.items_available(items)
+        ok, why = H.items_available(items, arch.dataset)
         if not ok:
             notes.append(why)
             log(f"scaling {kind}: {why}")
             return
-        if items < H.min_items(n_models):
-            note = f"{n_models} models need at least {H.min_items(n_models)} items; {items} skipped"
+        if items < H.min_items(n_models, classes=arch.classes):
+            need = H.min_items(n_models, classes=arch.classes)
+            note = f"{n_models} models need at least {need} items; {items} skipped"
             notes.append(note)
             log(f"scaling {kind}: {note}")
             return
@@ -340,7 +351,7 @@ def run_scaling(plan: Plan, store: Path, zoos: dict, cells: list[dict[str, Any]]
         elif (n_models, items) in done:
             r, source = done[(n_models, items)], "scaling (same run as above)"
         else:
-            r = H.run_search(store, zoo["models"], H.data_kwargs(items, arch.image_size, plan.settings.seed),
+            r = H.run_search(store, zoo["models"], arch.data_kwargs(items, plan.settings.seed),
                              "alsatian", plan.settings)
             H.write_json(out / "scaling" / f"{n_models}models-{items}items.json", r)
             source = "run"
@@ -356,6 +367,7 @@ def run_scaling(plan: Plan, store: Path, zoos: dict, cells: list[dict[str, Any]]
     for items in plan.scaling_items:
         one("items", plan.num_models, items)
     scaling = {"arch": arch.key, "timm": arch.arch, "distribution": "top_layers", "image_size": arch.image_size,
+               "size_label": arch.size_label,
                **results, "notes": notes}
     H.write_json(out / "scaling" / "scaling.json", scaling)
     return scaling
@@ -370,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                           H.ROOT / ".alsatian" / "bench-store")),
                         help="block store for the benchmark zoos (built once, reused; default .alsatian/bench-store)")
     parser.add_argument("--archs", help="comma-separated subset of the mode's architectures (resnet18, resnet152, "
-                                        "effnet_lite0, vit_tiny)")
+                                        "effnet_lite0, vit_tiny, minilm, bert_base)")
     parser.add_argument("--distributions", help="comma-separated subset of top_layers, top25, top50")
     parser.add_argument("--items", type=int, help="items of every fig10 cell (default: per architecture)")
     parser.add_argument("--models", type=int, help="models per zoo (default 35, as in the paper)")
@@ -389,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = preset(args.mode)
     if args.archs:
         keep = args.archs.split(",")
-        plan.archs = [a for a in plan.archs if a.key in keep] + [a for a in (RESNET18, RESNET152, EFFNET, VIT)
+        plan.archs = [a for a in plan.archs if a.key in keep] + [a for a in ALL_ARCHS
                                                                  if a.key in keep and a.key not in
                                                                  {b.key for b in plan.archs}]
         if plan.fig16 and plan.fig16[0] not in {a.key for a in plan.archs}:
@@ -420,9 +432,9 @@ def main(argv: list[str] | None = None) -> None:
         plan.distributions = [d for d in plan.distributions if plan.fig16 and d == plan.fig16[1]]
         plan.archs = [a for a in plan.archs if plan.fig16 and a.key == plan.fig16[0]]
     for a in plan.archs:
-        if a.items < H.min_items(plan.num_models):
+        if a.items < H.min_items(plan.num_models, classes=a.classes):
             raise SystemExit(f"{a.key}: {a.items} items are too few for {plan.num_models} models "
-                             f"(at least {H.min_items(plan.num_models)})")
+                             f"(at least {H.min_items(plan.num_models, classes=a.classes)})")
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or BENCH / "results" / f"{plan.mode}-{stamp}"
