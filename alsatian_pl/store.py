@@ -7,7 +7,6 @@ rename), reads are verified against the hash, and any contiguous range of a mode
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -172,6 +171,21 @@ def _skeleton_blocks(recipe_json: str) -> tuple[nn.Module, ...]:
 
 
 # --------------------------------------------------------------------------------------------------- block tensors
+def _clone_structure(module: nn.Module) -> nn.Module:
+    """A copy of a (meta) skeleton module tree with its own module, parameter and buffer dicts, sharing the rest;
+    ``_assign`` then replaces every tensor. Several times faster than ``copy.deepcopy``, which copies each attribute."""
+    new = object.__new__(type(module))
+    new.__dict__ = module.__dict__.copy()
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    new._modules = {k: None if m is None else _clone_structure(m) for k, m in module._modules.items()}
+    for k, v in module.__dict__.items():
+        if "hook" in k and isinstance(v, dict):  # hooks registered on one clone stay on that clone
+            new.__dict__[k] = v.copy()
+    return new
+
+
 def block_tensors(block: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer (persistent or not) of a block, by name."""
     out = {n: p.detach() for n, p in block.named_parameters()}
@@ -366,7 +380,7 @@ class BlockStore:
         tensors, meta = self.read_block_tensors(h)
         recipe = json.loads(meta["recipe"])
         index = recipe.pop("index")
-        block = copy.deepcopy(_skeleton_blocks(json.dumps(recipe, sort_keys=True))[index])
+        block = _clone_structure(_skeleton_blocks(json.dumps(recipe, sort_keys=True))[index])
         _assign(block, tensors)
         return block.eval()
 
