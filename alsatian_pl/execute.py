@@ -167,6 +167,27 @@ class CacheService:
             self.weights -= nbytes
 
 
+def place_block(block: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``block`` on ``device``, its 4-D weights in the layout inference runs fastest with.
+
+    On an accelerator the copy to the device lays weights out channels-last. On the CPU the weights stay where the
+    store mapped them (no copy): those whose bytes are already in channels-last order (1x1 kernels, one input
+    channel per group, as in depthwise and pointwise convs) get channels-last strides for free, the rest keep theirs.
+    Measured at 32 px, batch 64: EfficientNet-Lite0 runs 3-4x faster with channels-last weights, ResNet-18/152
+    within noise of it, while copying ResNet weights to channels-last cost ~1 s per GiB (fresh pages).
+    """
+    if device.type != "cpu":
+        return block.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if channels_last:
+        for module in block.modules():
+            for name, t in module._parameters.items():
+                if t is not None and t.dim() == 4 and t.is_contiguous():
+                    n, c, h, w = t.shape
+                    if c == 1 or h == w == 1:  # same bytes in both layouts: restride, no copy
+                        t.data = t.data.as_strided(t.shape, (c * h * w, 1, w * c, c))
+    return block
+
+
 class WeightCache:
     """Blocks loaded from the store, kept on the device (LRU) within ``capacity`` bytes (None: unlimited).
 
@@ -222,8 +243,7 @@ class WeightCache:
     def _place(self, block: nn.Module) -> nn.Module:
         # On the calling thread: torch's parallel copies on a second thread would start a second OpenMP team that
         # competes with inference for the cores (measured: inference 7 s -> 11.5 s for resnet18 Top 50%).
-        layout = torch.channels_last if self.channels_last else torch.preserve_format
-        return block.to(self.device, memory_format=layout)  # only 4-D weights change layout
+        return place_block(block, self.device, self.channels_last)
 
     def shrink(self, capacity: int | None) -> None:
         """Evict least-recently-used blocks until at most ``capacity`` bytes are held (keeping the newest one)."""

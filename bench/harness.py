@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from alsatian_pl.data import SearchDataModule, num_rounds  # noqa: E402
 from alsatian_pl.data._sources import FASHION_MNIST_DIR  # noqa: E402
 from alsatian_pl.errors import BudgetTooSmallError  # noqa: E402
+from alsatian_pl.execute import place_block  # noqa: E402
 from alsatian_pl.halving import SuccessiveHalving, block_specs  # noqa: E402
 from alsatian_pl.plan import TaskTree, plan_round  # noqa: E402
 from alsatian_pl.store import BlockStore, ModelManifest  # noqa: E402
@@ -227,9 +228,7 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
     def visit(node_id: int, inputs: list[torch.Tensor]) -> None:
         for child_id in tree.node(node_id).children:
             h = tree.node(child_id).block.hash
-            block = store.load_block(h).to(device)
-            if channels_last:  # as the search's weight cache does (only 4-D weights change layout)
-                block = block.to(memory_format=torch.channels_last)
+            block = place_block(store.load_block(h), device, channels_last)  # as the search's weight cache does
             timed = h not in cost
             outputs, ts = [], []
             with torch.inference_mode():

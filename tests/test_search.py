@@ -237,3 +237,22 @@ def test_weight_prefetch_stays_within_capacity_and_reports_corrupt_blocks_on_use
     finally:
         blob[-1] ^= 0xFF
         path.write_bytes(bytes(blob))
+
+
+def test_cpu_block_placement_restrides_only_where_free_and_keeps_outputs():
+    from alsatian_pl.execute import place_block
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                                torch.nn.Conv2d(8, 16, 1)).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.inference_mode():
+        expected = block(x)
+    ptrs = [p.data_ptr() for p in block.parameters()]
+    placed = place_block(block, torch.device("cpu"), channels_last=True)
+    dense, depthwise, pointwise = (placed[i].weight for i in range(3))
+    assert [p.data_ptr() for p in placed.parameters()] == ptrs  # no weight was copied
+    assert dense.is_contiguous() and not dense.is_contiguous(memory_format=torch.channels_last)
+    for w in (depthwise, pointwise):  # same bytes, channels-last strides
+        assert w.stride() == (w.shape[1] * w.shape[2] * w.shape[3], 1, w.shape[3] * w.shape[1], w.shape[1])
+    with torch.inference_mode():
+        assert torch.allclose(placed(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-6)
