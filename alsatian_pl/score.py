@@ -164,8 +164,9 @@ class LinearProbes(L.LightningModule):
     [M, C]) and trained together with batched matmuls.
 
     Every head starts from the same init drawn from ``seed`` and D (nn.Linear's U(±1/√D) range), and each head's
-    arithmetic is its own slice of every batched op, so a head trains bitwise the same in any batch of two or more
-    heads (on CPU/MKL a batch of one takes another gemm path; :class:`LinearScorer` pads it to two).
+    arithmetic is its own slice of every batched op, so a head trains the same in any batch of two or more heads up
+    to float rounding: observed so far, identical accuracy and test loss within 1e-7 relative between batches of 3
+    and 8 heads (on CPU/MKL a batch of one takes another gemm path; :class:`LinearScorer` pads it to two).
     """
 
     def __init__(self, num_models: int, dim: int, num_classes: int, *, lr: float = 0.1, momentum: float = 0.0,
@@ -274,7 +275,7 @@ class LinearScorer(ProxyScorer):
                      test: Mapping[str, Tensor], test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         device, (n, dim), t = train[ids[0]].device, train[ids[0]].shape, len(test_labels)
         # A lone head gets a zero-feature partner: MKL runs a batch of one matrix through a different gemm path
-        # (other rounding) than batches of two or more, whose slices match bitwise whatever the batch size.
+        # (other rounding) than batches of two or more, whose slices agree up to rounding whatever the batch size.
         heads = max(2, len(ids))
         x = torch.empty(n, heads, dim, device=device)     # item-major train features: one gather per step
         xt = torch.empty(heads, t, dim, device=device)    # model-major test features
