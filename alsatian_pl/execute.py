@@ -240,6 +240,11 @@ class WeightCache:
         self.prefetched += 1
         return True
 
+    def advise(self, key: Hashable, block_hash: str) -> None:
+        """If ``key`` is not held, let the OS read its block file in the background (no thread, no memory held)."""
+        if key not in self._blocks and key not in self._pending:
+            self.store.advise(block_hash)
+
     def _place(self, block: nn.Module) -> nn.Module:
         # On the calling thread: torch's parallel copies on a second thread would start a second OpenMP team that
         # competes with inference for the cores (measured: inference 7 s -> 11.5 s for resnet18 Top 50%).
@@ -252,6 +257,23 @@ class WeightCache:
             _, (_, nbytes) = self._blocks.popitem(last=False)
             self.bytes -= nbytes
 
+    def retain(self, hashes: Iterable[str], owners: Iterable[str]) -> None:
+        """Drop the blocks no surviving model runs again: hashes not in ``hashes``, or copies owned by a model not in
+        ``owners`` (the baselines' per-model keys). Called after pruning, so survivors' blocks are not evicted in
+        favour of dead ones."""
+        hashes, owners = set(hashes), set(owners)
+
+        def dead(key: Hashable) -> bool:
+            block_hash, owner = key if isinstance(key, tuple) else (key, None)
+            return block_hash not in hashes or (owner is not None and owner not in owners)
+
+        for key in [k for k in self._blocks if dead(k)]:
+            self.bytes -= self._blocks.pop(key)[1]
+        for key in [k for k in self._pending if dead(k)]:
+            future, nbytes = self._pending.pop(key)
+            future.cancel()
+            self.pending_bytes -= nbytes
+
     def close(self) -> None:
         """Stop the prefetch thread and drop blocks still being prefetched."""
         for future, _ in self._pending.values():
@@ -263,7 +285,22 @@ class WeightCache:
         self.pending_bytes = 0
 
 
+def _readahead(steps: list[InferenceStep], window: int) -> Iterator[list[InferenceStep]]:
+    """For each step in turn, the later steps that newly enter a window of ``window`` weight bytes after it."""
+    end = 1
+    for i in range(len(steps)):
+        end = max(end, i + 1)
+        start, held = end, sum(s.weight_bytes for s in steps[i + 1:end])
+        while end < len(steps) and held + steps[end].weight_bytes <= window:
+            held += steps[end].weight_bytes
+            end += 1
+        yield steps[start:end]
+
+
 FeatureSink = Callable[[str, int, torch.Tensor], None]  # (model id, first item index, features of those items)
+
+
+READAHEAD_BYTES = 256 * 2**20  # block files the OS is asked to read ahead of the running step (page cache only)
 
 
 class Executor:
@@ -273,6 +310,7 @@ class Executor:
                  cache: CacheService, weights: WeightCache, share_weights: bool = True, prefetch: bool = True):
         self.store, self.device, self.batch_size, self.prefetch = store, device, batch_size, prefetch
         self.timings, self.cache, self.weights, self.share_weights = timings, cache, weights, share_weights
+        self.readahead_bytes = READAHEAD_BYTES
         self.block_runs = 0          # block applications (one block over one partition of items)
         self.inference_steps = 0
         self.block_seconds: dict[str, float] = {}   # measured inference seconds per block hash
@@ -286,13 +324,18 @@ class Executor:
             leaves: dict[int, torch.Tensor] = {}
             inference = [s for s in plan.steps if isinstance(s, InferenceStep)]
             upcoming = iter(inference[1:])
+            ahead = _readahead(inference, self.readahead_bytes)
             for step in plan.steps:
                 if isinstance(step, InferenceStep):
                     leaves.clear()
                     nxt = next(upcoming, None)
-                    if nxt is not None and self.prefetch:  # the next step's weights load while this step runs
-                        for b in nxt.blocks:
-                            self.weights.prefetch(self._key(b.hash, nxt), b.hash, b.weight_bytes)
+                    with self.timings.phase("prepare_model"):
+                        if nxt is not None and self.prefetch:  # the next step's weights load while this step runs
+                            for b in nxt.blocks:
+                                self.weights.prefetch(self._key(b.hash, nxt), b.hash, b.weight_bytes)
+                        for later in next(ahead):  # the OS reads the files of the steps ahead in the background
+                            for b in later.blocks:
+                                self.weights.advise(self._key(b.hash, later), b.hash)
                     x = part if step.input == TaskTree.ROOT else self.cache.get(step.input)
                     cached_out = step.blocks[-1].out_bytes * len(x) if tree.node(step.output).children else 0
                     self.cache.make_room(step.weight_bytes + cached_out, keep=(step.input,))

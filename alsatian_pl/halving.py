@@ -233,6 +233,7 @@ class SuccessiveHalving:
                         for tree in trees:
                             tree.prune([m for m in dropped if m in tree])
                     alive = order[:keep]
+                    weights.retain(frozenset().union(*(t.distinct_blocks() for t in trees)), alive)
                     bar.advance(task)
         finally:
             weights.close()

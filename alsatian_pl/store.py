@@ -364,6 +364,7 @@ class BlockStore:
         path = self.block_path(h)
         if not path.is_file():
             raise self._corrupt(h, "is missing")
+        self.advise(h)  # one readahead of the whole file instead of page-sized faults through the mapping
         try:  # memory-mapped: the bytes are read once, by the hash check below
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
@@ -374,6 +375,22 @@ class BlockStore:
         if meta.get("format") != BLOCK_FORMAT or content_hash(meta.get("spec", ""), tensors) != h:
             raise self._corrupt(h, "does not match its content hash (modified or damaged)")
         return tensors, meta
+
+    def advise(self, h: str) -> None:
+        """Ask the OS to start reading block ``h``'s file into its page cache in the background (returns at once;
+        a no-op where ``posix_fadvise`` is missing or the file is absent, which :meth:`read_block_tensors` reports)."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            fd = os.open(self.block_path(h), os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def load_block(self, h: str) -> nn.Module:
         """Block ``h`` as a runnable module in eval mode (weights read and verified from its file)."""

@@ -239,6 +239,26 @@ def test_weight_prefetch_stays_within_capacity_and_reports_corrupt_blocks_on_use
         path.write_bytes(bytes(blob))
 
 
+def test_weight_cache_drops_the_blocks_of_pruned_models_only(zoo):
+    from alsatian_pl.execute import WeightCache
+    store = BlockStore(zoo.store.root)
+    a, b = (store.manifest(m).hashes for m in zoo.models[:2])
+    cache = WeightCache(store, torch.device("cpu"))
+    for h in a:
+        cache.get((h, None), h)
+    for h in b:
+        cache.get((h, zoo.models[1]), h)  # a baseline's own copy, owned by model 1
+    cache.retain(a, owners=[zoo.models[0]])
+    assert set(cache._blocks) == {(h, None) for h in a}  # model 1's own copies go, though some share a's hashes
+    assert cache.bytes == sum(nbytes for _, nbytes in cache._blocks.values())
+    cache.retain(a[:2], owners=[])
+    assert set(cache._blocks) == {(h, None) for h in a[:2]}
+    assert cache.prefetch((a[3], None), a[3], 1)
+    cache.retain([], owners=[])
+    assert not cache._blocks and cache.bytes == 0 and cache.pending_bytes == 0
+    cache.close()
+
+
 def test_cpu_block_placement_restrides_only_where_free_and_keeps_outputs():
     from alsatian_pl.execute import place_block
     torch.manual_seed(0)
@@ -256,3 +276,14 @@ def test_cpu_block_placement_restrides_only_where_free_and_keeps_outputs():
         assert w.stride() == (w.shape[1] * w.shape[2] * w.shape[3], 1, w.shape[3] * w.shape[1], w.shape[1])
     with torch.inference_mode():
         assert torch.allclose(placed(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-6)
+
+
+def test_readahead_window_names_each_later_step_once_within_the_window():
+    from types import SimpleNamespace
+
+    from alsatian_pl.execute import _readahead
+    steps = [SimpleNamespace(index=i, weight_bytes=w) for i, w in enumerate((100, 100, 300, 50, 50, 0))]
+    windows = [[s.index for s in later] for later in _readahead(steps, 200)]
+    assert windows == [[1], [], [3, 4, 5], [], [], []]  # the 300-byte step never fits: read when it runs
+    assert [[s.index for s in later] for later in _readahead(steps, 10**9)] == [[1, 2, 3, 4, 5], [], [], [], [], []]
+    assert list(_readahead([], 200)) == []

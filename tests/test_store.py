@@ -74,7 +74,7 @@ def test_partial_load_reads_only_the_requested_blocks(store, monkeypatch):
         torch.testing.assert_close(part(x), full[3:6](x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "header", "offsets", "empty"])
 def test_damaged_block_gives_a_clear_error(store, damage):
     _, man = _import(store)
     _import(store, "m1")
@@ -86,6 +86,15 @@ def test_damaged_block_gives_a_clear_error(store, damage):
         path.write_bytes(bytes(data))
     elif damage == "truncate":
         path.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "header":  # a header length larger than the file
+        path.write_bytes((2**40).to_bytes(8, "little") + bytes(data[8:]))
+    elif damage == "offsets":  # valid JSON, but a tensor's data range that no longer matches its shape
+        n = int.from_bytes(data[:8], "little")
+        header = bytes(data[8:8 + n]).replace(b'"data_offsets":[0,', b'"data_offsets":[4,', 1)
+        assert header != bytes(data[8:8 + n])
+        path.write_bytes(bytes(data[:8 + n]).replace(bytes(data[8:8 + n]), header) + bytes(data[8 + n:]))
+    elif damage == "empty":
+        path.write_bytes(b"")
     else:
         path.unlink()
     with pytest.raises(CorruptBlockError) as err:
