@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
                  "num_models": plan.num_models, "repeats": plan.repeats, "settings": asdict(plan.settings),
                  "fig16": plan.fig16, "scaling_arch": plan.scaling_arch, "scaling_models": plan.scaling_models,
                  "scaling_models_items": plan.scaling_models_items, "scaling_items": plan.scaling_items,
-                 "calibration_repeats": plan.calibration_repeats}}
+                 "calibration_repeats": plan.calibration_repeats, "calibration_warmup": H.CALIBRATION_WARMUP}}
     m = meta["machine"]
     log(f"{plan.mode} benchmark -> {out}")
     log(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
