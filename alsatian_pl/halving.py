@@ -176,7 +176,7 @@ class SuccessiveHalving:
                     n_new = len(y_new)
                     n_items = n_new + (len(y_test) if r == 0 else 0)
                     # Resident while any group runs: every survivor's kept features, every survivor's reserved
-                    # buffers for this round (groups run earlier have filled theirs) and the running group's inputs.
+                    # buffers for this round (groups run earlier have filled theirs) and the prepared data.
                     kept = (sum(tensor_bytes(t) for m in alive for t in train[m])
                             + sum(tensor_bytes(test[m]) for m in test))
                     reserved = sum(feature_bytes[m] for m in alive) * n_items
@@ -197,10 +197,13 @@ class SuccessiveHalving:
                         x_new = (self.data.chunk(r, group.tokenizer)[0] if self.strategy.halving
                                  else self.data.train_items(tokenizer=group.tokenizer)[0])
                         inputs = torch.cat([x_new, self.data.test_items(group.tokenizer)[0]]) if r == 0 else x_new
+                        # The prepared data set is held throughout; round 1's inputs are a copy (chunk + test items),
+                        # later rounds' a view of it.
+                        held = self.data.held_bytes + (tensor_bytes(inputs) if r == 0 else 0)
                         with timings.phase("planning"):
                             plan = plan_round(tree, num_items=n_items, batch_size=self.batch_size,
                                               budget=None if spill else self.cache_budget,
-                                              resident_bytes=tensor_bytes(inputs) + kept + reserved)
+                                              resident_bytes=held + kept + reserved)
                         weights.shrink(None if self.cache_budget is None
                                        else max(0, self.cache_budget - plan.peak_bytes))
                         cache.reserve(plan.resident_bytes)

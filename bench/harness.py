@@ -449,8 +449,9 @@ def ru_maxrss() -> int:
 # ---------------------------------------------------------------------------------------------------- cache budgets
 def round_residents(store_root: Path, models: Sequence[str], result: dict[str, Any],
                     item_bytes: int) -> list[int]:
-    """Resident bytes of each round as the search driver counts them: the round's input items, the kept features of
-    the surviving models (earlier chunks and the test set) and the buffers reserved for the round's new features."""
+    """Resident bytes of each round as the search driver counts them: the prepared data set (plus round 1's copy of
+    its inputs), the kept features of the surviving models (earlier chunks and the test set) and the buffers
+    reserved for the round's new features."""
     store = BlockStore(store_root)
     feat = {m: store.manifest(m).blocks[-1].out_bytes for m in models}
     test_items = result["dataset"]["test_size"]
@@ -459,7 +460,8 @@ def round_residents(store_root: Path, models: Sequence[str], result: dict[str, A
         new_train = rep["items"] - (test_items if k == 0 else 0)
         kept = sum(feat[m] for m in alive) * (train_seen + (test_items if k > 0 else 0))
         reserved = sum(feat[m] for m in alive) * rep["items"]
-        residents.append(rep["items"] * item_bytes + kept + reserved)
+        held = result["dataset"]["held_bytes"] + (rep["items"] * item_bytes if k == 0 else 0)
+        residents.append(held + kept + reserved)
         train_seen += new_train
     return residents
 

@@ -19,6 +19,11 @@ DIST_LABELS = {"top_layers": "Top Layers", "top25": "Top 25%", "top50": "Top 50%
 DIST_ORDER = {"top50": 0, "top25": 1, "top_layers": 2}
 
 
+def _check(ok: bool | None) -> str:
+    """✅ / ❌, or — where the check does not apply (no budget) or was not measured."""
+    return "—" if ok is None else ("✅" if ok else "❌")
+
+
 def _mib(n: float | None) -> str:
     return "unlimited" if n is None else f"{n / 2**20:,.1f} MiB"
 
@@ -196,16 +201,23 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
           f"({'reproducing' if d['replan_matches'] else '**not** reproducing'} the ample run’s planned peaks) "
           "so that partitions really happen. The weight cache gets what the budget leaves."
           + (f" Of the ample peak, {_mib(d['residents'][d['planned_peaks'].index(d['peak'])])} is resident in "
-             "that round (input items, kept features, the round's feature buffers), which no partitioning can "
+             "that round (the prepared data, kept features, the round's feature buffers), which no partitioning can "
              "shrink; only the rest (cached intermediates, running weights) scales with the partition size."
              if "residents" in d else "") + "\n")
+        fp = f16.get("footprint")
+        if fp:
+            w(f"*Footprint*: on the smallest workload ({fp['models']} models of the zoo, {fp['items']} items, no "
+              f"budget) host memory grows by {_mib(fp['growth_bytes'])} during the search (peak "
+              f"{_mib(fp['peak_rss_bytes'])}, {_mib(fp['rss_before_search_bytes'])} before it): the fixed cost of a "
+              "search — the probe's training, allocator and kernel workspaces, the running block's weights — that "
+              "no cache budget governs. *≤ budget + footprint* checks each budgeted run's growth against it.\n")
         if all(p == 1 for b in d["budgets"].values() for p in b["predicted_partitions"]):
             w("> No budget below the ample peak can be planned in this workload (the smallest feasible budget "
               "equals the peak), so no round splits its data here.\n")
         w("| budget | bytes | time s | prepare model s | inference s | partitions per round | weight loads | "
           "cache peak (observed) | within budget | peak host RSS (search) | RSS before search | growth | "
-          "process peak (VmHWM) | ranking identical | other processes (cores) |")
-        w("|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---|---:|")
+          "≤ budget + footprint | process peak (VmHWM) | ranking identical | other processes (cores) |")
+        w("|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---|---:|---|---:|")
         for r in f16["rows"]:
             if "error" in r:
                 w(f"| {r['budget']} | failed: {r['error'][:200]} |")
@@ -215,7 +227,7 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
               f"{'/'.join(map(str, r['partitions']))} | {r['weight_loads']} | {_mib(r['observed_peak_bytes'])} | "
               f"{'✅' if r['within_budget'] else '❌'} | {_mib(r['peak_rss_bytes'])} | "
               f"{_mib(r['rss_before_search_bytes'])} | {_mib(r['peak_rss_bytes'] - r['rss_before_search_bytes'])} | "
-              f"{_mib(r.get('process_peak_rss_bytes'))} | {'✅' if r['ranking_identical'] else '❌'} | "
+              f"{_check(r.get('within_budget_plus_footprint'))} | {_mib(r.get('process_peak_rss_bytes'))} | {'✅' if r['ranking_identical'] else '❌'} | "
               f"{'—' if r.get('other_cores') is None else format(r['other_cores'], '.2f')} |")
         w("")
         w(f"![figure 16]({(rel / 'fig16.png').as_posix()})\n")

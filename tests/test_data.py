@@ -162,7 +162,7 @@ def test_fashion_mnist_embedded():
     assert dm.item_bytes == 3 * 32 * 32 * 4
     assert dm.describe() == {"name": "fashion_mnist", "path": None, "items": 500, "classes": 10, "image_size": 32,
                              "train_size": 400, "test_size": 100, "chunk_sizes": [57, 114, 229], "item_bytes": 12288,
-                             "seed": 3}
+                             "held_bytes": 500 * (12288 + 8), "seed": 3}  # every item and its int64 label
     pixels = x * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 

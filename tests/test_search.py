@@ -287,3 +287,12 @@ def test_readahead_window_names_each_later_step_once_within_the_window():
     assert windows == [[1], [], [3, 4, 5], [], [], []]  # the 300-byte step never fits: read when it runs
     assert [[s.index for s in later] for later in _readahead(steps, 10**9)] == [[1, 2, 3, 4, 5], [], [], [], [], []]
     assert list(_readahead([], 200)) == []
+
+
+def test_budgeted_bytes_cover_the_prepared_data_set(results, data):
+    """The budget governs everything that grows with the workload: the held data set counts as resident."""
+    r = results["alsatian"]
+    first_inputs = r.rounds[0].items * data.item_bytes  # round 1 joins its chunk and the test items into one copy
+    assert r.rounds[0].planned_peak_bytes > data.held_bytes + first_inputs
+    assert all(x.planned_peak_bytes > data.held_bytes for x in r.rounds)
+    assert all(x.observed_peak_bytes == x.planned_peak_bytes for x in r.rounds)

@@ -194,6 +194,14 @@ class SearchDataModule(LightningDataModule):
         x = self._prepared().train_x
         return x[0].numel() * x.element_size()
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of every prepared tensor this module holds (items of each tokenizer prepared so far, and labels)."""
+        data = self._prepared()
+        tensors = [data.train_x, data.test_x, data.train_y, data.test_y]
+        tensors += [t for pair in self._inputs.values() for t in pair if t is not data.train_x and t is not data.test_x]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def test_items(self, tokenizer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` of the test set D_test, the same in every round (text: tokenised with ``tokenizer``)."""
         return self._items(tokenizer)[1], self._prepared().test_y
@@ -222,7 +230,7 @@ class SearchDataModule(LightningDataModule):
         return {"name": self.spec.name, "path": self.spec.path, "items": len(data.train_y) + len(data.test_y),
                 "classes": len(data.class_names), "image_size": self.spec.image_size,
                 "train_size": len(data.train_y), "test_size": len(data.test_y), "chunk_sizes": self.chunk_sizes,
-                "item_bytes": self.item_bytes, "seed": self.spec.seed,
+                "item_bytes": self.item_bytes, "held_bytes": self.held_bytes, "seed": self.spec.seed,
                 **({"max_length": self.spec.max_length, "tokenizer": self._text.tokenizer} if self._text else {})}
 
     # -- Lightning loaders for later fine-tuning

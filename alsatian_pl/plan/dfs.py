@@ -221,8 +221,8 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
 
 def _too_small_message(budget: int, needed: int, resident: int, one_batch: int) -> str:
     text = (f"The cache budget {format_bytes(budget)} is too small for this round: even one batch of {one_batch} "
-            f"items needs {format_bytes(needed)} ({needed} bytes) = {format_bytes(resident)} resident (kept "
-            f"features, input items, feature buffers) + {format_bytes(needed - resident)} for intermediate "
+            f"items needs {format_bytes(needed)} ({needed} bytes) = {format_bytes(resident)} resident (prepared "
+            f"data, kept features, feature buffers) + {format_bytes(needed - resident)} for intermediate "
             f"outputs and block weights. ")
     if resident > budget:
         text += "The resident data alone exceeds the budget. "
