@@ -310,7 +310,6 @@ class Executor:
                  cache: CacheService, weights: WeightCache, share_weights: bool = True, prefetch: bool = True):
         self.store, self.device, self.batch_size, self.prefetch = store, device, batch_size, prefetch
         self.timings, self.cache, self.weights, self.share_weights = timings, cache, weights, share_weights
-        self.readahead_bytes = READAHEAD_BYTES
         self.block_runs = 0          # block applications (one block over one partition of items)
         self.inference_steps = 0
         self.block_seconds: dict[str, float] = {}   # measured inference seconds per block hash
@@ -324,7 +323,7 @@ class Executor:
             leaves: dict[int, torch.Tensor] = {}
             inference = [s for s in plan.steps if isinstance(s, InferenceStep)]
             upcoming = iter(inference[1:])
-            ahead = _readahead(inference, self.readahead_bytes)
+            ahead = _readahead(inference, READAHEAD_BYTES)
             for step in plan.steps:
                 if isinstance(step, InferenceStep):
                     leaves.clear()

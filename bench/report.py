@@ -225,9 +225,9 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
             w(f"| {r['budget']} | {_mib(r['budget_bytes'])} | {_s(r['time_s'])} | "
               f"{_s(r['breakdown_s']['prepare_model'])} | {_s(r['breakdown_s']['inference'])} | "
               f"{'/'.join(map(str, r['partitions']))} | {r['weight_loads']} | {_mib(r['observed_peak_bytes'])} | "
-              f"{'✅' if r['within_budget'] else '❌'} | {_mib(r['peak_rss_bytes'])} | "
+              f"{_check(r['within_budget'])} | {_mib(r['peak_rss_bytes'])} | "
               f"{_mib(r['rss_before_search_bytes'])} | {_mib(r['peak_rss_bytes'] - r['rss_before_search_bytes'])} | "
-              f"{_check(r.get('within_budget_plus_footprint'))} | {_mib(r.get('process_peak_rss_bytes'))} | {'✅' if r['ranking_identical'] else '❌'} | "
+              f"{_check(r.get('within_budget_plus_footprint'))} | {_mib(r.get('process_peak_rss_bytes'))} | {_check(r['ranking_identical'])} | "
               f"{'—' if r.get('other_cores') is None else format(r['other_cores'], '.2f')} |")
         w("")
         w(f"![figure 16]({(rel / 'fig16.png').as_posix()})\n")
