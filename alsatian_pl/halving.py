@@ -1,33 +1,44 @@
-"""Successive halving (paper §2.2, §4.1): round by round, plan → execute → score → prune.
+"""Successive halving (paper §2.2, §4.1, Figure 6): round by round, inputs → plan → execute → score → prune.
 
 Round i pushes only its new training chunk D_i (and, in the first round, the test items) through the surviving
-models' blocks; every model's features from earlier rounds are kept, so nothing is recomputed across rounds. Text
-models of different tokenizers form groups, each with its own task tree and prepared inputs, planned and run one
-after the other in every round; scoring and pruning span all groups.
+models' blocks; the :class:`FeatureStore` keeps every model's features from earlier rounds, so nothing is recomputed.
+Text models of different tokenizers form groups, each with its own task tree and prepared inputs, planned and run
+one after the other in every round; scoring and pruning span all groups. The strategy decides the rounds, the items
+of each round, the tree and the weight keys; the loop below is the same for all strategies.
 """
 
 from __future__ import annotations
 
-import math
-import resource
 import shutil
+from collections import Counter
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .cache import CacheService, tensor_bytes
 from .data import SearchDataModule
 from .errors import ConfigError, DataError
-from .execute import CacheService, Executor, Timings, WeightCache, tensor_bytes
-from .plan import BlockSpec, plan_round
-from .score import ProxyScore, get_scorer, rank
+from .execute import Executor
+from .features import FeatureStore
+from .plan import BlockSpec, InferenceStep, RoundMemory, RoundPlan, TaskTree, plan_round
+from .resources import (device_capacity, peak_accelerator_bytes, peak_rss, reset_peak_memory,
+                        resolve_device)
+from .score import ProxyScore, ProxyScorer, get_scorer, rank
+from .stats import SearchStats
 from .store import BlockStore, ModelManifest
 from .strategies import Strategy, get_strategy
+from .units import parse_bytes
+from .weights import WeightCache
 from .zoo import model_tokenizer
+
+__all__ = ["SuccessiveHalving", "SearchResult", "RoundReport", "RankedModel", "SearchState", "TokenizerGroup",
+           "assemble_ranking", "block_specs", "resolve_device"]
 
 
 @dataclass
@@ -80,185 +91,221 @@ class SearchResult:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@dataclass
 class TokenizerGroup:
-    """Models that take the same prepared inputs: text models of one tokenizer (``tokenizer``: its file, None for
-    the dataset's own items, which also serve image models and models without a tokenizer)."""
+    """Models that take the same prepared inputs (``tokenizer``: their tokenizer file; None for the dataset's own
+    items, which also serve image models and models without a tokenizer), and their task tree."""
 
     tokenizer: str | None
     models: list[str]
+    tree: TaskTree | None = None
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; through Lightning Fabric's accelerator selection."""
-    from lightning.fabric import Fabric
+@dataclass
+class SearchState:
+    """What a search carries from round to round: the alive models, their features, the labels so far, the last
+    scores, the eliminated models and the reports. Nothing global: a distributed driver runs one per rank."""
 
-    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}.get(str(device))
-    if accelerator is None:
-        raise ConfigError(f"search.device must be auto, cpu or cuda, got {device!r}")
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("search.device=cuda but no CUDA device is available; use search.device=auto or cpu")
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    return Fabric(accelerator=accelerator, devices=1).device
+    rounds: int
+    groups: list[TokenizerGroup]
+    features: FeatureStore
+    alive: list[str]
+    test_labels: torch.Tensor
+    labels: list[torch.Tensor] = field(default_factory=list)
+    scores: dict[str, ProxyScore] = field(default_factory=dict)
+    eliminated: dict[str, tuple[int, ProxyScore]] = field(default_factory=dict)
+    reports: list[RoundReport] = field(default_factory=list)
+    round: int = 0
+    new_items: int = 0
+    runs: list[tuple[RoundPlan, int]] = field(default_factory=list)  # this round's plans and observed peaks
+    counts_before: Counter[str] = field(default_factory=Counter)  # the search's counters when the round opened
+
+    @property
+    def trees(self) -> list[TaskTree]:
+        return [g.tree for g in self.groups if g.tree is not None]
+
+    def live_groups(self) -> list[TokenizerGroup]:
+        """The groups that still have models (every model of a tokenizer may have been pruned)."""
+        return [g for g in self.groups if g.tree is not None and g.tree.models]
+
+    def open_round(self, r: int, labels: torch.Tensor, counts: Counter[str]) -> None:
+        """Start round ``r``, whose new training items have ``labels`` (plus the test items in round 1); ``counts``:
+        the search's counters now."""
+        self.round, self.new_items, self.runs, self.counts_before = r, len(labels), [], counts
+        self.labels.append(labels)
+        self.features.open_round(len(labels), len(self.test_labels) if r == 0 else 0)
+
+    @property
+    def round_items(self) -> int:
+        """Items the current round pushes through every survivor."""
+        return self.new_items + (len(self.test_labels) if self.round == 0 else 0)
+
+
+@dataclass
+class Engine:
+    """The execution side of one search: statistics, cache service, weight cache and executor."""
+
+    stats: SearchStats
+    cache: CacheService
+    weights: WeightCache
+    executor: Executor
+
+
+def block_specs(manifest: ModelManifest) -> list[BlockSpec]:
+    """What the planner needs of a model's blocks: hash, output bytes per item, weight bytes, relative cost."""
+    return [BlockSpec(b.hash, b.out_bytes, b.nbytes, float(max(b.params, 1))) for b in manifest.blocks]
+
+
+def assemble_ranking(state: SearchState, higher_is_better: bool) -> list[RankedModel]:
+    """The survivors in their final order, then the models eliminated in each round, later rounds first."""
+    ranking = [RankedModel(m, state.scores[m].score, state.scores[m].test_loss, None) for m in state.alive]
+    for r in reversed(range(state.rounds)):
+        out = {m: s for m, (rr, s) in state.eliminated.items() if rr == r}
+        ranking += [RankedModel(m, out[m].score, out[m].test_loss, r) for m in rank(out, higher_is_better)]
+    return ranking
 
 
 class SuccessiveHalving:
-    """The search driver: one strategy, one store, one data module, one scorer."""
+    """The search driver: one strategy, one store, one data module, one scorer.
+
+    ``cache_budget``: bytes (or a size such as ``"4GB"``; None: unlimited) for everything the memory model counts;
+    ``scorer``: a registered name, ``{"name": ..., "kwargs": {...}}`` or a :class:`ProxyScorer`; ``spill_dir``: rounds
+    over budget spill cached outputs there instead of splitting the data (paper §5.4's alternative); ``prefetch``:
+    read the next step's weights on a thread (``auto``: on accelerators); ``device_capacity``: bytes of cached
+    outputs the accelerator holds before the host tier takes the rest (``auto``: from its free memory).
+    """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
-                 scorer: str = "linear", scorer_kwargs: dict[str, Any] | None = None, result_size: int = 1,
-                 batch_size: int = 64, device: str | torch.device = "auto", cache_budget: int | None = None,
-                 seed: int = 0, progress: bool = True, channels_last: bool = True,
-                 spill_dir: str | Path | None = None, prefetch: bool | str | None = "auto"):
-        if result_size < 1:
-            raise ConfigError(f"search.result_size must be at least 1, got {result_size}")
-        if batch_size < 1:
-            raise ConfigError(f"search.batch_size must be at least 1, got {batch_size}")
-        self.store, self.data = store, data
-        self.strategy = strategy if isinstance(strategy, Strategy) else get_strategy(strategy)
-        self.scorer = get_scorer(scorer, seed=seed, **(scorer_kwargs or {}))
-        self.result_size, self.batch_size, self.cache_budget = result_size, batch_size, cache_budget
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.progress, self.channels_last = progress, channels_last
-        # Reading the next step's weights on a background thread overlaps an accelerator's inference; on a CPU the
-        # reads compete with inference for the same cores (measured on 2 cores: no gain), so auto = accelerators only.
+                 scorer: str | Mapping[str, Any] | ProxyScorer = "linear", scorer_kwargs: dict[str, Any] | None = None,
+                 result_size: int = 1, batch_size: int = 64, device: str | torch.device = "auto",
+                 cache_budget: int | str | None = None, seed: int = 0, progress: bool = True,
+                 channels_last: bool = True, spill_dir: str | Path | None = None,
+                 prefetch: bool | str | None = "auto", device_capacity: int | str | None = "auto"):
+        for key, value in (("result_size", result_size), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"search.{key} must be a whole number, at least 1, got {value!r}")
         if prefetch not in ("auto", None, True, False):
             raise ConfigError(f"search.prefetch must be auto, true or false, got {prefetch!r}")
+        self.store, self.data = store, data
+        self.strategy = get_strategy(strategy)
+        self.scorer = _scorer(scorer, scorer_kwargs, seed)
+        self.result_size, self.batch_size = result_size, batch_size
+        self.cache_budget = cache_budget if cache_budget is None or isinstance(cache_budget, int) \
+            else parse_bytes(str(cache_budget))
+        self.device = resolve_device(device)
+        self.progress, self.channels_last = progress, channels_last
+        # On a CPU the reads compete with inference for the same cores (measured on 2 cores: no gain).
         self.prefetch = self.device.type != "cpu" if prefetch in ("auto", None) else bool(prefetch)
-        # With a spill folder, a round that does not fit the budget spills cached outputs to disk instead of being
-        # split into partitions (paper §5.4's alternative; same results, more I/O).
         self.spill_dir = None if spill_dir is None else Path(spill_dir)
+        self.device_capacity = device_capacity
 
-    # ------------------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------ the loop
     def run(self, model_names: Sequence[str]) -> SearchResult:
-        """Rank ``model_names`` (all stored in ``self.store``) on the data module's dataset."""
+        """Rank ``model_names`` (all stored in ``self.store``) on the data module's dataset (Figure 6)."""
+        manifests = self._manifests(model_names)
+        wall, prepared_before = time.perf_counter(), self.data.prepare_seconds
+        stats = SearchStats(self.device)
+        reset_peak_memory(self.device)
+        state = self._start(manifests, stats)
+        with self._engine(stats) as engine, _progress(self.progress, state.rounds) as advance:
+            for r in range(state.rounds):
+                state.open_round(r, self.strategy.round_items(self.data, r)[1], engine.stats.snapshot())
+                advance(f"round {r + 1}/{state.rounds} · {len(state.alive)} models · {state.round_items} items")
+                for group in state.live_groups():
+                    inputs = self._inputs(state, group)
+                    plan = self._plan(state, engine, group, inputs)
+                    self._execute(state, engine, plan, inputs)
+                scores = self._score(state, engine)
+                self._prune(state, engine, scores)
+        return self._result(state, engine, time.perf_counter() - wall + prepared_before)
+
+    def _start(self, manifests: dict[str, ModelManifest], stats: SearchStats) -> SearchState:
+        """Cut the data into the strategy's rounds, group the models by input and build their task trees."""
+        rounds = self.strategy.num_rounds(len(manifests), self.result_size)
+        self.data.setup(num_rounds=rounds)
+        groups = self._groups(manifests)
+        with stats.phase("planning"):
+            for g in groups:
+                g.tree = self.strategy.make_tree({m: block_specs(manifests[m]) for m in g.models})
+        features = FeatureStore({n: m.blocks[-1].out_bytes for n, m in manifests.items()})
+        return SearchState(rounds, groups, features, list(manifests), self.data.test_items()[1])
+
+    def _inputs(self, state: SearchState, group: TokenizerGroup) -> torch.Tensor:
+        """The group's items of this round: its new chunk, joined with the test items in round 1 (a copy)."""
+        x_new = self.strategy.round_items(self.data, state.round, group.tokenizer)[0]
+        return torch.cat([x_new, self.data.test_items(group.tokenizer)[0]]) if state.round == 0 else x_new
+
+    def _memory(self, state: SearchState, inputs: torch.Tensor) -> RoundMemory:
+        """Resident while the group runs: the prepared data (and round 1's joined inputs), every survivor's kept
+        features and the buffers reserved for every survivor's new features (earlier groups have filled theirs)."""
+        return state.features.memory(new_items=state.round_items, data_bytes=self.data.held_bytes,
+                                     input_bytes=tensor_bytes(inputs) if state.round == 0 else 0)
+
+    def _plan(self, state: SearchState, engine: Engine, group: TokenizerGroup, inputs: torch.Tensor) -> RoundPlan:
+        """DFS+ over the group's tree within the budget; the weight cache gets what the plan leaves over."""
+        memory = self._memory(state, inputs)
+        with engine.stats.phase("planning"):
+            plan = plan_round(group.tree, num_items=len(inputs), batch_size=self.batch_size,
+                              budget=None if self.spill_dir else self.cache_budget, resident_bytes=memory)
+        weight_room = RoundMemory.weight_capacity(self.cache_budget, plan.peak_bytes)
+        engine.weights.shrink(weight_room)
+        engine.cache.device_capacity = self._device_capacity(memory, plan, weight_room)
+        return plan
+
+    def _device_capacity(self, memory: RoundMemory, plan: RoundPlan, weight_room: int | None) -> int | None:
+        if self.device_capacity != "auto":
+            return None if self.device_capacity is None else parse_bytes(str(self.device_capacity))
+        weights = sum(s.weight_bytes for s in plan.steps if isinstance(s, InferenceStep))
+        return device_capacity(self.device, self.cache_budget,
+                               reserve=memory.reserved + min(weights, weight_room if weight_room is not None else weights))
+
+    def _execute(self, state: SearchState, engine: Engine, plan: RoundPlan, inputs: torch.Tensor) -> None:
+        """Run the plan; every model's features land in the feature store's buffers."""
+        engine.cache.reserve(plan.resident_bytes)
+        engine.cache.reset_peak()
+        engine.executor.run_round(plan, inputs, state.features.write)
+        state.runs.append((plan, engine.cache.peak))
+        engine.cache.reserve(0)
+
+    def _score(self, state: SearchState, engine: Engine) -> dict[str, ProxyScore]:
+        """Proxy scores of the survivors on all training items so far and the test items."""
+        state.features.close_round()
+        with engine.stats.phase("proxy_scoring"):
+            return self.scorer.score(state.features.train(state.alive), torch.cat(state.labels),
+                                     state.features.test(state.alive), state.test_labels, self.data.num_classes)
+
+    def _prune(self, state: SearchState, engine: Engine, scores: dict[str, ProxyScore]) -> None:
+        """Keep the better part (the strategy's count), report the round, and drop the rest's features, tree paths
+        and weights."""
+        r, order = state.round, rank(scores, self.scorer.higher_is_better)
+        keep = self.strategy.survivors(order, r, state.rounds, self.result_size)
+        dropped = order[keep:]
+        state.reports.append(self._report(state, engine, keep))
+        for m in dropped:
+            state.eliminated[m] = (r, scores[m])
+        state.features.drop(dropped)
+        with engine.stats.phase("planning"):
+            for tree in state.trees:
+                tree.prune([m for m in dropped if m in tree])
+        state.alive, state.scores = order[:keep], scores
+        engine.weights.retain(self.strategy.weight_keys(state.trees))
+
+    def _report(self, state: SearchState, engine: Engine, keep: int) -> RoundReport:
+        """The current round's report, before pruning (counters since the round opened)."""
+        plans, peaks = [p for p, _ in state.runs], [o for _, o in state.runs]
+        since = engine.stats.since
+        distinct = frozenset().union(*(t.distinct_blocks() for t in state.trees))
+        return RoundReport(state.round, len(state.alive), state.round_items, max(p.partitions for p in plans),
+                           since(state.counts_before, "inference_steps"), since(state.counts_before, "block_runs"),
+                           len(distinct), max(p.peak_bytes for p in plans), max(peaks), keep, len(plans))
+
+    # --------------------------------------------------------------------------------------------- set-up, result
+    def _manifests(self, model_names: Sequence[str]) -> dict[str, ModelManifest]:
         if not model_names:
             raise ConfigError("the search has no candidate models: the model query matched nothing")
         if len(set(model_names)) != len(model_names):
             raise ConfigError("the candidate model list names a model twice")
-        timings = Timings(self.device)
-        reset_peak_rss()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        wall = time.perf_counter()
-        manifests = {n: self.store.manifest(n) for n in model_names}
-        rounds = self.strategy.num_rounds(len(manifests), self.result_size)
-        prepared_before = self.data.prepare_seconds  # preparation done before this call still belongs to the search
-        self.data.setup(num_rounds=rounds)
-        groups = self._groups(manifests)
-        with timings.phase("planning"):
-            trees = []
-            for group in groups:
-                trees.append(self.strategy.make_tree())
-                for name in group.models:
-                    trees[-1].add_model(name, block_specs(manifests[name]))
-        spill = None if self.spill_dir is None else Path(tempfile.mkdtemp(prefix="spill-", dir=_mkdir(self.spill_dir)))
-        cache = CacheService(device=self.device, capacity=self.cache_budget if spill else None, spill_dir=spill)
-        weights = WeightCache(self.store, self.device, channels_last=self.channels_last)
-        executor = Executor(self.store, device=self.device, batch_size=self.batch_size, timings=timings,
-                            cache=cache, weights=weights, share_weights=self.strategy.shared,
-                            prefetch=self.prefetch)
-        feature_bytes = {n: m.blocks[-1].out_bytes for n, m in manifests.items()}
-        train: dict[str, list[torch.Tensor]] = {n: [] for n in manifests}
-        test: dict[str, torch.Tensor] = {}
-        labels: list[torch.Tensor] = []
-        _, y_test = self.data.test_items()
-        alive = list(manifests)
-        eliminated: dict[str, tuple[int, ProxyScore]] = {}
-        reports: list[RoundReport] = []
-        last: dict[str, ProxyScore] = {}
-        try:
-            with _progress(self.progress) as bar:
-                task = bar.add_task("search", total=rounds)
-                for r in range(rounds):
-                    y_new = self.data.chunk(r)[1] if self.strategy.halving else self.data.train_items()[1]
-                    n_new = len(y_new)
-                    n_items = n_new + (len(y_test) if r == 0 else 0)
-                    # Resident while any group runs: every survivor's kept features, every survivor's reserved
-                    # buffers for this round (groups run earlier have filled theirs) and the prepared data.
-                    kept = (sum(tensor_bytes(t) for m in alive for t in train[m])
-                            + sum(tensor_bytes(test[m]) for m in test))
-                    reserved = sum(feature_bytes[m] for m in alive) * n_items
-                    buffers: dict[str, torch.Tensor] = {}
-
-                    def sink(model: str, start: int, feats: torch.Tensor) -> None:
-                        if model not in buffers:
-                            buffers[model] = torch.empty((n_items, *feats.shape[1:]), dtype=feats.dtype,
-                                                         device=feats.device)
-                        buffers[model][start:start + len(feats)] = feats
-
-                    bar.update(task, description=f"round {r + 1}/{rounds} · {len(alive)} models · {n_items} items")
-                    steps_before, runs_before = executor.inference_steps, executor.block_runs
-                    partitions = planned = observed = ran = 0
-                    for group, tree in zip(groups, trees):
-                        if not tree.models:  # every model of this tokenizer was pruned
-                            continue
-                        x_new = (self.data.chunk(r, group.tokenizer)[0] if self.strategy.halving
-                                 else self.data.train_items(tokenizer=group.tokenizer)[0])
-                        inputs = torch.cat([x_new, self.data.test_items(group.tokenizer)[0]]) if r == 0 else x_new
-                        # The prepared data set is held throughout; round 1's inputs are a copy (chunk + test items),
-                        # later rounds' a view of it.
-                        held = self.data.held_bytes + (tensor_bytes(inputs) if r == 0 else 0)
-                        with timings.phase("planning"):
-                            plan = plan_round(tree, num_items=n_items, batch_size=self.batch_size,
-                                              budget=None if spill else self.cache_budget,
-                                              resident_bytes=held + kept + reserved)
-                        weights.shrink(None if self.cache_budget is None
-                                       else max(0, self.cache_budget - plan.peak_bytes))
-                        cache.reserve(plan.resident_bytes)
-                        cache.reset_peak()
-                        executor.run_round(plan, tree, inputs, sink)
-                        partitions, ran = max(partitions, plan.partitions), ran + 1
-                        planned, observed = max(planned, plan.peak_bytes), max(observed, cache.peak)
-                        cache.reserve(0)
-                        del inputs, x_new  # the next group's inputs replace these
-                    for m in alive:
-                        train[m].append(buffers[m][:n_new])
-                        if r == 0:
-                            test[m] = buffers[m][n_new:]
-                    labels.append(y_new)
-                    with timings.phase("proxy_scoring"):
-                        y_train = torch.cat(labels)
-                        last = self.scorer.score({m: torch.cat(train[m]) for m in alive}, y_train,
-                                                 {m: test[m] for m in alive}, y_test, self.data.num_classes)
-                    order = rank(last, self.scorer.higher_is_better)
-                    keep = self.result_size if r == rounds - 1 else max(self.result_size, math.ceil(len(alive) / 2))
-                    dropped = order[keep:]
-                    for m in dropped:
-                        eliminated[m] = (r, last[m])
-                        del train[m], test[m]
-                    reports.append(RoundReport(r, len(alive), n_items, partitions,
-                                               executor.inference_steps - steps_before, executor.block_runs - runs_before,
-                                               len(frozenset().union(*(t.distinct_blocks() for t in trees))), planned,
-                                               observed, keep, ran))
-                    with timings.phase("planning"):
-                        for tree in trees:
-                            tree.prune([m for m in dropped if m in tree])
-                    alive = order[:keep]
-                    weights.retain(frozenset().union(*(t.distinct_blocks() for t in trees)), alive)
-                    bar.advance(task)
-        finally:
-            weights.close()
-            if spill is not None:
-                shutil.rmtree(spill, ignore_errors=True)
-        ranking = [RankedModel(m, last[m].score, last[m].test_loss, None) for m in alive]
-        for r in reversed(range(rounds)):
-            out = {m: s for m, (rr, s) in eliminated.items() if rr == r}
-            ranking += [RankedModel(m, out[m].score, out[m].test_loss, r)
-                        for m in rank(out, self.scorer.higher_is_better)]
-        timings["prepare_data"] = self.data.prepare_seconds
-        timings["total"] = time.perf_counter() - wall + prepared_before
-        memory = {"peak_host_rss_bytes": peak_rss(),
-                  "peak_accelerator_bytes": torch.cuda.max_memory_allocated() if self.device.type == "cuda" else 0,
-                  "peak_cache_bytes": max(rep.observed_peak_bytes for rep in reports),
-                  "weight_cache_bytes": weights.bytes}
-        stats = {"hits": cache.hits, "moved_to_host_bytes": cache.moved_to_host_bytes,
-                 "spilled_bytes": cache.spilled_bytes,
-                 "weight_loads": weights.loads, "weight_hits": weights.hits, "weight_prefetches": weights.prefetched,
-                 "blocks_read": sum(self.store.blocks_read.values())}
-        return SearchResult(self.strategy.name, ranking, reports, dict(timings), memory, stats,
-                            dict(executor.block_seconds), dict(executor.block_items))
+        return {n: self.store.manifest(n) for n in model_names}
 
     def _groups(self, manifests: dict[str, ModelManifest]) -> list[TokenizerGroup]:
         """The models grouped by the inputs they take (one group per tokenizer, the dataset's own items first);
@@ -280,10 +327,40 @@ class SuccessiveHalving:
                                 "match.")
         return groups
 
+    @contextmanager
+    def _engine(self, stats: SearchStats) -> Iterator[Engine]:
+        """Cache service, weight cache and executor for one search (and a spill folder, removed afterwards)."""
+        spill = None if self.spill_dir is None else Path(tempfile.mkdtemp(prefix="spill-", dir=_mkdir(self.spill_dir)))
+        cache = CacheService(device=self.device, capacity=self.cache_budget if spill else None, spill_dir=spill,
+                             stats=stats)
+        weights = WeightCache(self.store, self.device, channels_last=self.channels_last, stats=stats)
+        executor = Executor(device=self.device, batch_size=self.batch_size, stats=stats, cache=cache,
+                            weights=weights, weight_key=self.strategy.weight_key, prefetch=self.prefetch)
+        try:
+            yield Engine(stats, cache, weights, executor)
+        finally:
+            weights.close()
+            if spill is not None:
+                shutil.rmtree(spill, ignore_errors=True)
 
-def block_specs(manifest: ModelManifest) -> list[BlockSpec]:
-    """What the planner needs of a model's blocks: hash, output bytes per item, weight bytes, relative cost."""
-    return [BlockSpec(b.hash, b.out_bytes, b.nbytes, float(max(b.params, 1))) for b in manifest.blocks]
+    def _result(self, state: SearchState, engine: Engine, total: float) -> SearchResult:
+        stats = engine.stats.compute(prepare_data=self.data.prepare_seconds, total=total,
+                                     blocks_read=sum(self.store.blocks_read.values()))
+        memory = {"peak_host_rss_bytes": peak_rss(), "peak_accelerator_bytes": peak_accelerator_bytes(self.device),
+                  "peak_cache_bytes": max(rep.observed_peak_bytes for rep in state.reports),
+                  "weight_cache_bytes": engine.weights.bytes}
+        return SearchResult(self.strategy.name, assemble_ranking(state, self.scorer.higher_is_better), state.reports,
+                            memory=memory, **stats)
+
+
+def _scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str, Any] | None, seed: int) -> ProxyScorer:
+    """A scorer from a name (with ``kwargs``), a ``{"name", "kwargs"}`` mapping, or as given."""
+    if isinstance(scorer, ProxyScorer):
+        return scorer
+    if isinstance(scorer, Mapping):
+        name, options = scorer.get("name", "linear"), dict(scorer.get("kwargs") or {})
+        return get_scorer(str(name), seed=seed, **{**options, **(kwargs or {})})
+    return get_scorer(scorer, seed=seed, **(kwargs or {}))
 
 
 def _mkdir(path: Path) -> Path:
@@ -291,27 +368,21 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def reset_peak_rss() -> None:
-    """Restart the process's peak-RSS counter (Linux: VmHWM via /proc/self/clear_refs), so each search has its own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+@contextmanager
+def _progress(enabled: bool, rounds: int) -> Iterator[Any]:
+    """A progress bar over the rounds; yields ``advance(description)``, called as each round starts."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
+                   TimeElapsedColumn(), disable=not enabled, transient=False)
+    with bar:
+        task = bar.add_task("search", total=rounds)
+        started = [False]
 
+        def advance(description: str) -> None:
+            if started[0]:
+                bar.advance(task)
+            started[0] = True
+            bar.update(task, description=description)
 
-def peak_rss() -> int:
-    """Peak resident memory in bytes since :func:`reset_peak_rss` (else since the process started)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
-                    TimeElapsedColumn(), disable=not enabled, transient=False)
+        yield advance
+        if started[0]:
+            bar.advance(task)

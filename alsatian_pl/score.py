@@ -23,9 +23,10 @@ from torch.utils.data import RandomSampler
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from .errors import ConfigError, DataError
+from .registry import Registry
 
 __all__ = ["ProxyScore", "ProxyScorer", "LinearProbes", "LinearScorer", "KNNScorer",
-           "register_scorer", "get_scorer", "available_scorers", "rank", "check_inputs"]
+           "SCORERS", "register_scorer", "get_scorer", "available_scorers", "rank", "check_inputs"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class ProxyScorer:
         raise NotImplementedError
 
 
-_SCORERS: dict[str, type[ProxyScorer]] = {}
+SCORERS: Registry[type[ProxyScorer]] = Registry("proxy scorer", plural="scorers")
 _S = TypeVar("_S", bound=type[ProxyScorer])
 
 
@@ -58,10 +59,8 @@ def register_scorer(name: str) -> Callable[[_S], _S]:
     def decorate(cls: _S) -> _S:
         if not (isinstance(cls, type) and issubclass(cls, ProxyScorer)):
             raise TypeError(f"@register_scorer({name!r}) needs a ProxyScorer subclass, got {cls!r}")
-        if _SCORERS.get(name, cls) is not cls:
-            raise ConfigError(f"proxy scorer name {name!r} is already taken by {_SCORERS[name].__qualname__}")
+        SCORERS.register(name, cls)
         cls.name = name
-        _SCORERS[name] = cls
         return cls
 
     return decorate
@@ -69,14 +68,12 @@ def register_scorer(name: str) -> Callable[[_S], _S]:
 
 def available_scorers() -> list[str]:
     """Names of the registered scorers, sorted."""
-    return sorted(_SCORERS)
+    return SCORERS.names()
 
 
 def get_scorer(name: str, **kwargs) -> ProxyScorer:
     """A new scorer registered as ``name``, built with ``kwargs``; an unknown name or option raises ConfigError."""
-    cls = _SCORERS.get(name)
-    if cls is None:
-        raise ConfigError(f"unknown proxy scorer {name!r}; known scorers: {', '.join(available_scorers())}")
+    cls = SCORERS.get(name)
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as exc:

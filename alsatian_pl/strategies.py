@@ -1,47 +1,97 @@
-"""Search strategies. They differ in their plan only, never in execution code:
+"""Search strategies. They differ in their plan only, never in execution code: each one says how many rounds it
+runs, which items each round pushes, how its task tree is built and which steps share a loaded block.
 
 - ``alsatian``: successive halving over a task tree that shares identical block prefixes across models (DFS+ plan,
   cached intermediates, each distinct block read and run once per item);
 - ``shift``: successive halving, every model on its own path (SHiFT as the paper re-implemented it), reusing only
   its own features from earlier rounds;
 - ``base``: every model on the full training data, one model after another, no halving.
+
+Register another with ``@STRATEGIES.register("name")`` on a :class:`Strategy` subclass (an instance is made per
+search).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from typing import Hashable, Iterable, Mapping, Sequence
 
-from .data import num_rounds
-from .errors import ConfigError
-from .plan import TaskTree
+import torch
+
+from .data import SearchDataModule, num_rounds
+from .plan import BlockSpec, TaskTree
+from .registry import Registry
+
+STRATEGIES: Registry[type["Strategy"]] = Registry("search strategy")
 
 
-@dataclass(frozen=True)
 class Strategy:
-    """A plan recipe: whether the task tree shares prefixes (and weights) and whether rounds halve the models."""
+    """What a strategy decides; the defaults are Alsatian's plan: successive halving over doubling chunks, one task
+    tree sharing block prefixes, one loaded copy of each distinct block."""
 
-    name: str
-    shared: bool
-    halving: bool
+    name = ""
+    shares_prefixes = True
 
     def num_rounds(self, num_models: int, result_size: int) -> int:
-        """Rounds of successive halving (1 for a strategy without halving)."""
-        return num_rounds(num_models, result_size) if self.halving else 1
+        """Rounds of the search over ``num_models`` candidates returning ``result_size`` models."""
+        return num_rounds(num_models, result_size)
 
-    def make_tree(self) -> TaskTree:
-        return TaskTree(shared=self.shared)
+    def round_items(self, data: SearchDataModule, r: int, tokenizer: str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of the training items round ``r`` pushes (the test items come on top in round 1)."""
+        return data.chunk(r, tokenizer)
+
+    def survivors(self, ranked: Sequence[str], r: int, rounds: int, result_size: int) -> int:
+        """How many of the ranked models go on after round ``r``: the better half, the result in the last round."""
+        return result_size if r == rounds - 1 else max(result_size, math.ceil(len(ranked) / 2))
+
+    def make_tree(self, models: Mapping[str, Sequence[BlockSpec]]) -> TaskTree:
+        """The task tree of ``models`` (their blocks in order)."""
+        tree = TaskTree(shared=self.shares_prefixes)
+        for name, blocks in models.items():
+            tree.add_model(name, blocks)
+        return tree
+
+    def weight_key(self, block_hash: str, models: frozenset[str]) -> Hashable:
+        """The weight-cache key of a block run for ``models``: one loaded copy per distinct block."""
+        return block_hash, None
+
+    def weight_keys(self, trees: Iterable[TaskTree]) -> set[Hashable]:
+        """The keys of every block the models in ``trees`` still run."""
+        return {self.weight_key(n.block.hash, n.models) for t in trees for n in t.nodes() if n.block is not None}
 
 
-STRATEGIES: dict[str, Strategy] = {
-    "alsatian": Strategy("alsatian", shared=True, halving=True),
-    "shift": Strategy("shift", shared=False, halving=True),
-    "base": Strategy("base", shared=False, halving=False),
-}
+class Alsatian(Strategy):
+    name = "alsatian"
 
 
-def get_strategy(name: str) -> Strategy:
-    """The strategy called ``name``; ConfigError listing the known ones otherwise."""
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ConfigError(f"unknown search strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
+class Shift(Strategy):
+    """SHiFT: successive halving, every model on its own path and with its own copy of each block."""
+
+    name = "shift"
+    shares_prefixes = False
+
+    def weight_key(self, block_hash: str, models: frozenset[str]) -> Hashable:
+        return block_hash, min(models)  # an unshared tree's step belongs to one model
+
+
+class Base(Shift):
+    """Base: every model on all training items in one round, one model after another."""
+
+    name = "base"
+
+    def num_rounds(self, num_models: int, result_size: int) -> int:
+        return 1
+
+    def round_items(self, data: SearchDataModule, r: int, tokenizer: str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return data.train_items(tokenizer=tokenizer)
+
+
+for _cls in (Alsatian, Shift, Base):
+    STRATEGIES.register(_cls.name, _cls)
+
+
+def get_strategy(name: str | Strategy) -> Strategy:
+    """The strategy called ``name`` (a new instance); ConfigError listing the known ones otherwise."""
+    return name if isinstance(name, Strategy) else STRATEGIES.get(name)()

@@ -29,9 +29,11 @@ import torch  # noqa: E402
 from alsatian_pl.data import SearchDataModule, num_rounds  # noqa: E402
 from alsatian_pl.data._sources import FASHION_MNIST_DIR  # noqa: E402
 from alsatian_pl.errors import BudgetTooSmallError  # noqa: E402
-from alsatian_pl.execute import place_block  # noqa: E402
 from alsatian_pl.halving import SuccessiveHalving, block_specs  # noqa: E402
-from alsatian_pl.plan import TaskTree, plan_round  # noqa: E402
+from alsatian_pl.plan import RoundMemory, TaskTree, plan_round  # noqa: E402
+from alsatian_pl.resources import peak_rss, resolve_device, rss_now  # noqa: E402,F401  (rss_now: worker.py)
+from alsatian_pl.strategies import get_strategy  # noqa: E402
+from alsatian_pl.weights import place_block  # noqa: E402
 from alsatian_pl.store import BlockStore, ModelManifest  # noqa: E402
 from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo  # noqa: E402
 
@@ -185,12 +187,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device("cuda" if device in ("cuda", "gpu") else device)
-
-
 def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], settings: SearchSettings,
               repeats: int = 3) -> dict[str, Any]:
     """Per-item inference seconds of every distinct block of a zoo, each timed alone.
@@ -204,11 +200,8 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
     for all strategies of the cell alike.
     """
     device = resolve_device(settings.device)
+    tree, manifests = _tree_of(store_root, models)
     store = BlockStore(store_root)
-    manifests = {m: store.manifest(m) for m in models}
-    tree = TaskTree(shared=True)
-    for m, man in manifests.items():
-        tree.add_model(m, block_specs(man))
     dm = SearchDataModule(**data)
     dm.setup()
     x_train, _ = dm.train_items()
@@ -257,12 +250,10 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
 
 
 def _tree_of(store_root: Path, models: Sequence[str]) -> tuple[TaskTree, dict[str, ModelManifest]]:
+    """Alsatian's task tree of ``models``, as the search builds it, and their manifests."""
     store = BlockStore(store_root)
     manifests = {m: store.manifest(m) for m in models}
-    tree = TaskTree(shared=True)
-    for m, man in manifests.items():
-        tree.add_model(m, block_specs(man))
-    return tree, manifests
+    return get_strategy("alsatian").make_tree({m: block_specs(man) for m, man in manifests.items()}), manifests
 
 
 def lower_bound(store_root: Path, models: Sequence[str], result: dict[str, Any], per_item: dict[str, float],
@@ -416,29 +407,10 @@ class CpuMeter:
                 "steal_cores": (s1 - s0) / wall}
 
 
-def rss_now() -> int:
-    """Current resident set size of this process in bytes (Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def vm_hwm() -> int:
-    """Peak resident set size of this process's address space (VmHWM) in bytes (Linux; 0 elsewhere).
-
-    Unlike ``ru_maxrss``, it starts afresh at exec: a child's ``ru_maxrss`` inherits the RSS its parent had when
-    it forked, so a worker started from a large benchmark process would report the parent's size."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    """Peak resident set size of this process (VmHWM, the package's :func:`peak_rss`). Unlike ``ru_maxrss``, it
+    starts afresh at exec: a child's ``ru_maxrss`` inherits the RSS its parent had when it forked."""
+    return peak_rss()
 
 
 def ru_maxrss() -> int:
@@ -448,21 +420,18 @@ def ru_maxrss() -> int:
 
 # ---------------------------------------------------------------------------------------------------- cache budgets
 def round_residents(store_root: Path, models: Sequence[str], result: dict[str, Any],
-                    item_bytes: int) -> list[int]:
-    """Resident bytes of each round as the search driver counts them: the prepared data set (plus round 1's copy of
-    its inputs), the kept features of the surviving models (earlier chunks and the test set) and the buffers
-    reserved for the round's new features."""
+                    item_bytes: int) -> list[RoundMemory]:
+    """What each round of ``result`` held resident, by the package's memory model (:class:`RoundMemory`): the
+    prepared data set (plus round 1's joined inputs), the survivors' kept features and their new features' buffers."""
     store = BlockStore(store_root)
     feat = {m: store.manifest(m).blocks[-1].out_bytes for m in models}
     test_items = result["dataset"]["test_size"]
-    residents, train_seen = [], 0
+    residents, kept_items = [], 0
     for k, (alive, rep) in enumerate(zip(alive_per_round(result), result["rounds"])):
-        new_train = rep["items"] - (test_items if k == 0 else 0)
-        kept = sum(feat[m] for m in alive) * (train_seen + (test_items if k > 0 else 0))
-        reserved = sum(feat[m] for m in alive) * rep["items"]
-        held = result["dataset"]["held_bytes"] + (rep["items"] * item_bytes if k == 0 else 0)
-        residents.append(held + kept + reserved)
-        train_seen += new_train
+        residents.append(RoundMemory.of_round(data_bytes=result["dataset"]["held_bytes"],
+                                              feature_bytes={m: feat[m] for m in alive}, kept_items=kept_items,
+                                              new_items=rep["items"], input_bytes=rep["items"] * item_bytes if k == 0 else 0))
+        kept_items += rep["items"]
     return residents
 
 
@@ -475,7 +444,6 @@ def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any
     is ``floor + f * (peak - floor)``, so every budget below the peak forces at least one round to split its data.
     The offline replanning is checked against the ample run's planned peaks first.
     """
-    tree, _ = _tree_of(store_root, models)
     residents = round_residents(store_root, models, ample, ample["dataset"]["item_bytes"])
     alive = alive_per_round(ample)
     planned = [r["planned_peak_bytes"] for r in ample["rounds"]]
@@ -490,9 +458,9 @@ def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any
             needed.append(0)
         except BudgetTooSmallError as exc:
             needed.append(exc.needed)
-    del tree
     peak, floor = max(planned), max(needed)
-    out: dict[str, Any] = {"planned_peaks": planned, "replanned_peaks": replanned, "residents": residents,
+    out: dict[str, Any] = {"planned_peaks": planned, "replanned_peaks": replanned,
+                           "residents": [m.resident for m in residents],
                            "replan_matches": replanned == planned, "round_floor": needed, "floor": floor,
                            "peak": peak, "budgets": {}}
     for name, f in zip(("tight", "very_tight"), fractions):

@@ -87,9 +87,9 @@ def test_models_of_one_tokenizer_share_inputs_and_each_tokenizer_is_tokenised_on
     runs = []
     run_round = Executor.run_round
 
-    def spying(self, plan, tree, inputs, sink):
-        run_round(self, plan, tree, inputs, sink)
-        runs.append((set(tree.models), inputs.clone(), plan.peak_bytes, self.cache.peak))
+    def spying(self, plan, inputs, sink):
+        run_round(self, plan, inputs, sink)
+        runs.append((set(plan.models), inputs.clone(), plan.peak_bytes, self.cache.peak))
 
     monkeypatch.setattr(_text.TextSource, "prepare", counting)
     monkeypatch.setattr(Executor, "run_round", spying)

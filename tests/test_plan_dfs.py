@@ -63,10 +63,10 @@ def test_hand_tree_steps_and_peak():
     plan = plan_round(tree, num_items=2, batch_size=2, resident_bytes=1000)
     assert plan.steps == (
         InferenceStep((a,), 0, 1, frozenset("ABC")),
-        InferenceStep((e,), 1, 5, frozenset("C")), ScoreStep("C", 5),  # e needs 30 < b's 240
+        InferenceStep((e,), 1, 5, frozenset("C"), cache_output=False), ScoreStep("C", 5),  # e needs 30 < b's 240
         InferenceStep((b,), 1, 2, frozenset("AB")), ReleaseStep(1),
-        InferenceStep((c,), 2, 3, frozenset("A")), ScoreStep("A", 3),  # leaves are never cached nor released
-        InferenceStep((d,), 2, 4, frozenset("B")), ScoreStep("B", 4), ReleaseStep(2),
+        InferenceStep((c,), 2, 3, frozenset("A"), cache_output=False), ScoreStep("A", 3),  # leaves are never cached nor released
+        InferenceStep((d,), 2, 4, frozenset("B"), cache_output=False), ScoreStep("B", 4), ReleaseStep(2),
     )
     # the heaviest moment: a (20) and b (40) cached while b's weights (200) are loaded; leaves count 0
     assert plan.peak_bytes == 1000 + 20 + 40 + 200 == simulate(plan.steps, tree, 2, 1000)

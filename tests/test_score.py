@@ -190,7 +190,7 @@ def test_bad_scorer_options_raise_config_error(name, option):
 
 
 def test_register_a_lower_is_better_scorer(monkeypatch):
-    monkeypatch.setattr(score_mod, "_SCORERS", dict(score_mod._SCORERS))
+    monkeypatch.setattr(score_mod, "SCORERS", score_mod.SCORERS.copy())
 
     @register_scorer("mean-norm")
     class MeanNorm(ProxyScorer):

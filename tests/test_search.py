@@ -180,7 +180,7 @@ def test_spill_mode_keeps_results_and_the_budget(results, zoo, data, tmp_path):
 
 
 def test_cache_service_spills_least_recently_used_outputs_to_disk(tmp_path):
-    from alsatian_pl.execute import CacheService
+    from alsatian_pl.cache import CacheService
 
     cache = CacheService(capacity=3000, spill_dir=tmp_path)
     cache.reserve(1000)
@@ -210,7 +210,7 @@ def test_prefetching_weights_changes_nothing_but_when_blocks_are_read(results, z
 
 
 def test_weight_prefetch_stays_within_capacity_and_reports_corrupt_blocks_on_use(zoo):
-    from alsatian_pl.execute import WeightCache
+    from alsatian_pl.weights import WeightCache
     from alsatian_pl.errors import CorruptBlockError
     store = BlockStore(zoo.store.root)
     hashes = store.manifest(zoo.models[0]).hashes
@@ -240,7 +240,7 @@ def test_weight_prefetch_stays_within_capacity_and_reports_corrupt_blocks_on_use
 
 
 def test_weight_cache_drops_the_blocks_of_pruned_models_only(zoo):
-    from alsatian_pl.execute import WeightCache
+    from alsatian_pl.weights import WeightCache
     store = BlockStore(zoo.store.root)
     a, b = (store.manifest(m).hashes for m in zoo.models[:2])
     cache = WeightCache(store, torch.device("cpu"))
@@ -248,19 +248,19 @@ def test_weight_cache_drops_the_blocks_of_pruned_models_only(zoo):
         cache.get((h, None), h)
     for h in b:
         cache.get((h, zoo.models[1]), h)  # a baseline's own copy, owned by model 1
-    cache.retain(a, owners=[zoo.models[0]])
+    cache.retain({(h, None) for h in a})  # the keys model 0 (sharing its blocks) still runs
     assert set(cache._blocks) == {(h, None) for h in a}  # model 1's own copies go, though some share a's hashes
     assert cache.bytes == sum(nbytes for _, nbytes in cache._blocks.values())
-    cache.retain(a[:2], owners=[])
+    cache.retain({(h, None) for h in a[:2]})
     assert set(cache._blocks) == {(h, None) for h in a[:2]}
     assert cache.prefetch((a[3], None), a[3], 1)
-    cache.retain([], owners=[])
+    cache.retain(set())
     assert not cache._blocks and cache.bytes == 0 and cache.pending_bytes == 0
     cache.close()
 
 
 def test_cpu_block_placement_restrides_only_where_free_and_keeps_outputs():
-    from alsatian_pl.execute import place_block
+    from alsatian_pl.weights import place_block
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
                                 torch.nn.Conv2d(8, 16, 1)).eval()
@@ -281,12 +281,12 @@ def test_cpu_block_placement_restrides_only_where_free_and_keeps_outputs():
 def test_readahead_window_names_each_later_step_once_within_the_window():
     from types import SimpleNamespace
 
-    from alsatian_pl.execute import _readahead
+    from alsatian_pl.weights import readahead_windows
     steps = [SimpleNamespace(index=i, weight_bytes=w) for i, w in enumerate((100, 100, 300, 50, 50, 0))]
-    windows = [[s.index for s in later] for later in _readahead(steps, 200)]
+    windows = [[s.index for s in later] for later in readahead_windows(steps, 200)]
     assert windows == [[1], [], [3, 4, 5], [], [], []]  # the 300-byte step never fits: read when it runs
-    assert [[s.index for s in later] for later in _readahead(steps, 10**9)] == [[1, 2, 3, 4, 5], [], [], [], [], []]
-    assert list(_readahead([], 200)) == []
+    assert [[s.index for s in later] for later in readahead_windows(steps, 10**9)] == [[1, 2, 3, 4, 5], [], [], [], [], []]
+    assert list(readahead_windows([], 200)) == []
 
 
 def test_budgeted_bytes_cover_the_prepared_data_set(results, data):

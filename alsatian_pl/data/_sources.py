@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from ..registry import Registry
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 FASHION_MNIST_NPZ = "fashion_mnist_3000.npz"
@@ -53,22 +54,17 @@ class Source(ABC):
         ``[n, 2, max_length]``, token ids and attention mask); called once."""
 
 
-DATASETS: dict[str, Callable[[DataSpec], Source]] = {}
+DATASETS: Registry[Callable[[DataSpec], Source]] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Callable[[DataSpec], Source]], Callable[[DataSpec], Source]]:
     """Decorator: make ``factory(spec) -> Source`` available as ``SearchDataModule(name=name)``."""
-
-    def add(factory: Callable[[DataSpec], Source]) -> Callable[[DataSpec], Source]:
-        DATASETS[name] = factory
-        return factory
-
-    return add
+    return DATASETS.register(name)
 
 
 def make_source(spec: DataSpec) -> Source:
     """The registered source for ``spec.name`` (validated by ``SearchDataModule``)."""
-    return DATASETS[spec.name](spec)
+    return DATASETS.get(spec.name)(spec)
 
 
 def to_pixels(images: torch.Tensor, spec: DataSpec, out: torch.Tensor | None = None) -> torch.Tensor:

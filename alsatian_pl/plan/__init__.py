@@ -2,8 +2,9 @@
 
 from .dfs import (RoundPlan, Requirements, StepTree, emit_steps, min_cache_requirements, plan_round,
                   simulate)
+from .memory import RoundMemory
 from .steps import InferenceStep, ReleaseStep, ScoreStep, Step
 from .tree import BlockSpec, Node, TaskTree
 
 __all__ = ["BlockSpec", "Node", "TaskTree", "InferenceStep", "ScoreStep", "ReleaseStep", "Step", "RoundPlan",
-           "Requirements", "StepTree", "emit_steps", "min_cache_requirements", "plan_round", "simulate"]
+           "Requirements", "RoundMemory", "StepTree", "emit_steps", "min_cache_requirements", "plan_round", "simulate"]

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 from ..errors import BudgetTooSmallError
 from ..units import format_bytes
+from .memory import RoundMemory
 from .steps import InferenceStep, ReleaseStep, ScoreStep, Step
 from .tree import BlockSpec, TaskTree
 
@@ -46,26 +47,14 @@ class StepTree:
 
     @classmethod
     def of(cls, tree: TaskTree) -> StepTree:
-        """Compress ``tree``: a chain ends at a node with features or with other than one child."""
-        nodes = tree._nodes
-        children, parent, blocks, models, ends = {}, {}, {}, {}, {ROOT: ()}
-        stack = [ROOT]
-        while stack:
-            u = stack.pop()
-            kids = []
-            for _, first_id in sorted(nodes[u].children.items(), key=lambda kv: kv[0]):
-                node = first = nodes[first_id]
-                chain = [first.block]
-                while len(node.children) == 1 and not node.ends:
-                    node = nodes[next(iter(node.children.values()))]
-                    chain.append(node.block)
-                v = node.id
-                kids.append(v)
-                parent[v], blocks[v], models[v] = u, tuple(chain), frozenset(first.models)
-                ends[v] = tuple(sorted(node.ends))
-                stack.append(v)
-            children[u] = tuple(kids)
-        return cls(children, parent, blocks, models, ends)
+        """Compress ``tree`` (see :meth:`TaskTree.chains`)."""
+        children: dict[int, list[int]] = {ROOT: []}
+        parent, blocks, models, ends = {}, {}, {}, {ROOT: ()}
+        for u, v, chain, users, done in tree.chains():
+            children[u].append(v)
+            children[v] = []
+            parent[v], blocks[v], models[v], ends[v] = u, chain, users, done
+        return cls({u: tuple(kids) for u, kids in children.items()}, parent, blocks, models, ends)
 
     def mem(self, num_items: int) -> dict[int, int]:
         """Bytes of each node's output for ``num_items`` items (root 0; leaves not yet zeroed)."""
@@ -155,7 +144,7 @@ def emit_steps(step_tree: StepTree, order: Mapping[int, Sequence[int]] | None = 
     while stack:
         v = stack.pop()
         u = step_tree.parent[v]
-        steps.append(InferenceStep(step_tree.blocks[v], u, v, step_tree.models[v]))
+        steps.append(InferenceStep(step_tree.blocks[v], u, v, step_tree.models[v], bool(step_tree.children[v])))
         steps.extend(ScoreStep(model, v) for model in step_tree.ends[v])
         if u != ROOT and order[u][-1] == v:
             steps.append(ReleaseStep(u))
@@ -174,6 +163,11 @@ class RoundPlan:
     peak_bytes: int  # expected peak of one (the largest) partition, resident_bytes included
     resident_bytes: int
 
+    @property
+    def models(self) -> frozenset[str]:
+        """The models whose features this plan produces."""
+        return frozenset(s.model for s in self.steps if isinstance(s, ScoreStep))
+
     def ranges(self) -> tuple[range, ...]:
         """Item index ranges of the partitions, in execution order."""
         return tuple(range(start, min(start + self.partition_items, self.num_items))
@@ -181,12 +175,16 @@ class RoundPlan:
 
 
 def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int | None = None,
-               resident_bytes: int = 0) -> RoundPlan:
+               resident_bytes: int | RoundMemory = 0) -> RoundPlan:
     """DFS+ plan of ``tree`` over ``num_items`` items, split into the fewest partitions that fit ``budget``.
+
+    ``resident_bytes``: held throughout (a :class:`RoundMemory` also names its parts in the budget error).
 
     Partitions are whole batches (except the last) and as even as possible. Raises BudgetTooSmallError
     (with ``needed``, the smallest budget for one batch) if even one batch does not fit.
     """
+    memory = resident_bytes if isinstance(resident_bytes, RoundMemory) else RoundMemory(data=resident_bytes)
+    resident_bytes = memory.resident
     if num_items < 1 or batch_size < 1:
         raise ValueError(f"num_items and batch_size must be positive, got {num_items} and {batch_size}")
     if resident_bytes < 0 or (budget is not None and budget < 0):
@@ -203,7 +201,7 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
         one_batch = min(batch_size, num_items)
         needed = resident_bytes + requirements(one_batch).peak
         if needed > budget:
-            raise BudgetTooSmallError(_too_small_message(budget, needed, resident_bytes, one_batch), needed=needed)
+            raise BudgetTooSmallError(_too_small_message(budget, needed, memory, one_batch), needed=needed)
         lo, hi = 1, batches - 1  # the largest number of batches per partition that fits: lo fits, hi+1 does not
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -219,11 +217,11 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
                      peak_bytes=resident_bytes + req.peak, resident_bytes=resident_bytes)
 
 
-def _too_small_message(budget: int, needed: int, resident: int, one_batch: int) -> str:
+def _too_small_message(budget: int, needed: int, memory: RoundMemory, one_batch: int) -> str:
+    resident = memory.resident
     text = (f"The cache budget {format_bytes(budget)} is too small for this round: even one batch of {one_batch} "
-            f"items needs {format_bytes(needed)} ({needed} bytes) = {format_bytes(resident)} resident (prepared "
-            f"data, kept features, feature buffers) + {format_bytes(needed - resident)} for intermediate "
-            f"outputs and block weights. ")
+            f"items needs {format_bytes(needed)} ({needed} bytes) = {format_bytes(resident)} resident "
+            f"({memory.describe()}) + {format_bytes(needed - resident)} for intermediate outputs and block weights. ")
     if resident > budget:
         text += "The resident data alone exceeds the budget. "
     return text + f"Raise the cache budget to at least {format_bytes(needed)}, or lower the batch size."
@@ -234,7 +232,7 @@ def simulate(plan_steps: Iterable[Step], tree_or_node_mem: TaskTree | Mapping[in
     """Peak bytes of running ``plan_steps`` over ``num_items`` items, stepping through the memory model.
 
     ``tree_or_node_mem``: a TaskTree (leaves count 0) or bytes per item of each node output (leaves
-    count during their own step). A leaf is an output no step takes as input: it is not cached, and
+    count during their own step). A leaf is a step's output that it does not cache (``cache_output`` False):
     only the score steps right after it may read it. Raises ValueError on a step that reads or releases
     an output not in the cache, recomputes a cached one, or if intermediates are left at the end.
     """
@@ -243,7 +241,6 @@ def simulate(plan_steps: Iterable[Step], tree_or_node_mem: TaskTree | Mapping[in
         per_item = {n.id: n.mem if n.children else 0 for n in tree_or_node_mem.nodes()}
     else:
         per_item = tree_or_node_mem
-    inputs = {s.input for s in plan_steps if isinstance(s, InferenceStep)}
     cache: dict[int, int] = {}
     held = peak = resident_bytes
     leaf = None  # the leaf just produced, readable by the score steps that follow
@@ -255,7 +252,7 @@ def simulate(plan_steps: Iterable[Step], tree_or_node_mem: TaskTree | Mapping[in
                 raise ValueError(f"{step}: output node {step.output} is already in the cache")
             out = per_item[step.output] * num_items
             peak = max(peak, held + out + step.weight_bytes)
-            if step.output in inputs:
+            if step.cache_output:
                 cache[step.output], held, leaf = out, held + out, None
             else:
                 leaf = step.output

@@ -10,12 +10,15 @@ from .tree import BlockSpec
 
 @dataclass(frozen=True)
 class InferenceStep:
-    """BI-step: run ``blocks`` on the output of node ``input`` (0 = the round's data), cache it as ``output``."""
+    """BI-step: run ``blocks`` on the output of node ``input`` (0 = the round's data) to produce node ``output``,
+    which the cache holds until its ReleaseStep when ``cache_output`` (later steps read it), else it is a model's
+    features and goes straight to the score steps that follow (never cached)."""
 
     blocks: tuple[BlockSpec, ...]
     input: int
     output: int
     models: frozenset[str]
+    cache_output: bool = True
 
     @property
     def weight_bytes(self) -> int:

@@ -143,6 +143,22 @@ class TaskTree:
         """Number of block inferences (edges) per data item."""
         return len(self._nodes) - 1
 
+    def chains(self) -> Iterator[tuple[int, int, tuple[BlockSpec, ...], frozenset[str], tuple[str, ...]]]:
+        """The tree with non-branching chains merged: ``(parent, node, blocks, models, ends)`` per chain, depth first,
+        children in edge-key order. A chain ends at a node holding features or with other than one child; ``models``
+        use the chain, ``ends`` (sorted) are the models whose features its last node is."""
+        stack = [self.ROOT]
+        while stack:
+            u = stack.pop()
+            for _, first_id in sorted(self._nodes[u].children.items(), key=lambda kv: kv[0]):
+                node = first = self._nodes[first_id]
+                chain = [first.block]
+                while len(node.children) == 1 and not node.ends:
+                    node = self._nodes[next(iter(node.children.values()))]
+                    chain.append(node.block)
+                yield u, node.id, tuple(chain), frozenset(first.models), tuple(sorted(node.ends))
+                stack.append(node.id)
+
     def distinct_blocks(self) -> frozenset[str]:
         """Hashes of the distinct blocks in the tree."""
         return frozenset(n.block.hash for n in self._nodes.values() if n.block is not None)

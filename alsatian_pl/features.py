@@ -1,0 +1,74 @@
+"""The feature store of a search: every surviving model's features, kept across rounds so that nothing is
+recomputed (paper §4.1): the training chunks seen so far, the test items (from round 1), and the buffers this
+round's new features are written into."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+
+from .cache import tensor_bytes
+from .plan import RoundMemory
+
+
+class FeatureStore:
+    """Features by model. ``feature_bytes`` gives each model's bytes per item (its last block's output)."""
+
+    def __init__(self, feature_bytes: Mapping[str, int]):
+        self.feature_bytes = dict(feature_bytes)
+        self._train: dict[str, list[torch.Tensor]] = {m: [] for m in feature_bytes}
+        self._test: dict[str, torch.Tensor] = {}
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._rows = self._new = 0
+        self.kept_items = 0  # items of features kept per model: training chunks so far, and the test items
+
+    @property
+    def models(self) -> list[str]:
+        """The models whose features are kept (not dropped)."""
+        return list(self._train)
+
+    def memory(self, *, new_items: int, data_bytes: int, input_bytes: int = 0) -> RoundMemory:
+        """The round's resident bytes if ``new_items`` items of every kept model's features are pushed now."""
+        return RoundMemory.of_round(data_bytes=data_bytes, feature_bytes={m: self.feature_bytes[m] for m in self._train},
+                                    kept_items=self.kept_items, new_items=new_items, input_bytes=input_bytes)
+
+    def open_round(self, new_train: int, new_test: int = 0) -> None:
+        """Expect ``new_train`` training items (then ``new_test`` test items) of features from every model."""
+        self._buffers, self._new, self._rows = {}, new_train, new_train + new_test
+
+    def write(self, model: str, start: int, feats: torch.Tensor) -> None:
+        """The executor's feature sink: rows ``start:start+len(feats)`` of ``model``'s features of this round."""
+        if model not in self._buffers:
+            self._buffers[model] = torch.empty((self._rows, *feats.shape[1:]), dtype=feats.dtype, device=feats.device)
+        self._buffers[model][start:start + len(feats)] = feats
+
+    def close_round(self) -> None:
+        """Keep this round's features: the training rows join the model's chunks, the test rows (round 1) stay."""
+        missing = [m for m in self._train if m not in self._buffers]
+        if missing:
+            raise RuntimeError(f"internal error: no features were computed for {len(missing)} model(s): {missing[:3]}")
+        for m, buf in self._buffers.items():
+            self._train[m].append(buf[:self._new])
+            if self._rows > self._new:
+                self._test[m] = buf[self._new:]
+        self.kept_items += self._rows
+        self._buffers = {}
+
+    def train(self, models: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Each model's features of every training item so far, in chunk order."""
+        return {m: torch.cat(self._train[m]) for m in models}
+
+    def test(self, models: Iterable[str]) -> dict[str, torch.Tensor]:
+        return {m: self._test[m] for m in models}
+
+    def drop(self, models: Iterable[str]) -> None:
+        """Forget pruned models' features."""
+        for m in models:
+            self._train.pop(m, None)
+            self._test.pop(m, None)
+
+    def kept_bytes(self) -> int:
+        """Bytes of the features kept now (what :meth:`memory` counts as ``kept``)."""
+        return (sum(tensor_bytes(t) for chunks in self._train.values() for t in chunks)
+                + sum(tensor_bytes(t) for t in self._test.values()))

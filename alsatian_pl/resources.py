@@ -1,0 +1,78 @@
+"""The machine a search runs on: the compute device, its free memory, and this process's host memory (Linux
+``/proc``), for the search driver and the benchmarks alike."""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+
+from .errors import ConfigError
+
+DEVICE_HEADROOM = 0.9  # share of an accelerator's free memory the device tier of the cache may fill
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; through Lightning Fabric's accelerator selection."""
+    if isinstance(device, torch.device):
+        return device
+    from lightning.fabric import Fabric
+
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}.get(str(device))
+    if accelerator is None:
+        raise ConfigError(f"search.device must be auto, cpu or cuda, got {device!r}")
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("search.device=cuda but no CUDA device is available; use search.device=auto or cpu")
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    return Fabric(accelerator=accelerator, devices=1).device
+
+
+def device_capacity(device: torch.device, budget: int | None, reserve: int = 0) -> int | None:
+    """Bytes of cached outputs the accelerator's tier takes now: ``DEVICE_HEADROOM`` of its free memory less
+    ``reserve`` (what the round still allocates there), at most ``budget``; None on the CPU (one tier: host memory)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    capacity = max(0, int(free * DEVICE_HEADROOM) - reserve)
+    return capacity if budget is None else min(capacity, budget)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Restart the peak counters: the process's peak RSS (Linux: VmHWM via /proc/self/clear_refs) and the
+    accelerator's peak allocation, so each search has its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _status(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field in bytes, None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss() -> int:
+    """Peak resident memory in bytes since :func:`reset_peak_memory` (else since the process started)."""
+    peak = _status("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_now() -> int:
+    """Current resident set size of this process in bytes (0 where unknown)."""
+    return _status("VmRSS") or 0
+
+
+def peak_accelerator_bytes(device: torch.device) -> int:
+    """Peak accelerator memory allocated since :func:`reset_peak_memory` (0 on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
