@@ -1,6 +1,8 @@
-"""Glue between Hydra configs and the stages: build the zoo, instantiate the data module, run the search, report.
+"""Glue between Hydra configs and the stages: instantiate the data module, the zoo and the searcher, run, report.
 
-``search.py`` and ``train.py`` stay thin: they call :func:`run_search` with the composed config.
+``search.py`` and ``train.py`` stay thin: they call :func:`run_search` with the composed config. The ``models`` and
+``search`` config groups are partial ``_target_`` nodes: the zoo factory takes the store, the searcher the store and
+the data module.
 """
 
 from __future__ import annotations
@@ -17,37 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .data import SearchDataModule
-from .errors import AlsatianError, ConfigError
-from .halving import SearchResult, SuccessiveHalving
+from .errors import AlsatianError
+from .halving import SearchResult
 from .store import BlockStore
-from .units import format_bytes, parse_bytes
-from .zoo import Zoo, ZooConfig, build_synthetic_zoo, import_checkpoint_folder
-
-
-def build_zoo(store: BlockStore, models: DictConfig, image_size: int, *, progress: bool = True) -> Zoo:
-    """The zoo that the ``models`` config group describes, built into ``store`` once (reused afterwards).
-
-    Text zoos (``builder: hf`` or ``kind: hf_dirs``) take items of ``(2, models.max_length)`` token ids and masks."""
-    kind = models.get("kind", "synthetic")
-    text = models.get("builder", "timm") == "hf" or kind == "hf_dirs"
-    input_size = (2, int(models.get("max_length", 128))) if text else (3, int(image_size), int(image_size))
-    raw = models.get("model_kwargs")
-    kwargs = dict(OmegaConf.to_container(raw, resolve=True)) if raw else {}  # an empty DictConfig is falsy
-    if kind == "synthetic":
-        cfg = ZooConfig(name=models.name, arch=models.arch, num_models=int(models.num_models),
-                        distribution=models.distribution, seed=int(models.seed), input_size=input_size,
-                        model_kwargs=kwargs, checkpoint=models.get("checkpoint"),
-                        builder=models.get("builder", "timm"), pooling=models.get("pooling", "cls"),
-                        tokenizer=models.get("tokenizer"))
-        return build_synthetic_zoo(store, cfg, progress=progress)
-    if kind == "checkpoints":
-        return import_checkpoint_folder(store, name=models.name, path=models.path, arch=models.arch,
-                                        input_size=input_size, model_kwargs=kwargs, progress=progress)
-    if kind == "hf_dirs":
-        from .zoo import import_hf_folder
-        return import_hf_folder(store, name=models.name, path=models.path, pooling=models.get("pooling", "cls"),
-                                max_length=input_size[1], tokenizer=models.get("tokenizer"), progress=progress)
-    raise ConfigError(f"models.kind must be 'synthetic', 'checkpoints' or 'hf_dirs', got {kind!r}")
+from .units import format_bytes
 
 
 def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: SearchDataModule | None = None
@@ -56,19 +31,11 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
 
     ``data``: an already built data module for ``cfg.dataset`` (its prepared items are reused), else one is made.
     """
-    s = cfg.search
     data = data if data is not None else instantiate(cfg.dataset)
     data.setup()  # prepare (and validate) the data before anything is written to the store
     store = BlockStore(cfg.store.root)
-    zoo = build_zoo(store, cfg.models, data.spec.image_size, progress=bool(s.progress))
-    searcher = SuccessiveHalving(
-        store, data, strategy=s.strategy, scorer=s.scorer.name,
-        scorer_kwargs=_container(s.scorer.get("kwargs")),
-        result_size=int(s.result_size), batch_size=int(s.batch_size), device=str(s.device),
-        cache_budget=parse_bytes(s.cache_budget), seed=int(s.seed), progress=bool(s.progress),
-        channels_last=bool(s.get("channels_last", True)), spill_dir=s.get("spill_dir"),
-        prefetch=s.get("prefetch", "auto"))
-    result = searcher.run(zoo.models)
+    zoo = instantiate(cfg.models, _convert_="all")(store=store, progress=bool(cfg.search.progress))
+    result = instantiate(cfg.search)(store=store, data=data).run(zoo.models)
     stats = zoo.stats()
     report = {
         "strategy": result.strategy,
@@ -116,11 +83,6 @@ def print_report(report: dict[str, Any], console: Console | None = None, top: in
     console.print(f"store: {st['models']} models, {st['distinct_blocks']} distinct blocks, "
                   f"{format_bytes(st['logical_bytes'])} logical, {format_bytes(st['physical_bytes'])} on disk; "
                   f"peak host RSS {format_bytes(report['memory']['peak_host_rss_bytes'])}")
-
-
-def _container(node: Any) -> dict[str, Any]:
-    """A plain dict from an optional config node."""
-    return {} if node is None else dict(OmegaConf.to_container(node, resolve=True))
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

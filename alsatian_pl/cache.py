@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import BudgetTooSmallError
-from .stats import SearchStats
+from .stats import SearchStats, counter
 from .units import format_bytes
 
 
@@ -48,17 +48,9 @@ class CacheService:
     def in_use(self) -> int:
         return self.resident + self.intermediates + self.weights
 
-    @property
-    def hits(self) -> int:
-        return self.stats.counts["cache_hits"]
-
-    @property
-    def spilled_bytes(self) -> int:
-        return self.stats.counts["spilled_bytes"]
-
-    @property
-    def moved_to_host_bytes(self) -> int:
-        return self.stats.counts["moved_to_host_bytes"]
+    hits = counter("cache_hits", "cached outputs read")
+    spilled_bytes = counter("spilled_bytes", "bytes written to the disk tier")
+    moved_to_host_bytes = counter("moved_to_host_bytes", "bytes that went to the host tier")
 
     def _bump(self) -> None:
         self.peak = max(self.peak, self.in_use)

@@ -12,6 +12,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .blocks import family_of
+from .blocks import skeleton
 from .errors import ConfigError, DataError, StoreError
-from .store import BlockStore, ModelManifest, _assign, block_tensors, build_model
+from .store import BlockStore, ModelManifest, block_tensors, materialize
 from .zoo import model_tokenizer
 
 __all__ = ["FinetuneModule", "FinetuneCallback", "SafetensorsCheckpoint", "save_finetuned", "load_finetuned",
@@ -127,21 +128,24 @@ class FinetuneModule(L.LightningModule):
 class FinetuneCallback(L.Callback):
     """On ``setup`` of ``trainer.fit``: find the model and install its blocks plus a fresh head into the module.
 
-    The model is ``model`` if given, else the winner of the search in ``results`` (a ``results.json`` path), else of
-    a new search run with ``cfg`` (``run_search``; its ``results.json`` goes to ``output_dir``). Blocks load from
-    ``store_root`` (default: the search config's ``store.root``). The head has ``trainer.datamodule.num_classes``
-    outputs; a text model whose tokenizer differs from the dataset's trains on its own tokenizer's items (the data
-    module's ``loader_tokenizer``). The module must be a :class:`FinetuneModule` that is not yet installed.
-    ``on_search`` is called with the report of a search this callback ran (e.g. ``app.print_report``).
+    The model is ``model`` if given, else the winner of the search ``search(datamodule)`` runs now (it returns the
+    search's report, e.g. ``app.run_search``'s; ``results`` then names the results.json it writes), else of the
+    finished search in ``results`` (a results.json path). Blocks load from ``store_root`` (default: the searched
+    config's ``store.root``). The head has ``trainer.datamodule.num_classes`` outputs; a text model whose tokenizer
+    differs from the dataset's trains on its own tokenizer's items (the data module's ``loader_tokenizer``). The
+    module must be a :class:`FinetuneModule` that is not yet installed. ``on_search`` is called with the report of a
+    search this callback ran (e.g. ``app.print_report``); ``config`` (the run's configuration) goes into the
+    provenance.
     """
 
-    def __init__(self, cfg: DictConfig | None = None, results: str | Path | None = None, model: str | None = None,
-                 store_root: str | Path | None = None, output_dir: str | Path | None = None,
-                 on_search: Callable[[dict[str, Any]], None] | None = None):
-        if cfg is None and results is None and (model is None or store_root is None):
-            raise ConfigError("FinetuneCallback needs a search config, a results.json path, or a model and a store")
-        self.cfg, self.results, self.model = cfg, (None if results is None else Path(results)), model
-        self.store_root, self.output_dir, self.on_search = store_root, output_dir, on_search
+    def __init__(self, search: Callable[[Any], dict[str, Any]] | None = None, results: str | Path | None = None,
+                 model: str | None = None, store_root: str | Path | None = None,
+                 on_search: Callable[[dict[str, Any]], None] | None = None, config: Any = None):
+        if search is None and results is None and (model is None or store_root is None):
+            raise ConfigError("FinetuneCallback needs a search, a results.json path, or a model and a store")
+        self.search, self.results, self.model = search, (None if results is None else Path(results)), model
+        self.store_root, self.on_search = store_root, on_search
+        self.config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
         self.report: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -183,26 +187,24 @@ class FinetuneCallback(L.Callback):
             "results": None if self.results is None else str(self.results.resolve()), "store_root": str(root),
             "manifest": manifest.to_json(), "num_classes": data.num_classes,
             "class_names": list(getattr(data, "class_names", [])), "train_blocks": pl_module.train_blocks,
-            "config": None if self.cfg is None else OmegaConf.to_container(self.cfg, resolve=True),
+            "config": self.config,
             "search_config": (report or {}).get("config"),
         }
         pl_module.install(backbone, head, data.num_classes, provenance)
 
     def _report(self, data: Any = None) -> dict[str, Any] | None:
-        """The search's results.json contents: read from ``results``, or produced by running the search now."""
-        if self.report is None and self.results is not None:
+        """The search's results.json contents: produced by running ``search`` now (unless ``model`` is given; on the
+        trainer's data module, so the prepared items are reused), or read from ``results``."""
+        if self.report is None and self.search is not None:
+            if self.model is None:
+                self.report = self.search(data)
+                if self.on_search is not None:
+                    self.on_search(self.report)
+        elif self.report is None and self.results is not None:
             if not self.results.is_file():
                 raise ConfigError(f"search results {self.results} do not exist: run search.py first, or leave "
                                   "finetune.results empty to search now")
             self.report = json.loads(self.results.read_text())
-        elif self.report is None and self.model is None and self.cfg is not None:
-            from .app import run_search  # imported late: app imports the whole search engine
-
-            _, self.report = run_search(self.cfg, self.output_dir, data=data)  # same prepared data
-            if self.output_dir is not None:
-                self.results = Path(self.output_dir) / "results.json"
-            if self.on_search is not None:
-                self.on_search(self.report)
         return self.report
 
 
@@ -235,10 +237,8 @@ def load_finetuned(path: str | Path) -> FinetuneModule:
     manifest = ModelManifest.from_json(prov["manifest"])
     num_classes, in_features = json.loads(meta["head_shape"])
     with torch.device("meta"):
-        net = build_model(manifest.recipe)
-        parts = nn.ModuleDict({"backbone": nn.Sequential(*family_of(net).split(net.eval())),
-                               "head": make_head((in_features,), num_classes)})
-    _assign(parts, tensors)
+        head = make_head((in_features,), num_classes)
+    parts = materialize(nn.ModuleDict({"backbone": nn.Sequential(*skeleton(manifest.recipe)), "head": head}), tensors)
     module = FinetuneModule(train_blocks=prov.get("train_blocks", 0))
     module.install(parts["backbone"], parts["head"], num_classes, prov)
     return module.eval()
@@ -273,11 +273,22 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     data.batch_size = int(f.batch_size)
     module = FinetuneModule(instantiate(f.optimizer), instantiate(f.scheduler) if f.get("scheduler") else None,
                             f.train_blocks)
-    hand_off = FinetuneCallback(cfg, results=f.get("results"), model=f.get("model"), store_root=cfg.store.root,
-                                output_dir=cfg.output_dir, on_search=on_search)
+    results, search = f.get("results"), None
+    if results is None and f.get("model") is None:  # search now, on the same data; its results.json: output_dir
+        search = partial(_search, cfg, cfg.output_dir)
+        results = None if cfg.output_dir is None else Path(cfg.output_dir) / "results.json"
+    hand_off = FinetuneCallback(search, results=results, model=f.get("model"), store_root=cfg.store.root,
+                                on_search=on_search, config=cfg)
     extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
     trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *(callbacks or [])])
     with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         trainer.fit(module, datamodule=data)
     return module, trainer, hand_off
+
+
+def _search(cfg: DictConfig, output_dir: str | Path | None, data: Any) -> dict[str, Any]:
+    """The report of ``app.run_search`` over ``cfg`` on the data module ``data`` (results.json into output_dir)."""
+    from .app import run_search  # imported late: app imports the whole search engine
+
+    return run_search(cfg, output_dir, data=data)[1]

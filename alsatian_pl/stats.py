@@ -15,6 +15,11 @@ COUNTERS = ("inference_steps", "block_runs", "cache_hits", "moved_to_host_bytes"
             "weight_hits", "weight_prefetches")
 
 
+def counter(name: str, doc: str = "") -> property:
+    """A read-only attribute of a stage (cache service, weight cache) that reads its ``stats`` counter ``name``."""
+    return property(lambda self: self.stats.counts[name], doc=doc or f"the search's {name} counter")
+
+
 class SearchStats:
     """Seconds per phase, event counters, and inference seconds and items per block hash."""
 

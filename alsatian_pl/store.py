@@ -15,10 +15,9 @@ import os
 import re
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,7 +25,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .blocks import family_of
+from .blocks import family_of, skeleton, skeleton_family
 from .errors import CorruptBlockError, StoreError
 
 BLOCK_FORMAT = "alsatian-block-v1"
@@ -108,69 +107,14 @@ class StoreStats:
         return self.logical_bytes / self.physical_bytes if self.physical_bytes else 1.0
 
 
-# ---------------------------------------------------------------------------------------------- skeleton builders
-# A recipe rebuilds a block's empty module: {"builder": name, ...builder args..., "index": i}, plus "input_dtype" of
-# the model's items when not float32 (text: int64). Builders create the whole model on the meta device (no memory,
-# no init cost) and return its blocks.
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_builder(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a function ``(**recipe_args) -> nn.Module`` that builds a model whose blocks a recipe indexes."""
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _BUILDERS[name] = fn
-        return fn
-    return deco
-
-
-@register_builder("timm")
-def _build_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    import timm
-    return timm.create_model(arch, pretrained=False, **kwargs)
-
-
-def timm_recipe(arch: str, **kwargs: Any) -> dict[str, Any]:
-    """The recipe of a timm model ``timm.create_model(arch, **kwargs)``."""
-    return {"builder": "timm", "arch": arch, "kwargs": dict(sorted(kwargs.items()))}
-
-
-@register_builder("hf")
-def _build_hf(arch: str, config: dict[str, Any], pooling: str = "cls") -> nn.Module:
-    from .blocks._bert import build_encoder
-    return build_encoder(config, pooling)
-
-
-def hf_recipe(config: Any, pooling: str = "cls", arch: str | None = None) -> dict[str, Any]:
-    """The recipe of a Hugging Face BERT-style encoder (config fields or a ``PretrainedConfig``); its models take
-    int64 ``[2, L]`` items (token ids; attention mask)."""
-    from .blocks._bert import config_dict
-    fields = config_dict(config)
-    arch = arch or "{}-L{}-H{}".format(fields.get("model_type", "bert"), fields.get("num_hidden_layers", 12),
-                                       fields.get("hidden_size", 768))
-    return {"builder": "hf", "arch": arch, "config": fields, "pooling": pooling, "input_dtype": "int64"}
-
-
-_NOT_BUILDER_ARGS = ("builder", "input_dtype")  # recipe keys that describe the model but are not builder arguments
-
-
-def build_model(recipe: dict[str, Any]) -> nn.Module:
-    """A freshly initialised (CPU) model from a recipe."""
-    args = {k: v for k, v in recipe.items() if k not in _NOT_BUILDER_ARGS}
-    try:
-        return _BUILDERS[recipe["builder"]](**args)
-    except KeyError as exc:
-        raise StoreError(f"unknown model builder {recipe.get('builder')!r}; known: {sorted(_BUILDERS)}") from exc
-
-
-@lru_cache(maxsize=16)
-def _skeleton_blocks(recipe_json: str) -> tuple[nn.Module, ...]:
-    recipe = json.loads(recipe_json)
-    with torch.device("meta"):
-        model = build_model(recipe)
-    return tuple(family_of(model).split(model.eval()))
-
-
 # --------------------------------------------------------------------------------------------------- block tensors
+def materialize(template: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of a (meta) skeleton module holding ``tensors``, which must cover its every parameter and buffer."""
+    module = _clone_structure(template)
+    _assign(module, tensors)
+    return module
+
+
 def _clone_structure(module: nn.Module) -> nn.Module:
     """A copy of a (meta) skeleton module tree with its own module, parameter and buffer dicts, sharing the rest;
     ``_assign`` then replaces every tensor. Several times faster than ``copy.deepcopy``, which copies each attribute."""
@@ -274,15 +218,15 @@ class BlockStore:
                   overwrite: bool = False) -> ModelManifest:
         """Store a model given as its blocks (modules, or hashes of blocks already stored) and write its manifest.
 
-        ``recipe`` rebuilds the model skeleton (see :func:`timm_recipe`); blocks are written before the manifest,
+        ``recipe`` rebuilds the model skeleton (see ``blocks.timm_recipe``); blocks are written before the manifest,
         so an interrupted import never leaves a manifest that points at missing blocks.
         """
         self._check_name(name)
         if not overwrite and self.has_model(name):
             raise StoreError(f"model {name!r} already exists in {self.root}; pass overwrite=True or choose another name")
-        skeleton = _skeleton_blocks(json.dumps(recipe, sort_keys=True))
-        if len(blocks) != len(skeleton):
-            raise StoreError(f"{name}: got {len(blocks)} blocks but the {recipe.get('arch')} recipe has {len(skeleton)}")
+        expected = len(skeleton(recipe))
+        if len(blocks) != expected:
+            raise StoreError(f"{name}: got {len(blocks)} blocks but the {recipe.get('arch')} recipe has {expected}")
         shapes = self._output_shapes(recipe, tuple(input_size))
         entries = []
         for i, blk in enumerate(blocks):
@@ -294,9 +238,8 @@ class BlockStore:
             else:
                 h, nbytes, params = self.put_block(blk, recipe, i)
             entries.append(BlockEntry(h, nbytes, params, shapes[i][0], shapes[i][1]))
-        family = family_of(_skeleton_model(json.dumps(recipe, sort_keys=True))).name
-        manifest = ModelManifest(name, recipe.get("arch", ""), family, recipe, tuple(input_size), tuple(entries),
-                                 source, tuple(sorted(set(tags))),
+        manifest = ModelManifest(name, recipe.get("arch", ""), skeleton_family(recipe), recipe, tuple(input_size),
+                                 tuple(entries), source, tuple(sorted(set(tags))),
                                  _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), parent)
         _atomic_write(self.models_dir / f"{name}.json", json.dumps(manifest.to_json(), indent=1).encode())
         return manifest
@@ -306,21 +249,6 @@ class BlockStore:
         """Split a model into blocks and store it (see :meth:`put_model` for the keyword arguments)."""
         return self.put_model(name, family_of(model).split(model.eval()), recipe=recipe, input_size=input_size,
                               **kwargs)
-
-    def import_timm(self, name: str, arch: str, *, checkpoint: str | os.PathLike[str] | None = None,
-                    model_kwargs: dict[str, Any] | None = None, input_size: Sequence[int] | None = None,
-                    **kwargs: Any) -> ModelManifest:
-        """Import a timm model: random init, or weights from a local ``.pth`` (weights_only) or ``.safetensors`` file."""
-        model_kwargs = dict(model_kwargs or {})
-        recipe = timm_recipe(arch, **model_kwargs)
-        model = build_model(recipe)
-        if checkpoint is not None:
-            load_checkpoint(model, checkpoint)
-            kwargs.setdefault("source", str(checkpoint))
-        else:
-            kwargs.setdefault("source", f"timm:{arch} (random init)")
-        size = tuple(input_size or model.pretrained_cfg.get("input_size", (3, 224, 224)))
-        return self.import_model(name, model, recipe=recipe, input_size=size, **kwargs)
 
     # ------------------------------------------------------------------------------------------------- reading
     def has_model(self, name: str) -> bool:
@@ -395,11 +323,7 @@ class BlockStore:
     def load_block(self, h: str) -> nn.Module:
         """Block ``h`` as a runnable module in eval mode (weights read and verified from its file)."""
         tensors, meta = self.read_block_tensors(h)
-        recipe = json.loads(meta["recipe"])
-        index = recipe.pop("index")
-        block = _clone_structure(_skeleton_blocks(json.dumps(recipe, sort_keys=True))[index])
-        _assign(block, tensors)
-        return block.eval()
+        return materialize(_skeleton_block(meta), tensors).eval()
 
     def load_blocks(self, name: str, start: int = 0, stop: int | None = None) -> nn.Sequential:
         """Blocks ``start:stop`` of a model, reading only those blocks' files."""
@@ -461,10 +385,7 @@ class BlockStore:
     def _block_params(self, h: str) -> int:
         with safe_open(self.block_path(h), framework="pt") as f:
             meta = f.metadata() or {}
-            recipe = json.loads(meta["recipe"])
-        index = recipe.pop("index")
-        block = _skeleton_blocks(json.dumps(recipe, sort_keys=True))[index]
-        return sum(p.numel() for p in block.parameters())
+        return sum(p.numel() for p in _skeleton_block(meta).parameters())
 
     def _output_shapes(self, recipe: dict[str, Any], input_size: tuple[int, ...]) -> list[tuple[tuple[int, ...], str]]:
         """Per-item output shape and dtype of every block, by shape propagation on the meta device."""
@@ -475,7 +396,7 @@ class BlockStore:
             shapes = []
             try:
                 with torch.no_grad():
-                    for blk in _skeleton_blocks(json.dumps(recipe, sort_keys=True)):
+                    for blk in skeleton(recipe):
                         x = blk(x)
                         shapes.append((tuple(x.shape[1:]), str(x.dtype).removeprefix("torch.")))
             except Exception as exc:  # noqa: BLE001 - any failure here means the input size does not fit
@@ -491,50 +412,8 @@ class BlockStore:
             raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (max 200 characters)")
 
 
-@lru_cache(maxsize=16)
-def _skeleton_model(recipe_json: str) -> nn.Module:
-    with torch.device("meta"):
-        return build_model(json.loads(recipe_json))
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a local ``.pth``/``.pt`` (``weights_only=True``) or ``.safetensors`` state dict into ``model``.
-
-    Keys are matched by name; a checkpoint whose names differ but whose tensors correspond one-to-one in order and
-    shape (e.g. a port from another code base) is matched by position. The classifier head may be absent.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise StoreError(f"cannot read checkpoint {path}: {exc}. Use a state dict saved with torch.save "
-                         "(loaded with weights_only=True) or a .safetensors file.") from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise StoreError(f"checkpoint {path} is not a state dict of tensors")
-    own = model.state_dict()
-    if set(state) <= set(own) and not (set(own) - set(state)) - set(_head_keys(model)):
-        model.load_state_dict(state, strict=False)
-        return
-    pairs = list(zip(state.items(), own.items()))
-    if len(state) == len(own) and all(a.shape == b.shape for (_, a), (_, b) in pairs):
-        model.load_state_dict({k: v for (_, v), (k, _) in pairs}, strict=True)
-        return
-    missing = sorted(set(own) - set(state))[:5]
-    raise StoreError(f"checkpoint {path} does not fit {type(model).__name__}: e.g. missing {missing}. "
-                     "Check models.arch matches the architecture the checkpoint was trained with.")
-
-
-def _head_keys(model: nn.Module) -> list[str]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Module):
-        return []
-    ptrs = {t.data_ptr() for t in head.state_dict().values()}
-    return [k for k, v in model.state_dict().items() if v.data_ptr() in ptrs]
+def _skeleton_block(meta: dict[str, str]) -> nn.Module:
+    """The (shared, meta) skeleton of a stored block, from its file's metadata: its model's recipe and its index."""
+    recipe = json.loads(meta["recipe"])
+    index = recipe.pop("index")
+    return skeleton(recipe)[index]

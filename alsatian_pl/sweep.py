@@ -20,7 +20,7 @@ from rich.table import Table
 
 from .units import format_bytes
 
-__all__ = ["SweepSummary", "summarize", "summarize_sweep", "draw_summary"]
+__all__ = ["SweepSummary", "summarize", "summarize_sweep", "print_summary", "draw_summary"]
 
 
 def _overrides(job_dir: Path, report: dict[str, Any]) -> list[str]:
@@ -33,24 +33,27 @@ def _overrides(job_dir: Path, report: dict[str, Any]) -> list[str]:
     return [f"search.cache_budget={report.get('config', {}).get('search', {}).get('cache_budget')}"]
 
 
+def _job(path: Path) -> dict[str, Any]:
+    """One job's row: its overrides, time, peak memory, planned peak, partitions and ranking, from its results.json."""
+    r = json.loads(path.read_text())
+    rounds = r.get("rounds", [])
+    return {
+        "job": path.parent.name, "overrides": _overrides(path.parent, r), "results": str(path),
+        "cache_budget": r.get("config", {}).get("search", {}).get("cache_budget"),
+        "total_s": r["timings_s"]["total"], "timings_s": r["timings_s"],
+        "peak_cache_bytes": r["memory"]["peak_cache_bytes"],
+        "planned_peak_bytes": max((x["planned_peak_bytes"] for x in rounds), default=0),
+        "partitions": max((x["partitions"] for x in rounds), default=1),
+        "peak_host_rss_bytes": r["memory"]["peak_host_rss_bytes"],
+        "peak_accelerator_bytes": r["memory"]["peak_accelerator_bytes"],
+        "ranking": [m["model"] for m in r["ranking"]],
+    }
+
+
 def summarize(results: list[str | Path], out_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Compare the searches in ``results`` (results.json paths, in job order): one row per job, plus
     ``rankings_identical``; writes ``summary.json``/``summary.png`` into ``out_dir`` (if given) and prints the table."""
-    jobs = []
-    for path in map(Path, results):
-        r = json.loads(path.read_text())
-        rounds = r.get("rounds", [])
-        jobs.append({
-            "job": path.parent.name, "overrides": _overrides(path.parent, r), "results": str(path),
-            "cache_budget": r.get("config", {}).get("search", {}).get("cache_budget"),
-            "total_s": r["timings_s"]["total"], "timings_s": r["timings_s"],
-            "peak_cache_bytes": r["memory"]["peak_cache_bytes"],
-            "planned_peak_bytes": max((x["planned_peak_bytes"] for x in rounds), default=0),
-            "partitions": max((x["partitions"] for x in rounds), default=1),
-            "peak_host_rss_bytes": r["memory"]["peak_host_rss_bytes"],
-            "peak_accelerator_bytes": r["memory"]["peak_accelerator_bytes"],
-            "ranking": [m["model"] for m in r["ranking"]],
-        })
+    jobs = [_job(path) for path in map(Path, results)]
     if not jobs:
         raise FileNotFoundError("no results.json found: did the sweep's jobs fail?")
     common = set.intersection(*(set(j["overrides"]) for j in jobs)) if len(jobs) > 1 else set()
@@ -63,8 +66,21 @@ def summarize(results: list[str | Path], out_dir: str | Path | None = None, cons
     differ = [j["job"] for j in jobs if j["first_difference"] is not None]
     summary = {"jobs": jobs, "rankings_identical": not differ, "differing_jobs": differ,
                "reference_job": jobs[0]["job"]}
-    gpu = any(j["peak_accelerator_bytes"] for j in jobs)
     console = console or Console()
+    print_summary(summary, console)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        draw_summary(summary, out / "summary.png")
+        console.print(f"summary: {out / 'summary.json'}, {out / 'summary.png'}")
+    return summary
+
+
+def print_summary(summary: dict, console: Console) -> None:
+    """The summary's table (one row per job), the winner(s) and the verdict on the rankings, loud when they differ."""
+    jobs, differ = summary["jobs"], summary["differing_jobs"]
+    gpu = any(j["peak_accelerator_bytes"] for j in jobs)
     table = Table(title=f"sweep summary ({len(jobs)} jobs)", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, collapse_padding=True)
     for col in ("job", "swept", "time s", "peak cache", "planned", "parts", "RSS*", *(["GPU*"] if gpu else []),
@@ -88,13 +104,6 @@ def summarize(results: list[str | Path], out_dir: str | Path | None = None, cons
                       "files.[/]")
     else:
         console.print(f"[bold green]rankings identical in all {len(jobs)} jobs[/]")
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        draw_summary(summary, out / "summary.png")
-        console.print(f"summary: {out / 'summary.json'}, {out / 'summary.png'}")
-    return summary
 
 
 def summarize_sweep(sweep_dir: str | Path, console: Console | None = None) -> dict:

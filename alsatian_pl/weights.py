@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .cache import tensor_bytes
-from .stats import SearchStats
+from .stats import SearchStats, counter
 from .store import BlockStore
 
 READAHEAD_BYTES = 256 * 2**20  # block files the OS is asked to read ahead of the running step (page cache only)
@@ -69,17 +69,9 @@ class WeightCache:
         self.bytes = 0          # bytes of the loaded blocks held
         self.pending_bytes = 0  # bytes of the blocks being prefetched
 
-    @property
-    def loads(self) -> int:
-        return self.stats.counts["weight_loads"]
-
-    @property
-    def hits(self) -> int:
-        return self.stats.counts["weight_hits"]
-
-    @property
-    def prefetched(self) -> int:
-        return self.stats.counts["weight_prefetches"]
+    loads = counter("weight_loads", "blocks read from the store")
+    hits = counter("weight_hits", "blocks served from the cache")
+    prefetched = counter("weight_prefetches", "loads started ahead of time")
 
     def get(self, key: Hashable, block_hash: str) -> nn.Module:
         """The block ``block_hash`` (cached under ``key``), loading it from the store on a miss."""

@@ -9,10 +9,9 @@ import shutil
 import pytest
 import torch
 
-from alsatian_pl.blocks import family_of, split_model
+from alsatian_pl.blocks import family_of, hf_recipe, skeleton, split_model
 from alsatian_pl.blocks._bert import BertEmbed, BertLayerBlock, BertPool, build_encoder, load_encoder
 from alsatian_pl.errors import StoreError
-from alsatian_pl.store import _skeleton_blocks, hf_recipe
 from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo, import_hf_folder, tokenizer_file
 from _tokenizer import write_tokenizer
 
@@ -68,9 +67,9 @@ def test_recipe_rebuilds_every_block_on_meta_and_shapes_propagate(store):
     model = build_encoder(TINY, "mean").eval()
     recipe = hf_recipe(model.config, "mean")
     assert recipe["input_dtype"] == "int64" and recipe["arch"] == "bert-L3-H32"
-    skeleton = _skeleton_blocks(json.dumps(recipe, sort_keys=True))
-    assert all(t.is_meta for b in skeleton for t in b.state_dict().values())
-    assert [repr(b) for b in skeleton] == [repr(b) for b in split_model(model)]
+    blocks = skeleton(recipe)
+    assert all(t.is_meta for b in blocks for t in b.state_dict().values())
+    assert [repr(b) for b in blocks] == [repr(b) for b in split_model(model)]
     man = store.import_model("tiny", model, recipe=recipe, input_size=(2, 16))
     assert [b.out_shape for b in man.blocks] == [(16, 33)] * 4 + [(32,)]
     assert man.family == "bert" and man.num_params == sum(p.numel() for b in split_model(model) for p in b.parameters())

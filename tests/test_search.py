@@ -296,3 +296,25 @@ def test_budgeted_bytes_cover_the_prepared_data_set(results, data):
     assert r.rounds[0].planned_peak_bytes > data.held_bytes + first_inputs
     assert all(x.planned_peak_bytes > data.held_bytes for x in r.rounds)
     assert all(x.observed_peak_bytes == x.planned_peak_bytes for x in r.rounds)
+
+
+def test_host_tier_keeps_the_results(results, zoo, data):
+    """A fake small accelerator tier on the CPU: outputs beyond it go to the host tier, scores stay the same."""
+    ample = results["alsatian"]
+    tiered = _search(zoo, data, device_capacity=1)
+    assert tiered.cache["moved_to_host_bytes"] > 0 and ample.cache["moved_to_host_bytes"] == 0
+    assert _scores(tiered) == _scores(ample)
+    assert [r.observed_peak_bytes for r in tiered.rounds] == [r.planned_peak_bytes for r in ample.rounds]
+
+
+@pytest.mark.parametrize("strategy", ["alsatian", "shift", "base"])
+def test_search_group_instantiates_the_searcher_with_its_scorer(zoo, data, strategy):
+    from hydra.utils import instantiate
+
+    from alsatian_pl.score import KNNScorer
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("search", overrides=[f"search={strategy}", "search/scorer=knn", "search.scorer.kwargs.k=3",
+                                           "search.cache_budget=512MB", "search.device=cpu"])
+    searcher = instantiate(cfg.search)(store=zoo.store, data=data)
+    assert searcher.strategy.name == strategy and isinstance(searcher.scorer, KNNScorer) and searcher.scorer.k == 3
+    assert searcher.cache_budget == 512 * 2**20

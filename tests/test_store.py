@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from alsatian_pl.errors import CorruptBlockError, StoreError
-from alsatian_pl.store import BlockStore, build_model, timm_recipe
-from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
+from alsatian_pl.blocks import build_model, timm_recipe
+from alsatian_pl.store import BlockStore
+from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo, import_timm
 
 SIZE = (3, 64, 64)
 
@@ -134,6 +135,7 @@ def test_killed_import_process_leaves_the_store_readable(tmp_path):
     marker = tmp_path / "writing"
     child = textwrap.dedent(f"""
         import time, torch, alsatian_pl.store as st
+        from alsatian_pl.blocks import build_model, timm_recipe
         from pathlib import Path
         real = st._atomic_write
         def slow(path, data):
@@ -147,8 +149,8 @@ def test_killed_import_process_leaves_the_store_readable(tmp_path):
             real(path, data)
         st._atomic_write = slow
         torch.manual_seed(5)
-        m = st.build_model(st.timm_recipe("resnet18")).eval()
-        st.BlockStore({str(root)!r}).import_model("killed", m, recipe=st.timm_recipe("resnet18"), input_size=(3, 64, 64))
+        m = build_model(timm_recipe("resnet18")).eval()
+        st.BlockStore({str(root)!r}).import_model("killed", m, recipe=timm_recipe("resnet18"), input_size=(3, 64, 64))
     """)
     proc = subprocess.Popen([sys.executable, "-c", child])
     deadline = time.monotonic() + 120
@@ -191,7 +193,7 @@ def test_import_timm_from_a_local_checkpoint(store, tmp_path, suffix):
         torch.save(model.state_dict(), path)
     else:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-    man = store.import_timm("ck", "resnet18", checkpoint=path, input_size=SIZE)
+    man = import_timm(store, "ck", "resnet18", checkpoint=path, input_size=SIZE)
     assert man.source == str(path)
     x = torch.randn(2, *SIZE)
     with torch.no_grad():
@@ -203,11 +205,11 @@ def test_bad_checkpoint_and_bad_input_size(store, tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(StoreError, match="cannot read checkpoint"):
-        store.import_timm("x", "resnet18", checkpoint=bad)
+        import_timm(store, "x", "resnet18", checkpoint=bad)
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("mobilenetv3_small_050").state_dict(), other)
     with pytest.raises(StoreError, match="does not fit"):
-        store.import_timm("x", "resnet18", checkpoint=other)
+        import_timm(store, "x", "resnet18", checkpoint=other)
     with pytest.raises(StoreError, match="cannot run on inputs of size"):
-        store.import_timm("v", "vit_tiny_patch16_224", model_kwargs={"img_size": 112}, input_size=(3, 64, 64))
+        import_timm(store, "v", "vit_tiny_patch16_224", model_kwargs={"img_size": 112}, input_size=(3, 64, 64))
     assert store.model_names() == []

@@ -1,14 +1,17 @@
-"""Models as block sequences (paper §2.1): a registry of model families, each cutting a model into its blocks.
+"""Models as block sequences (paper §2.1): a registry of model families, each cutting a model into its blocks, and
+the recipes that rebuild a stored model's empty blocks.
 
 Every family fulfils one contract: ``matches(model)`` says whether it applies, ``split(model)`` returns the ordered
 feature-extractor blocks, whose composition equals the model's pre-logits features
 (timm: ``model.forward_head(model.forward_features(x), pre_logits=True)``; Hugging Face encoders: the pooled last
-hidden state).
+hidden state). Every recipe names a builder in :data:`BUILDERS`; :func:`skeleton` gives its blocks on the meta device.
 """
 
 from __future__ import annotations
 
-from ._registry import BlockFamily, families, family_of, register_family, split_model
+from ._registry import FAMILIES, BlockFamily, families, family_of, register_family, split_model
+from ._recipes import BUILDERS, build_model, hf_recipe, register_builder, skeleton, skeleton_family, timm_recipe
 from . import _resnet, _efficientnet, _vit, _mobilenetv3, _bert  # noqa: F401  (register the built-in families)
 
-__all__ = ["BlockFamily", "families", "family_of", "register_family", "split_model"]
+__all__ = ["BlockFamily", "FAMILIES", "families", "family_of", "register_family", "split_model",
+           "BUILDERS", "register_builder", "build_model", "timm_recipe", "hf_recipe", "skeleton", "skeleton_family"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 from torch import nn
 
 from ..errors import StoreError
+from ..registry import Registry
 
 
 class BlockFamily:
@@ -21,31 +22,32 @@ class BlockFamily:
         raise NotImplementedError
 
 
-_FAMILIES: dict[str, BlockFamily] = {}
+FAMILIES: Registry[BlockFamily] = Registry("block family")  # in registration order: the first match splits
+C = TypeVar("C", bound=Callable[[], BlockFamily])
 
 
-def register_family(cls: Callable[[], BlockFamily]) -> Callable[[], BlockFamily]:
-    """Class decorator: instantiate and register a family under its ``name``."""
+def register_family(cls: C) -> C:
+    """Class decorator: instantiate ``cls`` and register the family in :data:`FAMILIES` under its ``name``."""
     family = cls()
     if not family.name:
         raise ValueError(f"{cls.__name__} must set a name")
-    _FAMILIES[family.name] = family
+    FAMILIES.register(family.name, family)
     return cls
 
 
 def families() -> list[str]:
-    """Names of the registered families."""
-    return list(_FAMILIES)
+    """Names of the registered families, in the order :func:`family_of` tries them."""
+    return list(FAMILIES)
 
 
 def family_of(model: nn.Module) -> BlockFamily:
     """The family that can split ``model``; a StoreError saying why when none can."""
-    for family in _FAMILIES.values():
+    for family in FAMILIES.values():
         if family.matches(model):
             return family
     raise StoreError(
         f"cannot split a {type(model).__module__}.{type(model).__name__} into blocks: no registered block family "
-        f"matches it (known families: {', '.join(_FAMILIES)}). Alsatian needs a model whose feature extractor is "
+        f"matches it (known families: {', '.join(FAMILIES)}). Alsatian needs a model whose feature extractor is "
         "declared as a sequence of blocks; register a BlockFamily for this architecture with "
         "alsatian_pl.blocks.register_family."
     )

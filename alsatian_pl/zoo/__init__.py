@@ -1,0 +1,24 @@
+"""Model zoos built into a BlockStore: synthetic M_syn zoos (paper §6) of timm models or Hugging Face BERT-style
+encoders (the pretrained EfficientNet-Lite0 and all-MiniLM-L6-v2 bases, bert-base), and zoos imported from the user's
+own checkpoints (timm state dicts, Hugging Face model folders). A zoo is built once, recorded under ``zoos/``, and
+reused while its configuration stays the same (:func:`cached_zoo`). Text models carry the tag ``tokenizer:<key>``;
+their tokenizer is stored once as ``tokenizers/<key>.json`` in the store.
+
+The ``models`` config group instantiates one factory per kind, called with the store: :func:`synthetic_zoo`,
+:func:`checkpoint_zoo`, :func:`hf_dirs_zoo`.
+"""
+
+from __future__ import annotations
+
+from ._checkpoints import (checkpoint_zoo, efficientnet_lite0_checkpoint, import_checkpoint_folder, import_timm,
+                           load_checkpoint, read_state_dict, resolve_checkpoint, timm_model)
+from ._hf import hf_dirs_zoo, import_hf_dir, import_hf_folder
+from ._record import Zoo, cached_zoo, zoo_id
+from ._synthetic import DISTRIBUTIONS, ZooConfig, build_synthetic_zoo, reinit_block, sample_num_reinit, synthetic_zoo
+from ._tokenizers import model_tokenizer, tokenizer_file, tokenizer_of, tokenizer_tag
+
+__all__ = ["Zoo", "ZooConfig", "DISTRIBUTIONS", "cached_zoo", "zoo_id",
+           "synthetic_zoo", "checkpoint_zoo", "hf_dirs_zoo",
+           "build_synthetic_zoo", "import_checkpoint_folder", "import_hf_dir", "import_hf_folder", "import_timm",
+           "load_checkpoint", "read_state_dict", "timm_model", "efficientnet_lite0_checkpoint", "resolve_checkpoint",
+           "sample_num_reinit", "reinit_block", "model_tokenizer", "tokenizer_of", "tokenizer_file", "tokenizer_tag"]

@@ -1,0 +1,85 @@
+"""The round machinery on its own: the memory model, the feature store, the cache tiers, the strategies' plans."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from alsatian_pl.cache import CacheService
+from alsatian_pl.features import FeatureStore
+from alsatian_pl.plan import BlockSpec, RoundMemory, TaskTree, plan_round
+from alsatian_pl.errors import BudgetTooSmallError
+from alsatian_pl.strategies import STRATEGIES, get_strategy
+
+PACKAGE = Path(__file__).resolve().parents[1] / "alsatian_pl"
+
+
+def test_feature_store_counts_what_the_memory_model_counts():
+    store = FeatureStore({"a": 16, "b": 8})  # bytes per item: 4 and 2 float32 values
+    assert store.memory(new_items=5, data_bytes=100, input_bytes=40) == RoundMemory(100, 40, 0, 5 * 24)
+    store.open_round(3, 2)
+    for m, dim in (("a", 4), ("b", 2)):
+        store.write(m, 0, torch.ones(4, dim))
+        store.write(m, 4, torch.zeros(1, dim))
+    store.close_round()
+    assert store.kept_items == 5 and store.kept_bytes() == store.memory(new_items=0, data_bytes=0).kept == 5 * 24
+    assert store.train(["a"])["a"].shape == (3, 4) and store.test(["b"])["b"].tolist() == [[1, 1], [0, 0]]
+    store.drop(["a"])
+    assert store.models == ["b"] and store.kept_bytes() == 5 * 8
+    store.open_round(2)
+    with pytest.raises(RuntimeError, match="no features were computed"):
+        store.close_round()
+
+
+def test_budget_error_names_the_resident_parts():
+    tree = TaskTree()
+    tree.add_model("m", [BlockSpec("x", 10, weight_bytes=100)])
+    memory = RoundMemory(data=3 * 2**20, inputs=0, kept=2**20, reserved=2**20)
+    with pytest.raises(BudgetTooSmallError, match="3.0 MiB prepared data, 1.0 MiB kept features, 1.0 MiB feature "
+                                                  "buffers") as err:
+        plan_round(tree, num_items=10, batch_size=5, budget=2**20, resident_bytes=memory)
+    assert err.value.needed == memory.resident + 100
+    assert plan_round(tree, num_items=10, batch_size=5, resident_bytes=memory).resident_bytes == memory.resident
+    assert RoundMemory.weight_capacity(None, 5) is None and RoundMemory.weight_capacity(10, 15) == 0
+
+
+def test_host_tier_takes_outputs_beyond_the_device_capacity():
+    cache = CacheService(device_capacity=1000)  # a fake small accelerator tier, on the CPU
+    a, b = torch.arange(200, dtype=torch.float32), torch.ones(200)  # 800 bytes each
+    cache.put(1, a)
+    cache.put(2, b)  # 1600 > 1000: host tier
+    assert cache.moved_to_host_bytes == 800 and cache.intermediates == 1600
+    assert torch.equal(cache.get(2), b) and cache.hits == 1
+    cache.release(1)
+    cache.put(3, a)  # the device tier has room again
+    assert cache.moved_to_host_bytes == 800
+    cache.release(2)
+    cache.release(3)
+    assert cache.intermediates == 0 and cache.peak == 1600
+
+
+def test_strategies_differ_in_their_plan_only():
+    assert STRATEGIES.names() == ["alsatian", "base", "shift"]
+    specs = {m: [BlockSpec("root", 4), BlockSpec(f"top-{m}", 4)] for m in ("a", "b")}
+    trees = {name: get_strategy(name).make_tree(specs) for name in STRATEGIES}
+    assert trees["alsatian"].num_edges() == 3 and trees["shift"].num_edges() == trees["base"].num_edges() == 4
+    alsatian, shift = get_strategy("alsatian"), get_strategy("shift")
+    assert alsatian.weight_keys([trees["alsatian"]]) == {("root", None), ("top-a", None), ("top-b", None)}
+    assert shift.weight_keys([trees["shift"]]) == {("root", "a"), ("root", "b"), ("top-a", "a"), ("top-b", "b")}
+    assert get_strategy("base").num_rounds(35, 1) == 1 and alsatian.num_rounds(35, 1) == shift.num_rounds(35, 1) == 6
+    assert alsatian.survivors(list("abcde"), 0, 3, 1) == 3 and alsatian.survivors(list("ab"), 2, 3, 1) == 1
+
+
+def test_every_function_of_the_package_reads_at_once():
+    """The architecture target: no function or method of alsatian_pl/ is 60 lines or longer."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines >= 60:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({lines} lines)")
+    assert not long, long
