@@ -43,6 +43,10 @@ class FeatureStore:
             self._buffers[model] = torch.empty((self._rows, *feats.shape[1:]), dtype=feats.dtype, device=feats.device)
         self._buffers[model][start:start + len(feats)] = feats
 
+    def current(self, model: str) -> torch.Tensor:
+        """``model``'s features of this round so far (all rows once its score steps ran)."""
+        return self._buffers[model]
+
     def close_round(self) -> None:
         """Keep this round's features: the training rows join the model's chunks, the test rows (round 1) stay."""
         missing = [m for m in self._train if m not in self._buffers]

@@ -34,6 +34,7 @@ from .stats import SearchStats
 from .store import BlockStore, ModelManifest
 from .strategies import Strategy, get_strategy
 from .units import parse_bytes
+from .reuse import FeatureCache, items_key
 from .weights import WeightCache
 from .zoo import model_tokenizer
 
@@ -99,6 +100,12 @@ class TokenizerGroup:
     tokenizer: str | None
     models: list[str]
     tree: TaskTree | None = None
+    specs: dict[str, list[BlockSpec]] = field(default_factory=dict)  # each model's blocks, as the planner sees them
+
+    @property
+    def hashes(self) -> dict[str, list[str]]:
+        """Each model's block chain (the identity of its features)."""
+        return {m: [b.hash for b in specs] for m, specs in self.specs.items()}
 
 
 @dataclass
@@ -119,6 +126,7 @@ class SearchState:
     new_items: int = 0
     runs: list[tuple[RoundPlan, int]] = field(default_factory=list)  # this round's plans and observed peaks
     counts_before: Counter[str] = field(default_factory=Counter)  # the search's counters when the round opened
+    inputs_key: str = ""  # content hash of the running group's inputs (feature-cache key part)
 
     @property
     def trees(self) -> list[TaskTree]:
@@ -149,6 +157,7 @@ class Engine:
     cache: CacheService
     weights: WeightCache
     executor: Executor
+    features: FeatureCache | None = None  # the persistent feature cache, when the search has one
 
 
 def block_specs(manifest: ModelManifest) -> list[BlockSpec]:
@@ -180,7 +189,8 @@ class SuccessiveHalving:
                  result_size: int = 1, batch_size: int = 64, device: str | torch.device = "auto",
                  cache_budget: int | str | None = None, seed: int = 0, progress: bool = True,
                  channels_last: bool = True, spill_dir: str | Path | None = None,
-                 prefetch: bool | str | None = "auto", device_capacity: int | str | None = "auto"):
+                 prefetch: bool | str | None = "auto", device_capacity: int | str | None = "auto",
+                 feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB"):
         for key, value in (("result_size", result_size), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"search.{key} must be a whole number, at least 1, got {value!r}")
@@ -190,14 +200,15 @@ class SuccessiveHalving:
         self.strategy = get_strategy(strategy)
         self.scorer = _scorer(scorer, scorer_kwargs, seed)
         self.result_size, self.batch_size = result_size, batch_size
-        self.cache_budget = cache_budget if cache_budget is None or isinstance(cache_budget, int) \
-            else parse_bytes(str(cache_budget))
+        self.cache_budget = _bytes(cache_budget)
         self.device = resolve_device(device)
         self.progress, self.channels_last = progress, channels_last
         # On a CPU the reads compete with inference for the same cores (measured on 2 cores: no gain).
         self.prefetch = self.device.type != "cpu" if prefetch in ("auto", None) else bool(prefetch)
         self.spill_dir = None if spill_dir is None else Path(spill_dir)
         self.device_capacity = device_capacity
+        self.feature_cache = None if feature_cache is None else Path(feature_cache)
+        self.feature_cache_bytes = _bytes(feature_cache_bytes)
 
     # ------------------------------------------------------------------------------------------------ the loop
     def run(self, model_names: Sequence[str]) -> SearchResult:
@@ -213,8 +224,11 @@ class SuccessiveHalving:
                 advance(f"round {r + 1}/{state.rounds} · {len(state.alive)} models · {state.round_items} items")
                 for group in state.live_groups():
                     inputs = self._inputs(state, group)
-                    plan = self._plan(state, engine, group, inputs)
-                    self._execute(state, engine, plan, inputs)
+                    todo = self._reuse(state, engine, group, inputs)  # the tree of the models not in the cache
+                    if todo.models:
+                        plan = self._plan(state, engine, todo, inputs)
+                        self._execute(state, engine, plan, inputs)
+                        self._remember(state, engine, todo, inputs)
                 scores = self._score(state, engine)
                 self._prune(state, engine, scores)
         return self._result(state, engine, time.perf_counter() - wall + prepared_before)
@@ -226,7 +240,8 @@ class SuccessiveHalving:
         groups = self._groups(manifests)
         with stats.phase("planning"):
             for g in groups:
-                g.tree = self.strategy.make_tree({m: block_specs(manifests[m]) for m in g.models})
+                g.specs = {m: block_specs(manifests[m]) for m in g.models}
+                g.tree = self.strategy.make_tree(g.specs)
         features = FeatureStore({n: m.blocks[-1].out_bytes for n, m in manifests.items()})
         return SearchState(rounds, groups, features, list(manifests), self.data.test_items()[1])
 
@@ -241,11 +256,40 @@ class SuccessiveHalving:
         return state.features.memory(new_items=state.round_items, data_bytes=self.data.held_bytes,
                                      input_bytes=tensor_bytes(inputs) if state.round == 0 else 0)
 
-    def _plan(self, state: SearchState, engine: Engine, group: TokenizerGroup, inputs: torch.Tensor) -> RoundPlan:
-        """DFS+ over the group's tree within the budget; the weight cache gets what the plan leaves over."""
+    def _reuse(self, state: SearchState, engine: Engine, group: TokenizerGroup, inputs: torch.Tensor) -> TaskTree:
+        """With a feature cache: the cached features of this round go straight to the feature store, and the tree of
+        the group's other models is returned (without one: the group's tree)."""
+        assert group.tree is not None
+        if engine.features is None:
+            return group.tree
+        state.inputs_key = items_key(inputs)
+        missing = {}
+        for m in sorted(group.tree.models):
+            feats = engine.features.get(engine.features.key(group.hashes[m], state.inputs_key))
+            if feats is None:
+                missing[m] = group.specs[m]
+            else:
+                state.features.write(m, 0, feats.to(self.device))
+        if len(missing) == len(group.tree.models):
+            return group.tree
+        with engine.stats.phase("planning"):
+            return self.strategy.make_tree(missing)
+
+    def _remember(self, state: SearchState, engine: Engine, tree: TaskTree, inputs: torch.Tensor) -> None:
+        """With a feature cache: store the features just computed, with the inference time they took."""
+        if engine.features is None:
+            return
+        per_item = {h: s / engine.stats.block_items[h] for h, s in engine.stats.block_seconds.items()}
+        for m in tree.models:
+            hashes = [tree.node(n).block.hash for n in tree.path(m)]
+            engine.features.put(engine.features.key(hashes, state.inputs_key), state.features.current(m),
+                                compute_s=sum(per_item.get(h, 0.0) for h in hashes) * len(inputs))
+
+    def _plan(self, state: SearchState, engine: Engine, tree: TaskTree, inputs: torch.Tensor) -> RoundPlan:
+        """DFS+ over the tree within the budget; the weight cache gets what the plan leaves over."""
         memory = self._memory(state, inputs)
         with engine.stats.phase("planning"):
-            plan = plan_round(group.tree, num_items=len(inputs), batch_size=self.batch_size,
+            plan = plan_round(tree, num_items=len(inputs), batch_size=self.batch_size,
                               budget=None if self.spill_dir else self.cache_budget, resident_bytes=memory)
         weight_room = RoundMemory.weight_capacity(self.cache_budget, plan.peak_bytes)
         engine.weights.shrink(weight_room)
@@ -295,9 +339,11 @@ class SuccessiveHalving:
         plans, peaks = [p for p, _ in state.runs], [o for _, o in state.runs]
         since = engine.stats.since
         distinct = frozenset().union(*(t.distinct_blocks() for t in state.trees))
-        return RoundReport(state.round, len(state.alive), state.round_items, max(p.partitions for p in plans),
+        return RoundReport(state.round, len(state.alive), state.round_items,
+                           max((p.partitions for p in plans), default=0),
                            since(state.counts_before, "inference_steps"), since(state.counts_before, "block_runs"),
-                           len(distinct), max(p.peak_bytes for p in plans), max(peaks), keep, len(plans))
+                           len(distinct), max((p.peak_bytes for p in plans), default=0), max(peaks, default=0), keep,
+                           len(plans))
 
     # --------------------------------------------------------------------------------------------- set-up, result
     def _manifests(self, model_names: Sequence[str]) -> dict[str, ModelManifest]:
@@ -336,8 +382,12 @@ class SuccessiveHalving:
         weights = WeightCache(self.store, self.device, channels_last=self.channels_last, stats=stats)
         executor = Executor(device=self.device, batch_size=self.batch_size, stats=stats, cache=cache,
                             weights=weights, weight_key=self.strategy.weight_key, prefetch=self.prefetch)
+        features = None if self.feature_cache is None else FeatureCache(
+            self.feature_cache, self.feature_cache_bytes, stats,
+            {"strategy": self.strategy.name, "batch_size": self.batch_size, "device": self.device.type,
+             "channels_last": self.channels_last, "torch": torch.__version__})
         try:
-            yield Engine(stats, cache, weights, executor)
+            yield Engine(stats, cache, weights, executor, features)
         finally:
             weights.close()
             if spill is not None:
@@ -361,6 +411,11 @@ def _scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str, Any
         name, options = scorer.get("name", "linear"), dict(scorer.get("kwargs") or {})
         return get_scorer(str(name), seed=seed, **{**options, **(kwargs or {})})
     return get_scorer(scorer, seed=seed, **(kwargs or {}))
+
+
+def _bytes(value: int | str | None) -> int | None:
+    """A byte count from an int, a size such as ``"4GB"``, or None."""
+    return value if value is None or isinstance(value, int) else parse_bytes(str(value))
 
 
 def _mkdir(path: Path) -> Path:

@@ -12,7 +12,8 @@ import torch
 
 PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning")
 COUNTERS = ("inference_steps", "block_runs", "cache_hits", "moved_to_host_bytes", "spilled_bytes", "weight_loads",
-            "weight_hits", "weight_prefetches")
+            "weight_hits", "weight_prefetches", "feature_cache_hits", "feature_cache_misses", "feature_cache_bytes_read",
+            "feature_cache_bytes_written")
 
 
 def counter(name: str, doc: str = "") -> property:
@@ -33,6 +34,7 @@ class SearchStats:
         self.counts: Counter[str] = Counter({c: 0 for c in COUNTERS})
         self.block_seconds: dict[str, float] = {}
         self.block_items: dict[str, int] = {}
+        self.saved_seconds = 0.0  # inference time the feature cache's hits took when they were computed
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -76,5 +78,8 @@ class SearchStats:
                  "spilled_bytes": c["spilled_bytes"], "weight_loads": c["weight_loads"],
                  "weight_hits": c["weight_hits"], "weight_prefetches": c["weight_prefetches"],
                  "blocks_read": blocks_read}
+        if c["feature_cache_hits"] or c["feature_cache_misses"]:
+            cache.update({k: c[k] for k in COUNTERS if k.startswith("feature_cache")},
+                         feature_cache_saved_s=self.saved_seconds)
         return {"timings_s": timings, "cache": cache, "block_seconds": dict(self.block_seconds),
                 "block_items": dict(self.block_items)}

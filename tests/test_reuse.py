@@ -1,0 +1,75 @@
+"""Reusing work across searches: the persistent feature cache and resuming an interrupted search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alsatian_pl.data import SearchDataModule
+from alsatian_pl.halving import SuccessiveHalving
+from alsatian_pl.reuse import FeatureCache, items_key
+from alsatian_pl.stats import SearchStats
+from alsatian_pl.store import BlockStore
+from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    store = BlockStore(tmp_path_factory.mktemp("store"))
+    cfg = ZooConfig("tiny", "mobilenetv3_small_050", num_models=6, distribution="top25", seed=1,
+                    input_size=(3, 32, 32))
+    return build_synthetic_zoo(store, cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    dm = SearchDataModule(num_items=300, image_size=32, seed=0)
+    dm.setup()
+    return dm
+
+
+def _search(zoo, data, models=None, strategy="alsatian", **kwargs):
+    kwargs = {"batch_size": 32, "device": "cpu", "progress": False, "scorer_kwargs": {"epochs": 10}, **kwargs}
+    return SuccessiveHalving(BlockStore(zoo.store.root), data, strategy=strategy, **kwargs).run(models or zoo.models)
+
+
+def _scores(result):
+    return [(r.model, r.score, r.test_loss, r.eliminated_in_round) for r in result.ranking]
+
+
+@pytest.mark.parametrize("strategy", ["alsatian", "shift"])
+def test_a_second_search_reuses_every_feature_and_scores_bit_identically(zoo, data, tmp_path, strategy):
+    plain = _search(zoo, data, strategy=strategy)
+    first = _search(zoo, data, strategy=strategy, feature_cache=tmp_path / "features")
+    again = _search(zoo, data, strategy=strategy, feature_cache=tmp_path / "features")
+    assert _scores(first) == _scores(plain) == _scores(again)  # exact, not within a tolerance
+    assert first.cache["feature_cache_hits"] == 0 and first.cache["feature_cache_misses"] > 0
+    assert again.cache["feature_cache_misses"] == 0 and again.cache["feature_cache_hits"] == first.cache[
+        "feature_cache_misses"]
+    assert sum(r.inference_steps for r in again.rounds) == 0 and again.cache["weight_loads"] == 0
+    assert again.cache["feature_cache_saved_s"] > 0 and "feature_cache_hits" not in plain.cache
+
+
+def test_adding_models_runs_only_the_new_ones(zoo, data, tmp_path):
+    cache = tmp_path / "features"
+    _search(zoo, data, models=zoo.models[:5], feature_cache=cache)  # 5 and 6 models: the same 3 rounds, same chunks
+    both = _search(zoo, data, feature_cache=cache)
+    assert _scores(both) == _scores(_search(zoo, data))
+    assert both.cache["feature_cache_hits"] > 0 and both.cache["feature_cache_misses"] > 0
+    assert both.rounds[0].inference_steps < _search(zoo, data).rounds[0].inference_steps
+
+
+def test_feature_cache_is_bounded_content_addressed_and_heals(tmp_path):
+    stats = SearchStats()
+    cache = FeatureCache(tmp_path, max_bytes=1500, stats=stats, context={"batch_size": 32})
+    x = torch.zeros(4, 3)
+    assert items_key(x) != items_key(x + 1) != items_key(x.reshape(3, 4))  # new content or shape: a new key
+    keys = [cache.key(["a", "b"], items_key(x + i)) for i in range(3)]
+    for i, k in enumerate(keys):
+        cache.put(k, torch.full((100,), float(i)), compute_s=0.5)  # ~500 bytes each with the header
+    assert cache.get(keys[0]) is None and torch.equal(cache.get(keys[2]), torch.full((100,), 2.0))
+    path = next(tmp_path.glob(f"*/{keys[2]}.safetensors"))
+    path.write_bytes(path.read_bytes()[:40])  # damaged: deleted and reported as a miss
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert cache.get(keys[2]) is None
+    assert not path.exists() and stats.counts["feature_cache_hits"] == 1 and stats.saved_seconds == 0.5
