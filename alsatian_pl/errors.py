@@ -29,3 +29,7 @@ class BudgetTooSmallError(AlsatianError):
     def __init__(self, message: str, needed: int):
         super().__init__(message)
         self.needed = needed
+
+
+class SearchInterrupted(AlsatianError):
+    """The search was interrupted (Ctrl-C); the message says what was saved and how to resume."""

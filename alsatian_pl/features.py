@@ -72,6 +72,22 @@ class FeatureStore:
             self._train.pop(m, None)
             self._test.pop(m, None)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The kept features as named tensors (``<model>/train/<chunk>``, ``<model>/test``), for a checkpoint."""
+        out = {f"{m}/train/{i}": t for m, chunks in self._train.items() for i, t in enumerate(chunks)}
+        return {**out, **{f"{m}/test": t for m, t in self._test.items()}}
+
+    def restore(self, tensors: dict[str, torch.Tensor], models: Iterable[str], kept_items: int,
+                device: torch.device) -> None:
+        """Take back the kept features of ``models`` from :meth:`state`'s tensors; every other model is dropped."""
+        self._train = {m: [] for m in models}
+        for name in sorted((n for n in tensors if "/train/" in n), key=lambda n: int(n.rsplit("/", 1)[1])):
+            m = name.split("/train/")[0]
+            if m in self._train:
+                self._train[m].append(tensors[name].to(device))
+        self._test = {m: tensors[f"{m}/test"].to(device) for m in self._train if f"{m}/test" in tensors}
+        self.kept_items = kept_items
+
     def kept_bytes(self) -> int:
         """Bytes of the features kept now (what :meth:`memory` counts as ``kept``)."""
         return (sum(tensor_bytes(t) for chunks in self._train.values() for t in chunks)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 import tempfile
+import warnings
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .cache import CacheService, tensor_bytes
 from .data import SearchDataModule
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, SearchInterrupted
 from .execute import Executor
 from .features import FeatureStore
 from .plan import BlockSpec, InferenceStep, RoundMemory, RoundPlan, TaskTree, plan_round
@@ -34,7 +35,7 @@ from .stats import SearchStats
 from .store import BlockStore, ModelManifest
 from .strategies import Strategy, get_strategy
 from .units import parse_bytes
-from .reuse import FeatureCache, items_key
+from .reuse import FeatureCache, SearchCheckpoint, fingerprint, items_key
 from .weights import WeightCache
 from .zoo import model_tokenizer
 
@@ -83,6 +84,7 @@ class SearchResult:
     cache: dict[str, int]
     block_seconds: dict[str, float] = field(default_factory=dict)
     block_items: dict[str, int] = field(default_factory=dict)
+    resumed_from_round: int | None = None  # the first round this process ran, when it resumed a saved search
 
     @property
     def winner(self) -> str:
@@ -181,7 +183,9 @@ class SuccessiveHalving:
     ``scorer``: a registered name, ``{"name": ..., "kwargs": {...}}`` or a :class:`ProxyScorer`; ``spill_dir``: rounds
     over budget spill cached outputs there instead of splitting the data (paper §5.4's alternative); ``prefetch``:
     read the next step's weights on a thread (``auto``: on accelerators); ``device_capacity``: bytes of cached
-    outputs the accelerator holds before the host tier takes the rest (``auto``: from its free memory).
+    outputs the accelerator holds before the host tier takes the rest (``auto``: from its free memory);
+    ``feature_cache``: a folder keeping models' features across searches (at most ``feature_cache_bytes``);
+    ``checkpoint_dir``: each finished round is saved there, and ``resume`` continues from the last one saved.
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -190,7 +194,8 @@ class SuccessiveHalving:
                  cache_budget: int | str | None = None, seed: int = 0, progress: bool = True,
                  channels_last: bool = True, spill_dir: str | Path | None = None,
                  prefetch: bool | str | None = "auto", device_capacity: int | str | None = "auto",
-                 feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB"):
+                 feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB",
+                 checkpoint_dir: str | Path | None = None, resume: bool = False):
         for key, value in (("result_size", result_size), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"search.{key} must be a whole number, at least 1, got {value!r}")
@@ -209,6 +214,10 @@ class SuccessiveHalving:
         self.device_capacity = device_capacity
         self.feature_cache = None if feature_cache is None else Path(feature_cache)
         self.feature_cache_bytes = _bytes(feature_cache_bytes)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        if resume and self.checkpoint_dir is None:
+            raise ConfigError("search.resume=true needs search.checkpoint_dir (where finished rounds are saved)")
+        self.resume = bool(resume)
 
     # ------------------------------------------------------------------------------------------------ the loop
     def run(self, model_names: Sequence[str]) -> SearchResult:
@@ -218,20 +227,30 @@ class SuccessiveHalving:
         stats = SearchStats(self.device)
         reset_peak_memory(self.device)
         state = self._start(manifests, stats)
+        checkpoint = self._checkpoint(manifests)
+        first = self._restore(state, stats, checkpoint)  # 0, or the round after the last one saved
         with self._engine(stats) as engine, _progress(self.progress, state.rounds) as advance:
-            for r in range(state.rounds):
-                state.open_round(r, self.strategy.round_items(self.data, r)[1], engine.stats.snapshot())
-                advance(f"round {r + 1}/{state.rounds} · {len(state.alive)} models · {state.round_items} items")
-                for group in state.live_groups():
-                    inputs = self._inputs(state, group)
-                    todo = self._reuse(state, engine, group, inputs)  # the tree of the models not in the cache
-                    if todo.models:
-                        plan = self._plan(state, engine, todo, inputs)
-                        self._execute(state, engine, plan, inputs)
-                        self._remember(state, engine, todo, inputs)
-                scores = self._score(state, engine)
-                self._prune(state, engine, scores)
-        return self._result(state, engine, time.perf_counter() - wall + prepared_before)
+            try:
+                for r in range(first, state.rounds):
+                    state.open_round(r, self.strategy.round_items(self.data, r)[1], engine.stats.snapshot())
+                    advance(f"round {r + 1}/{state.rounds} · {len(state.alive)} models · {state.round_items} items")
+                    for group in state.live_groups():
+                        inputs = self._inputs(state, group)
+                        todo = self._reuse(state, engine, group, inputs)  # the tree of the models not in the cache
+                        if todo.models:
+                            plan = self._plan(state, engine, todo, inputs)
+                            self._execute(state, engine, plan, inputs)
+                            self._remember(state, engine, todo, inputs)
+                    scores = self._score(state, engine)
+                    self._prune(state, engine, scores)
+                    self._save(state, engine, checkpoint)
+            except KeyboardInterrupt:
+                raise _interrupted(state, checkpoint) from None
+        if checkpoint is not None:
+            checkpoint.clear()
+        result = self._result(state, engine, time.perf_counter() - wall + prepared_before)
+        result.resumed_from_round = first or None
+        return result
 
     def _start(self, manifests: dict[str, ModelManifest], stats: SearchStats) -> SearchState:
         """Cut the data into the strategy's rounds, group the models by input and build their task trees."""
@@ -345,6 +364,53 @@ class SuccessiveHalving:
                            len(distinct), max((p.peak_bytes for p in plans), default=0), max(peaks, default=0), keep,
                            len(plans))
 
+    # ------------------------------------------------------------------------------------------------- resume
+    def _checkpoint(self, manifests: dict[str, ModelManifest]) -> SearchCheckpoint | None:
+        """Where this search's finished rounds are saved, named by what defines its result."""
+        if self.checkpoint_dir is None:
+            return None
+        x, y = self.data.train_items()
+        key = fingerprint([self.strategy.name, [(n, m.hashes) for n, m in manifests.items()],
+                           type(self.scorer).__name__, vars(self.scorer), self.result_size, self.batch_size,
+                           self.device.type, self.channels_last, items_key(x), items_key(y),
+                           items_key(self.data.test_items()[0]), self.data.chunk_sizes])
+        return SearchCheckpoint(self.checkpoint_dir / f"search-{key}.safetensors", key)
+
+    def _save(self, state: SearchState, engine: Engine, checkpoint: SearchCheckpoint | None) -> None:
+        """Write the state after the round just finished (atomically; the previous round's file is replaced)."""
+        if checkpoint is None:
+            return
+        s = engine.stats
+        meta = {"round": state.round, "alive": state.alive, "kept_items": state.features.kept_items,
+                "scores": {m: [p.score, p.test_loss] for m, p in state.scores.items()},
+                "eliminated": {m: [r, p.score, p.test_loss] for m, (r, p) in state.eliminated.items()},
+                "reports": [asdict(r) for r in state.reports], "timings": s.timings, "counts": dict(s.counts),
+                "block_seconds": s.block_seconds, "block_items": s.block_items}
+        labels = {f"labels/{i}": y for i, y in enumerate(state.labels)}
+        with s.phase("checkpoint"):
+            checkpoint.save(meta, {**state.features.state(), **labels, "labels/test": state.test_labels})
+
+    def _restore(self, state: SearchState, stats: SearchStats, checkpoint: SearchCheckpoint | None) -> int:
+        """With ``resume``: the saved state back into ``state`` and ``stats``; the first round still to run."""
+        saved = checkpoint.load() if checkpoint is not None and self.resume else None
+        if saved is None:
+            if self.resume:
+                warnings.warn("search.resume=true but no saved round matches this search: starting from round 1")
+            return 0
+        meta, tensors = saved
+        state.alive, state.reports = list(meta["alive"]), [RoundReport(**r) for r in meta["reports"]]
+        state.scores = {m: ProxyScore(*v) for m, v in meta["scores"].items()}
+        state.eliminated = {m: (r, ProxyScore(a, b)) for m, (r, a, b) in meta["eliminated"].items()}
+        state.labels = [tensors[f"labels/{i}"] for i in range(meta["round"] + 1)]
+        state.features.restore(tensors, state.alive, meta["kept_items"], self.device)
+        for tree in state.trees:
+            tree.prune([m for m in tree.models if m not in state.alive])
+        stats.timings.update(meta["timings"])
+        stats.counts.update(meta["counts"])
+        stats.block_seconds.update(meta["block_seconds"])
+        stats.block_items.update(meta["block_items"])
+        return meta["round"] + 1
+
     # --------------------------------------------------------------------------------------------- set-up, result
     def _manifests(self, model_names: Sequence[str]) -> dict[str, ModelManifest]:
         if not model_names:
@@ -411,6 +477,17 @@ def _scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str, Any
         name, options = scorer.get("name", "linear"), dict(scorer.get("kwargs") or {})
         return get_scorer(str(name), seed=seed, **{**options, **(kwargs or {})})
     return get_scorer(scorer, seed=seed, **(kwargs or {}))
+
+
+def _interrupted(state: SearchState, checkpoint: SearchCheckpoint | None) -> SearchInterrupted:
+    """The one-line message of a Ctrl-C: what was saved and how to go on."""
+    where = f"interrupted in round {state.round + 1} of {state.rounds}"
+    if checkpoint is None:
+        return SearchInterrupted(f"{where}; nothing was saved (set search.checkpoint_dir to make searches resumable)")
+    if not state.reports:
+        return SearchInterrupted(f"{where}; no round had finished, so nothing was saved: run the command again")
+    return SearchInterrupted(f"{where}; rounds 1-{len(state.reports)} are saved in {checkpoint.path}: run the same "
+                             "command with search.resume=true to continue from there")
 
 
 def _bytes(value: int | str | None) -> int | None:

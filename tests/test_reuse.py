@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -73,3 +75,66 @@ def test_feature_cache_is_bounded_content_addressed_and_heals(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         assert cache.get(keys[2]) is None
     assert not path.exists() and stats.counts["feature_cache_hits"] == 1 and stats.saved_seconds == 0.5
+
+
+KILLED_RUN = """
+import os, signal, sys
+from alsatian_pl.data import SearchDataModule
+from alsatian_pl.halving import SuccessiveHalving
+from alsatian_pl.store import BlockStore
+
+store_root, models, ckpt, kill_after = sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4])
+prune = SuccessiveHalving._save
+def save_then_die(self, state, engine, checkpoint):
+    prune(self, state, engine, checkpoint)
+    if state.round + 1 == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+SuccessiveHalving._save = save_then_die
+data = SearchDataModule(num_items=300, image_size=32, seed=0)
+SuccessiveHalving(BlockStore(store_root), data, batch_size=32, device="cpu", progress=False,
+                  scorer_kwargs={"epochs": 10}, checkpoint_dir=ckpt).run(models)
+"""
+
+
+@pytest.mark.parametrize("strategy", ["alsatian", "base"])
+def test_resume_after_sigkill_between_rounds_gives_identical_results(zoo, data, tmp_path, strategy):
+    import subprocess
+    import sys
+    reference = _search(zoo, data, strategy=strategy)
+    ckpt = tmp_path / "searches"
+    if strategy == "alsatian":  # killed after round 2 of 3 was saved
+        proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(zoo.store.root), ",".join(zoo.models), str(ckpt),
+                               "2"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -9, proc.stderr[-2000:]
+        assert len(list(ckpt.glob("search-*.safetensors"))) == 1
+    nothing_saved = pytest.warns(UserWarning, match="no saved round") if strategy == "base" else nullcontext()
+    with nothing_saved:
+        resumed = _search(zoo, data, strategy=strategy, checkpoint_dir=ckpt, resume=True)
+    assert _scores(resumed) == _scores(reference)
+    assert [r.models for r in resumed.rounds] == [r.models for r in reference.rounds]
+    if strategy == "alsatian":
+        assert resumed.resumed_from_round == 2 and sum(r.inference_steps for r in resumed.rounds[2:]) > 0
+        assert resumed.block_items == reference.block_items  # restored counters plus the last round's
+    else:
+        assert resumed.resumed_from_round is None  # nothing saved for a base search: it ran from round 1
+    assert not list(ckpt.glob("*.safetensors"))  # a finished search removes its saved state
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(zoo, data, tmp_path, monkeypatch):
+    from alsatian_pl.errors import SearchInterrupted
+    score = SuccessiveHalving._score
+
+    def ctrl_c_in_round_2(self, state, engine):
+        if state.round == 1:
+            raise KeyboardInterrupt
+        return score(self, state, engine)
+
+    monkeypatch.setattr(SuccessiveHalving, "_score", ctrl_c_in_round_2)
+    with pytest.raises(SearchInterrupted, match=r"interrupted in round 2 of 3; rounds 1-1 are saved in .*"
+                                                r"search.resume=true"):
+        _search(zoo, data, checkpoint_dir=tmp_path)
+    with pytest.raises(SearchInterrupted, match="nothing was saved"):
+        _search(zoo, data)
+    monkeypatch.undo()
+    resumed = _search(zoo, data, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.resumed_from_round == 1 and _scores(resumed) == _scores(_search(zoo, data))
