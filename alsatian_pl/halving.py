@@ -185,7 +185,8 @@ class SuccessiveHalving:
     read the next step's weights on a thread (``auto``: on accelerators); ``device_capacity``: bytes of cached
     outputs the accelerator holds before the host tier takes the rest (``auto``: from its free memory);
     ``feature_cache``: a folder keeping models' features across searches (at most ``feature_cache_bytes``);
-    ``checkpoint_dir``: each finished round is saved there, and ``resume`` continues from the last one saved.
+    ``checkpoint_dir``: each finished round is saved there, and ``resume`` continues from the last one saved;
+    ``logger``: a Lightning logger that gets each round's metrics.
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -195,7 +196,7 @@ class SuccessiveHalving:
                  channels_last: bool = True, spill_dir: str | Path | None = None,
                  prefetch: bool | str | None = "auto", device_capacity: int | str | None = "auto",
                  feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB",
-                 checkpoint_dir: str | Path | None = None, resume: bool = False):
+                 checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None):
         for key, value in (("result_size", result_size), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"search.{key} must be a whole number, at least 1, got {value!r}")
@@ -218,6 +219,7 @@ class SuccessiveHalving:
         if resume and self.checkpoint_dir is None:
             raise ConfigError("search.resume=true needs search.checkpoint_dir (where finished rounds are saved)")
         self.resume = bool(resume)
+        self.logger = logger  # a Lightning logger (CSVLogger, TensorBoardLogger, MLFlowLogger, ...) or None
 
     # ------------------------------------------------------------------------------------------------ the loop
     def run(self, model_names: Sequence[str]) -> SearchResult:
@@ -250,6 +252,10 @@ class SuccessiveHalving:
             checkpoint.clear()
         result = self._result(state, engine, time.perf_counter() - wall + prepared_before)
         result.resumed_from_round = first or None
+        if self.logger is not None:
+            self.logger.log_hyperparams({"strategy": self.strategy.name, "models": len(manifests),
+                                         "scorer": self.scorer.name, "result_size": self.result_size})
+            self.logger.finalize("success")
         return result
 
     def _start(self, manifests: dict[str, ModelManifest], stats: SearchStats) -> SearchState:
@@ -352,6 +358,24 @@ class SuccessiveHalving:
                 tree.prune([m for m in dropped if m in tree])
         state.alive, state.scores = order[:keep], scores
         engine.weights.retain(self.strategy.weight_keys(state.trees))
+        self._log(state, engine, scores)
+
+    def _log(self, state: SearchState, engine: Engine, scores: dict[str, ProxyScore]) -> None:
+        """The round's metrics through the Lightning logger, if the search has one (step = the round)."""
+        if self.logger is None:
+            return
+        values = sorted(p.score for p in scores.values())
+        report, c = state.reports[-1], engine.stats.counts
+        metrics = {"round/models": report.models, "round/items": report.items, "round/kept": report.kept,
+                   "round/partitions": report.partitions, "round/inference_steps": report.inference_steps,
+                   "round/observed_peak_bytes": report.observed_peak_bytes,
+                   "score/best": values[-1] if self.scorer.higher_is_better else values[0],
+                   "score/median": values[len(values) // 2], "score/min": values[0], "score/max": values[-1],
+                   **{f"time/{k}": v for k, v in engine.stats.timings.items()},
+                   "cache/hits": c["cache_hits"], "cache/weight_loads": c["weight_loads"],
+                   "cache/weight_hits": c["weight_hits"], "cache/feature_cache_hits": c["feature_cache_hits"],
+                   "memory/peak_host_rss_bytes": peak_rss()}
+        self.logger.log_metrics(metrics, step=state.round)
 
     def _report(self, state: SearchState, engine: Engine, keep: int) -> RoundReport:
         """The current round's report, before pruning (counters since the round opened)."""

@@ -138,3 +138,16 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(zoo, data, tmp_path, monke
     monkeypatch.undo()
     resumed = _search(zoo, data, checkpoint_dir=tmp_path, resume=True)
     assert resumed.resumed_from_round == 1 and _scores(resumed) == _scores(_search(zoo, data))
+
+
+def test_rounds_are_logged_through_a_lightning_logger(zoo, data, tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    logger = CSVLogger(tmp_path, name="search", version=0)
+    result = _search(zoo, data, logger=logger)
+    rows = list(csv.DictReader(open(tmp_path / "search" / "version_0" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert [int(float(r["round/models"])) for r in rows] == [r.models for r in result.rounds]
+    assert float(rows[-1]["score/best"]) == result.ranking[0].score
+    assert float(rows[-1]["time/inference"]) > 0 and (tmp_path / "search" / "version_0" / "hparams.yaml").is_file()
