@@ -1,8 +1,11 @@
-"""Human byte units: ``parse_bytes("512MB") == 512 * 2**20`` and back with ``format_bytes``."""
+"""Human units: byte sizes (``parse_bytes("512MB") == 512 * 2**20`` and back with ``format_bytes``) and model
+names short enough to read (``display_names``)."""
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Sequence
 
 from .errors import ConfigError
 
@@ -40,3 +43,14 @@ def format_bytes(n: int | float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def display_names(names: Sequence[str]) -> dict[str, str]:
+    """Short names that still tell models apart: the part after the prefix all of them share (a zoo's id), cut at
+    a ``-``, e.g. ``effnet_lite0_zoo-9555119592-007`` -> ``007``; a lone name stays whole."""
+    names = list(names)
+    if len(names) < 2:
+        return {n: n for n in names}
+    prefix = os.path.commonprefix(names)
+    cut = prefix.rfind("-") + 1
+    return {n: n[cut:] or n for n in names}
