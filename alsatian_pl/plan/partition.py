@@ -1,0 +1,93 @@
+"""Spreading a round's task tree over workers (paper §6.6's future work: whole subtrees to each worker, so no
+intermediate or block weight is held twice), and SHiFT's alternative, a queue of whole models. Pure Python.
+
+:func:`partition_subtrees` cuts the tree into subtrees, starting from the root's children and splitting the most
+expensive one into its children while it costs more than an even share of the work (a split part repeats its
+prefix, so each split costs that prefix once more), then assigns them with LPT (longest processing time first, each to the least
+loaded worker): Graham's bound gives a makespan of at most (4/3 - 1/(3m)) times the best assignment of those parts.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .tree import TaskTree
+
+
+@dataclass(frozen=True)
+class Part:
+    """A subtree rooted at ``node``: its models, and its cost per item (its edges plus the repeated ``prefix``)."""
+
+    node: int
+    models: frozenset[str]
+    cost: float
+    prefix: float = 0.0
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Which models each worker runs, and each worker's predicted cost per item."""
+
+    models: tuple[frozenset[str], ...]
+    loads: tuple[float, ...]
+
+    @property
+    def makespan(self) -> float:
+        return max(self.loads, default=0.0)
+
+    @property
+    def balance(self) -> float:
+        """Mean over max load: 1.0 is perfectly even."""
+        return sum(self.loads) / len(self.loads) / self.makespan if self.makespan else 1.0
+
+
+def _subtree_costs(tree: TaskTree) -> dict[int, float]:
+    """Each node's subtree cost per item: its own block plus everything below it."""
+    cost: dict[int, float] = {}
+    for node in reversed(list(tree.nodes())):  # children after parents in creation order, so reversed: bottom-up
+        cost[node.id] = (node.block.cost if node.block else 0.0) + sum(cost[c] for c in node.children)
+    return cost
+
+
+def subtree_parts(tree: TaskTree, workers: int) -> list[Part]:
+    """The root's subtrees, the costliest split into its children (its prefix then repeated in each) while it costs
+    more than an even share of the work (total / ``workers``) and can be split."""
+    cost = _subtree_costs(tree)
+    parts = [Part(c, tree.node(c).models, cost[c]) for c in tree.node(TaskTree.ROOT).children]
+    while parts:
+        big = max(parts, key=lambda p: (p.cost, -p.node))
+        node = tree.node(big.node)
+        if not node.children or big.cost <= sum(p.cost for p in parts) / workers:
+            break
+        prefix = big.prefix + (node.block.cost if node.block else 0.0)
+        parts.remove(big)
+        if node.ends:  # models whose features are this node: their own part, of the prefix alone
+            parts.append(Part(big.node, frozenset(node.ends), prefix, prefix))
+        parts += [Part(c, tree.node(c).models, prefix + cost[c], prefix) for c in node.children]
+    return parts
+
+
+def lpt(jobs: Iterable[tuple[float, frozenset[str]]], workers: int, *, in_order: bool = False) -> Assignment:
+    """Assign jobs (cost, models) to ``workers``: each to the least loaded worker, costliest first (LPT), or in the
+    given order (``in_order``: a queue that idle workers pull from, as SHiFT's)."""
+    jobs = list(jobs) if in_order else sorted(jobs, key=lambda j: (-j[0], sorted(j[1])))
+    heap = [(0.0, w) for w in range(workers)]
+    models: list[set[str]] = [set() for _ in range(workers)]
+    loads = [0.0] * workers
+    for cost, ms in jobs:
+        load, w = heapq.heappop(heap)
+        loads[w], models[w] = load + cost, models[w] | ms
+        heapq.heappush(heap, (loads[w], w))
+    return Assignment(tuple(frozenset(m) for m in models), tuple(loads))
+
+
+def partition_subtrees(tree: TaskTree, workers: int) -> Assignment:
+    """Alsatian's distribution: subtrees of ``tree`` to ``workers`` by LPT."""
+    return lpt(((p.cost, p.models) for p in subtree_parts(tree, workers)), workers)
+
+
+def model_queue(paths: dict[str, Sequence[float]], workers: int) -> Assignment:
+    """SHiFT's distribution: every model's whole path (block costs, nothing shared) from a queue, in model order."""
+    return lpt(((sum(costs), frozenset([m])) for m, costs in paths.items()), workers, in_order=True)

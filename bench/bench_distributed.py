@@ -1,0 +1,65 @@
+"""Simulate distributing a search over workers with the planner's cost model (no processes are started).
+
+For 1,000-model M_syn trees of the paper's three distributions (models derived as in §6: copy a random earlier
+model, re-initialise its last k of 50 blocks, k from the distribution), it compares alsatian's subtree partitioning
+(LPT over the task tree's subtrees) with SHiFT's queue of whole models, at 8, 64 and 512 workers, for round 1 (all
+models, the round that dominates a search). Block costs are uniform (one unit per block and item), so a cost is a
+count of block applications.
+
+    python bench/bench_distributed.py [--models 1000] [--blocks 50] [--workers 8,64,512]
+
+Speedup is against one worker running the same method (alsatian: the whole tree once; SHiFT: every model's path);
+alsatian/SHiFT compares the two makespans. Load balance is mean over max busy cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alsatian_pl.plan import BlockSpec, TaskTree  # noqa: E402
+from alsatian_pl.plan.partition import model_queue, partition_subtrees, subtree_parts  # noqa: E402
+from alsatian_pl.zoo import DISTRIBUTIONS, sample_num_reinit  # noqa: E402
+
+
+def zoo_tree(models: int, blocks: int, distribution: str, seed: int = 0) -> tuple[TaskTree, dict[str, list[float]]]:
+    """A task tree of an M_syn zoo and every model's path of block costs."""
+    rng = np.random.default_rng(seed)
+    chains = [[f"base-{j}" for j in range(blocks)]]
+    for i in range(1, models):
+        chain = list(chains[int(rng.integers(0, i))])
+        for j in range(blocks - sample_num_reinit(rng, blocks, distribution), blocks):
+            chain[j] = f"{i}-{j}"
+        chains.append(chain)
+    tree, paths = TaskTree(), {}
+    for i, chain in enumerate(chains):
+        tree.add_model(f"m{i:04d}", [BlockSpec(h, 4, cost=1.0) for h in chain])
+        paths[f"m{i:04d}"] = [1.0] * blocks
+    return tree, paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=int, default=1000)
+    ap.add_argument("--blocks", type=int, default=50)
+    ap.add_argument("--workers", default="8,64,512")
+    args = ap.parse_args(argv)
+    print("| distribution | workers | subtrees | alsatian speedup | alsatian balance | SHiFT speedup | SHiFT balance "
+          "| alsatian / SHiFT time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for dist in DISTRIBUTIONS:
+        tree, paths = zoo_tree(args.models, args.blocks, dist)
+        one_a, one_s = tree.total_cost(), sum(map(sum, paths.values()))
+        for w in map(int, args.workers.split(",")):
+            a, s = partition_subtrees(tree, w), model_queue(paths, w)
+            print(f"| {dist} | {w} | {len(subtree_parts(tree, w))} | {one_a / a.makespan:.1f} ({one_a / a.makespan / w:.2f} w) "
+                  f"| {a.balance:.2f} | {one_s / s.makespan:.1f} | {s.balance:.2f} | {a.makespan / s.makespan:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
