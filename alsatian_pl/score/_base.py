@@ -1,0 +1,120 @@
+"""The scorer contract: :class:`ProxyScore`, :class:`ProxyScorer`, :func:`rank`, and the checks every scorer shares
+(:func:`check_inputs` for features and labels, option checks that raise ConfigError, chunks of same-dim models)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class ProxyScore:
+    """A model's proxy score and its test loss, the first tie-breaker in :func:`rank` (lower is better; each scorer
+    says what it is: the linear probe's mean test cross-entropy, for instance)."""
+
+    score: float
+    test_loss: float
+
+
+class ProxyScorer:
+    """Base class of scorers; subclasses declare ``higher_is_better`` and get ``name`` from :func:`register_scorer`."""
+
+    name: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+
+    def score(self, train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor],
+              test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
+        """One score per model id: ``train[m]`` is [N, D_m] (same N items for every model), ``test[m]`` is [T, D_m]."""
+        raise NotImplementedError
+
+
+def rank(scores: Mapping[str, ProxyScore], higher_is_better: bool) -> list[str]:
+    """Model ids best first: by score, ties by lower test loss, then by model id; NaN scores and losses go last."""
+
+    def nan_last(value: float) -> tuple[bool, float]:
+        return (True, 0.0) if math.isnan(value) else (False, value)
+
+    return sorted(scores, key=lambda m: (nan_last(-scores[m].score if higher_is_better else scores[m].score),
+                                         nan_last(scores[m].test_loss), m))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# input checks shared by all scorers
+
+
+def _check_labels(split: str, labels: Tensor, num_classes: int) -> int:
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
+        raise DataError(f"{split} labels must be a 1-D integer tensor, got {_describe(labels)}")
+    if labels.numel() == 0:
+        raise DataError(f"there are no {split} items to score with: the {split} labels are empty")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"{split} labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
+                        f"found labels from {lo} to {hi}")
+    return labels.numel()
+
+
+def _describe(x: object) -> str:
+    return f"a {x.dim()}-D {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def check_inputs(train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor], test_labels: Tensor,
+                 num_classes: int) -> None:
+    """Raise DataError unless every model has finite 2-D float features matching the labels (same dim train/test)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise DataError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+    if not train:
+        raise DataError("there are no models to score: the train feature mapping is empty")
+    if set(train) != set(test):
+        raise DataError("train and test features must cover the same models; only in train: "
+                        f"{sorted(set(train) - set(test))}, only in test: {sorted(set(test) - set(train))}")
+    rows = {"train": _check_labels("train", train_labels, num_classes),
+            "test": _check_labels("test", test_labels, num_classes)}
+    for m in train:
+        for split, x in (("train", train[m]), ("test", test[m])):
+            if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point() or x.shape[1] == 0:
+                raise DataError(f"{split} features of model {m!r} must be a 2-D float tensor [items, dim] with "
+                                f"dim >= 1, got {_describe(x)}")
+            if x.shape[0] != rows[split]:
+                raise DataError(f"model {m!r} has {x.shape[0]} {split} feature rows but there are {rows[split]} "
+                                f"{split} labels; features and labels must describe the same items")
+            if not bool(torch.isfinite(x).all()):
+                raise DataError(f"{split} features of model {m!r} contain NaN or infinite values")
+        if train[m].shape[1] != test[m].shape[1]:
+            raise DataError(f"model {m!r} has {train[m].shape[1]}-dim train features but {test[m].shape[1]}-dim "
+                            "test features; both must come from the same feature extractor")
+
+
+def _check_option(name: str, value: object, ok: bool, need: str) -> None:
+    if not ok or isinstance(value, bool):
+        raise ConfigError(f"proxy scorer option {name} must be {need}, got {value!r}")
+
+
+def _is_int(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and 0 < value < math.inf
+
+
+def _model_chunks(features: Mapping[str, Tensor], rows: int, max_chunk_bytes: int,
+                  itemsize: int) -> Iterator[list[str]]:
+    """The models grouped by feature dim, in chunks whose stacked features ([M, rows, D] of ``itemsize`` bytes)
+    take at most ``max_chunk_bytes`` (at least one model per chunk); models keep their order within a dim."""
+    by_dim: dict[int, list[str]] = defaultdict(list)
+    for m in features:
+        by_dim[features[m].shape[1]].append(m)
+    for dim, ids in by_dim.items():
+        step = max(1, max_chunk_bytes // (rows * dim * itemsize))
+        for i in range(0, len(ids), step):
+            yield ids[i:i + step]
