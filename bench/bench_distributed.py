@@ -43,6 +43,35 @@ def zoo_tree(models: int, blocks: int, distribution: str, seed: int = 0) -> tupl
     return tree, paths
 
 
+def rank_load(tree: TaskTree, models: frozenset[str]) -> float:
+    """Cost per item of running ``models``' paths once (their shared prefixes once) on one rank."""
+    nodes = {n for m in models for n in tree.path(m)}
+    return sum(tree.node(n).block.cost for n in nodes)
+
+
+def rounds_static_vs_moved(tree: TaskTree, workers: int, seed: int = 0) -> tuple[float, float, int]:
+    """Successive halving over doubling chunks (items 1, 2, 4, ...), survivors drawn at random: total predicted
+    time (each round's slowest rank, a rank running its models' shared prefixes once) if ranks keep their round-1
+    models, if the pruned tree is re-partitioned every round, and how many surviving models would change rank
+    (their kept features would move)."""
+    rng = np.random.default_rng(seed)
+    first = partition_subtrees(tree, workers)
+    owner = {m: w for w, ms in enumerate(first.models) for m in ms}
+    static = moved_time = 0.0
+    moved, items = 0, 1.0
+    while True:
+        static += items * max(rank_load(tree, ms & tree.models) for ms in first.models)
+        now = partition_subtrees(tree, workers)
+        moved_time += items * max(rank_load(tree, ms) for ms in now.models)
+        moved += sum(owner[m] != w for w, ms in enumerate(now.models) for m in ms)
+        owner.update({m: w for w, ms in enumerate(now.models) for m in ms})
+        if len(tree.models) == 1:
+            return static, moved_time, moved
+        alive = sorted(tree.models)
+        tree.prune(rng.choice(alive, size=len(alive) // 2, replace=False).tolist())
+        items *= 2
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=1000)
@@ -59,6 +88,13 @@ def main(argv: list[str] | None = None) -> None:
             a, s = partition_subtrees(tree, w), model_queue(paths, w)
             print(f"| {dist} | {w} | {len(subtree_parts(tree, w))} | {one_a / a.makespan:.1f} ({one_a / a.makespan / w:.2f} w) "
                   f"| {a.balance:.2f} | {one_s / s.makespan:.1f} | {s.balance:.2f} | {a.makespan / s.makespan:.3f} |")
+    print("\nWhole search (successive halving, chunks doubling, random survivors): keep round-1 ranks vs re-partition")
+    print("| distribution | workers | static time | re-partitioned time | re-partitioned / static | models moved |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for dist in DISTRIBUTIONS:
+        for w in map(int, args.workers.split(",")):
+            static, moved_time, moved = rounds_static_vs_moved(zoo_tree(args.models, args.blocks, dist)[0], w)
+            print(f"| {dist} | {w} | {static:.0f} | {moved_time:.0f} | {moved_time / static:.3f} | {moved} |")
 
 
 if __name__ == "__main__":
