@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 import alsatian_pl.score as score_mod
+import alsatian_pl.score._linear as linear_mod
 from alsatian_pl.errors import ConfigError, DataError
 from alsatian_pl.score import (KNNScorer, LinearProbes, LinearScorer, ProxyScore, ProxyScorer, available_scorers,
                                get_scorer, rank, register_scorer)
@@ -85,6 +86,41 @@ def test_probes_train_bitwise_the_same_in_any_batch_of_heads():
     for cols in ([4, 1], [5, 0, 3], [2, 3, 4, 5, 0]):
         part = fit(cols)
         assert torch.equal(part.weight, full.weight[cols]) and torch.equal(part.bias, full.bias[cols])
+
+
+def _fit_dual_or_primal(monkeypatch, dual, x, y, cols, momentum, epochs=20):
+    """Heads ``cols`` of x trained by LinearProbes.fit with the dual form forced on or off."""
+    monkeypatch.setattr(linear_mod, "_dual_is_cheaper", lambda *shape: dual)
+    probes = LinearProbes(len(cols), x.shape[2], 5, momentum=momentum, seed=2)
+    probes.fit(x[:, cols].contiguous(), y, epochs=epochs, batch_size=16, generator=torch.Generator().manual_seed(3))
+    return probes
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_dual_fit_trains_the_same_in_any_batch_and_equals_primal(monkeypatch, momentum):
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(40, 6, 64, generator=g), torch.randint(0, 5, (40,), generator=g)  # N <= D: dual pays
+    assert linear_mod._dual_is_cheaper(40, 64, 5, 20) and not linear_mod._dual_is_cheaper(70, 24, 5, 4)
+    full = _fit_dual_or_primal(monkeypatch, True, x, y, [0, 1, 2, 3, 4, 5], momentum)
+    for cols in ([4, 1], [5, 0, 3]):  # bitwise but for softmax tails (see _dlogits)
+        part = _fit_dual_or_primal(monkeypatch, True, x, y, cols, momentum)
+        torch.testing.assert_close(part.weight, full.weight[cols], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(part.bias, full.bias[cols], rtol=1e-5, atol=1e-6)
+    primal = _fit_dual_or_primal(monkeypatch, False, x, y, [0, 1, 2, 3, 4, 5], momentum)
+    torch.testing.assert_close(full.weight, primal.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(full.bias, primal.bias, rtol=1e-4, atol=1e-5)
+
+
+def test_dual_scores_match_primal_scores_and_do_not_depend_on_the_batch(monkeypatch):
+    train, y, test, yt = make_round([96, 96, 96], n=60)  # 60 items, 96-dim: the dual form
+    assert linear_mod._dual_is_cheaper(60, 96, C, FAST["epochs"])
+    dual = LinearScorer(**FAST).score(train, y, test, yt, C)
+    alone = {m: LinearScorer(**FAST).score({m: train[m]}, y, {m: test[m]}, yt, C)[m] for m in train}
+    monkeypatch.setattr(linear_mod, "_dual_is_cheaper", lambda *shape: False)
+    primal = LinearScorer(**FAST).score(train, y, test, yt, C)
+    for m in train:
+        assert alone[m].score == dual[m].score and alone[m].test_loss == pytest.approx(dual[m].test_loss, abs=1e-6)
+        assert dual[m].score == primal[m].score and dual[m].test_loss == pytest.approx(primal[m].test_loss, rel=1e-4)
 
 
 def test_same_seed_same_scores_other_seed_other_losses():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import lightning as L
 import torch
@@ -21,6 +21,28 @@ def _init_seed(seed: int, dim: int) -> int:
     return (seed * 1_000_003 + dim) % 2**63
 
 
+def _dual_is_cheaper(n: int, dim: int, classes: int, epochs: int) -> bool:
+    """Whether the dual fit takes no more FLOPs per head than the primal (Gram 2N²D + steps 2N²CE against 4NDCE;
+    measured on CPU it is then also no slower) with a Gram [N, N] no larger than the features [N, D]."""
+    return n <= dim and n * (dim + classes * epochs) <= 2 * dim * classes * epochs
+
+
+def _dlogits(logits: Tensor, onehot: Tensor, idx: Tensor) -> Tensor:
+    """dLoss/dlogits [M, C, B] of each head's mean cross-entropy over the batch ``idx`` (softmax minus one-hot).
+    torch's CPU softmax over a middle dim splits its work across threads by M·B and runs a chunk's tail scalar,
+    so a head's rounding can depend on M when B is not a multiple of the vector width (a row-wise softmax over a
+    [M, B, C] copy would not, but costs ~15x more at C=10)."""
+    return logits.softmax(1).sub_(torch.index_select(onehot, 1, idx)).div_(len(idx))
+
+
+def _sgd_(param: Tensor, grad: Tensor, vel: Tensor | None, lr: float, momentum: float) -> Tensor | None:
+    """One torch.optim.SGD step on ``param`` in place (no dampening/weight decay); returns the momentum buffer."""
+    if momentum:
+        grad = grad if vel is None else vel.mul_(momentum).add_(grad)
+    param.sub_(grad, alpha=lr)
+    return grad if momentum else None
+
+
 class LinearProbes(L.LightningModule):
     """The linear heads of M models with D-dim features, stacked (``weight`` [M, C, D] as in nn.Linear, ``bias``
     [M, C]) and trained together with batched matmuls.
@@ -28,7 +50,8 @@ class LinearProbes(L.LightningModule):
     Every head starts from the same init drawn from ``seed`` and D (nn.Linear's U(±1/√D) range), and each head's
     arithmetic is its own slice of every batched op, so a head trains the same in any batch of two or more heads up
     to float rounding: observed so far, identical accuracy and test loss within 1e-7 relative between batches of 3
-    and 8 heads (on CPU/MKL a batch of one takes another gemm path; :class:`LinearScorer` pads it to two).
+    and 8 heads (on CPU/MKL a batch of one takes another gemm path; :class:`LinearScorer` pads it to two; the
+    softmax is the one op seen to round a head differently by batch, see :func:`_dlogits`).
     """
 
     def __init__(self, num_models: int, dim: int, num_classes: int, *, lr: float = 0.1, momentum: float = 0.0,
@@ -61,37 +84,69 @@ class LinearProbes(L.LightningModule):
         """Train exactly as ``Trainer.fit`` would with :meth:`training_step`, :meth:`configure_optimizers` and
         ``DataLoader(TensorDataset(x, y), batch_size, sampler=RandomSampler(x, generator=generator))``, but without
         the framework's per-step cost; x item-major [N, M, D], y [N].
+
+        Runs the primal form (per step: gather the batch, forward and weight-gradient GEMMs over D) or, when
+        :func:`_dual_is_cheaper`, the same SGD in the dual form (:meth:`_fit_dual`); the choice depends on the
+        shapes only, never on which heads train together. The primal form is bit-identical to the pre-#18 fit; the
+        dual equals it up to float rounding (bench/bench_probe.py --drift: accuracy identical, test loss within
+        ~3e-7 absolute at M=24, D=512/1280, N=150..500, 100 epochs).
         """
-        n, lr, momentum = x.shape[0], self.lr, self.momentum
+        n = x.shape[0]
         sampler = RandomSampler(range(n), generator=generator)     # the DataLoader's item order, epoch by epoch
-        w, b = self.weight, self.bias.unsqueeze(-1)
-        onehot = F.one_hot(y, w.shape[1]).T.to(w.dtype)             # [C, N]
-        buf = x.new_empty((min(batch_size, n), *x.shape[1:]))      # reused: no allocation per step
+        onehot = F.one_hot(y, self.weight.shape[1]).T.to(self.weight.dtype)             # [C, N]
+        batches = (idx for _ in range(epochs)
+                   for idx in torch.tensor(list(sampler), device=x.device).split(batch_size))
+        if _dual_is_cheaper(n, x.shape[2], onehot.shape[0], epochs):
+            self._fit_dual(x, onehot, batches, batch_size)
+        else:
+            self._fit_primal(x, onehot, batches, batch_size)
+
+    def _fit_primal(self, x: Tensor, onehot: Tensor, batches: Iterable[Tensor], batch_size: int) -> None:
+        """SGD on W [M, C, D] directly: per step one gather of the batch's features and two GEMMs over D."""
+        lr, momentum, w, b = self.lr, self.momentum, self.weight, self.bias.unsqueeze(-1)
+        buf = x.new_empty((min(batch_size, x.shape[0]), *x.shape[1:]))      # reused: no allocation per step
         vel_w = vel_b = None
-        for _ in range(epochs):
-            order = torch.as_tensor(list(sampler)).to(x.device)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                xb = torch.index_select(x, 0, idx, out=buf[:len(idx)]).transpose(0, 1)      # [M, B, D]
-                grad = self.forward(xb).softmax(1).sub_(onehot[:, idx]).div_(len(idx))     # dLoss/dlogits
-                if momentum == 0:
-                    b.sub_(grad.sum(2, keepdim=True), alpha=lr)
-                    w.baddbmm_(grad, xb, alpha=-lr)
-                    continue
-                gw, gb = torch.bmm(grad, xb), grad.sum(2, keepdim=True)
-                vel_w = gw if vel_w is None else vel_w.mul_(momentum).add_(gw)
-                vel_b = gb if vel_b is None else vel_b.mul_(momentum).add_(gb)
-                w.sub_(vel_w, alpha=lr)
-                b.sub_(vel_b, alpha=lr)
+        for idx in batches:
+            xb = torch.index_select(x, 0, idx, out=buf[:len(idx)]).transpose(0, 1)      # [M, B, D]
+            grad = _dlogits(self.forward(xb), onehot, idx)
+            vel_b = _sgd_(b, grad.sum(2, keepdim=True), vel_b, lr, momentum)
+            if momentum == 0:
+                w.baddbmm_(grad, xb, alpha=-lr)                     # gradient GEMM fused with the update
+            else:
+                vel_w = _sgd_(w, torch.bmm(grad, xb), vel_w, lr, momentum)
+
+    def _fit_dual(self, x: Tensor, onehot: Tensor, batches: Iterable[Tensor], batch_size: int) -> None:
+        """The same SGD with each head's weight kept as W0 + A·X (every update is a sum of rows of X): with the
+        Gram K = X·Xᵀ [M, N, N] computed once, a step's logits are W0·Xbᵀ + b + A·K[batch]ᵀ (a GEMM over N, not D)
+        and its update only writes A's batch columns; W = W0 + A·X at the end."""
+        lr, momentum, b = self.lr, self.momentum, self.bias.unsqueeze(-1)
+        xm = x.transpose(0, 1)                                                  # [M, N, D]
+        gram = torch.bmm(xm, xm.transpose(1, 2)).transpose(0, 1).contiguous()  # item-major K [N, M, N]
+        base = torch.bmm(self.weight, xm.transpose(1, 2))                       # W0·Xᵀ [M, C, N]
+        coef = torch.zeros_like(base)                                           # A
+        buf = gram.new_empty((min(batch_size, x.shape[0]), *gram.shape[1:]))    # reused: no allocation per step
+        vel_a = vel_b = None
+        for idx in batches:
+            kb = torch.index_select(gram, 0, idx, out=buf[:len(idx)]).permute(1, 2, 0)    # K[:, batch]ᵀ [M, N, B]
+            logits = torch.baddbmm(torch.index_select(base, 2, idx).add_(b), coef, kb)
+            grad = _dlogits(logits, onehot, idx)
+            vel_b = _sgd_(b, grad.sum(2, keepdim=True), vel_b, lr, momentum)
+            if momentum == 0:
+                coef.index_add_(2, idx, grad, alpha=-lr)
+            else:
+                vel_a = _sgd_(coef, torch.zeros_like(coef).index_add_(2, idx, grad), vel_a, lr, momentum)
+        self.weight.baddbmm_(coef, xm)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-head test accuracy (torchmetrics, micro) and mean cross-entropy (float64) for x [M, T, D], y [T]."""
+        """Per-head test accuracy (torchmetrics, micro) and mean cross-entropy (float64) for x [M, T, D], y [T]; the
+        loss is taken row-wise over [M·T, C] so a head's loss never depends on M (see :func:`_dlogits`)."""
         logits = self.forward(x)
         target = y.expand(logits.shape[0], -1)
         accuracy = multiclass_accuracy(logits, target, num_classes=logits.shape[1], average="micro",
                                        multidim_average="samplewise")
-        return accuracy, F.cross_entropy(logits, target, reduction="none").double().mean(1)
+        loss = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten(), reduction="none")  # row-wise
+        return accuracy, loss.view_as(target).double().mean(1)
 
 
 @register_scorer("linear")
