@@ -2,17 +2,22 @@
 
 Composes the ``dataset``, ``models`` and ``search`` config groups (conf/), builds the zoo into the block store once,
 ranks its models with successive halving, prints the ranking and writes ``results.json`` to the Hydra run folder.
+Any failure ends in one ``error:`` line (alsatian_pl/boundary.py).
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from alsatian_pl import boundary
 
-from alsatian_pl.app import print_report, run_search, user_errors
+boundary.install()  # first: from here on Ctrl-C, SIGTERM and every error end in one line
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from alsatian_pl.app import print_report, run_search  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="search")
-@user_errors
+@boundary.user_errors
 def main(cfg: DictConfig) -> float:
     out = HydraConfig.get().runtime.output_dir
     result, report = run_search(cfg, out)
@@ -22,4 +27,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    boundary.main(main)

@@ -2,18 +2,23 @@
 
 Composes the search's config groups (``dataset``, ``models``, ``search``) plus ``trainer`` and ``finetune`` (conf/),
 searches the zoo (or reads ``finetune.results=path/to/results.json``), fine-tunes the winner on the same data, logs
-with the trainer's logger (CSV by default) and writes ``finetuned.safetensors`` with its provenance.
+with the trainer's logger (CSV by default) and writes ``finetuned.safetensors`` with its provenance. Any failure ends
+in one ``error:`` line (alsatian_pl/boundary.py).
 """
 
-import hydra
-from omegaconf import DictConfig
+from alsatian_pl import boundary
 
-from alsatian_pl.app import print_report, user_errors
-from alsatian_pl.finetune import run_finetune
+boundary.install()  # first: from here on Ctrl-C, SIGTERM and every error end in one line
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from alsatian_pl.app import print_report  # noqa: E402
+from alsatian_pl.finetune import run_finetune  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@user_errors
+@boundary.user_errors
 def main(cfg: DictConfig) -> float:
     module, trainer, hand_off = run_finetune(cfg, on_search=print_report)
     acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
@@ -26,4 +31,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    boundary.main(main)

@@ -1,17 +1,15 @@
 """Glue between Hydra configs and the stages: instantiate the data module, the zoo and the searcher, run, report.
 
-``search.py`` and ``train.py`` stay thin: they call :func:`run_search` with the composed config. The ``models`` and
-``search`` config groups are partial ``_target_`` nodes: the zoo factory takes the store, the searcher the store and
-the data module.
+``search.py`` and ``train.py`` stay thin: they call :func:`run_search` with the composed config. The ``models`` group
+instantiates a validated zoo spec (built into the store with ``spec.build(store)``), the ``search`` group is a partial
+``_target_`` node that takes the store and the data module. Their error boundary is ``boundary.py``.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from functools import wraps
+import inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -19,23 +17,29 @@ from rich.console import Console
 from rich.table import Table
 
 from .data import SearchDataModule
-from .errors import AlsatianError
+from .errors import ConfigError
 from .halving import SearchResult
+from .io import write_json
 from .store import BlockStore
 from .units import format_bytes
 
 
 def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: SearchDataModule | None = None
                ) -> tuple[SearchResult, dict[str, Any]]:
-    """Run the search the config describes; write ``results.json`` into ``output_dir`` (if given) and return it.
+    """Run the search the config describes; write ``results.json`` into ``output_dir`` (if given, atomically) and
+    return it. Every config value is checked before anything is prepared, built or written: the data module, the
+    store, the searcher and the zoo spec check their part when constructed; then the data is prepared (checked
+    against the rounds the zoo's size needs), and only then is the zoo built and searched.
 
     ``data``: an already built data module for ``cfg.dataset`` (its prepared items are reused), else one is made.
     """
     data = data if data is not None else instantiate(cfg.dataset)
-    data.setup()  # prepare (and validate) the data before anything is written to the store
     store = BlockStore(cfg.store.root)
-    zoo = instantiate(cfg.models, _convert_="all")(store=store, progress=bool(cfg.search.progress))
-    result = instantiate(cfg.search)(store=store, data=data).run(zoo.models)
+    searcher = _call(instantiate(cfg.search), "search", store=store, data=data)
+    spec = instantiate(cfg.models, _convert_="all")
+    data.setup(num_rounds=searcher.strategy.num_rounds(spec.size, searcher.result_size))
+    zoo = spec.build(store, progress=searcher.progress)
+    result = searcher.run(zoo.models)
     stats = zoo.stats()
     report = {
         "strategy": result.strategy,
@@ -47,10 +51,21 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
                   "logical_bytes": stats.logical_bytes, "physical_bytes": stats.physical_bytes},
     }
     if output_dir is not None:
-        path = Path(output_dir) / "results.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1))
+        write_json(Path(output_dir) / "results.json", report)
     return result, report
+
+
+def _call(factory: Any, group: str, **kwargs: Any) -> Any:
+    """``factory(**kwargs)`` (a config group's partial node); ConfigError naming the key when the group's config
+    holds one the target does not take (e.g. a misspelt ``+search.<key>``)."""
+    func = getattr(factory, "func", factory)
+    params = inspect.signature(func).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(getattr(factory, "keywords", {})) - set(params))
+        if unknown:
+            raise ConfigError(f"{group}.{unknown[0]} is not an option of {func.__qualname__}: remove it or check "
+                              f"its spelling (options: {', '.join(p for p in params if p not in kwargs)})")
+    return factory(**kwargs)
 
 
 def print_report(report: dict[str, Any], console: Console | None = None, top: int = 10) -> None:
@@ -83,20 +98,3 @@ def print_report(report: dict[str, Any], console: Console | None = None, top: in
     console.print(f"store: {st['models']} models, {st['distinct_blocks']} distinct blocks, "
                   f"{format_bytes(st['logical_bytes'])} logical, {format_bytes(st['physical_bytes'])} on disk; "
                   f"peak host RSS {format_bytes(report['memory']['peak_host_rss_bytes'])}")
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Entry-point decorator: an AlsatianError prints one clear message (no traceback) and exits with status 2."""
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            cause = exc
-            while cause is not None and not isinstance(cause, AlsatianError):
-                cause = cause.__cause__  # hydra's instantiate wraps errors raised in constructors
-            if cause is None:
-                raise
-            print(f"error: {cause}", file=sys.stderr)
-            sys.exit(2)
-    return wrapper

@@ -33,3 +33,15 @@ class BudgetTooSmallError(AlsatianError):
 
 class SearchInterrupted(AlsatianError):
     """The search was interrupted (Ctrl-C); the message says what was saved and how to resume."""
+
+
+class DiskError(AlsatianError):
+    """A file that cannot be written: a full disk, a read-only or forbidden folder, a file where a folder must be."""
+
+
+class CorruptFileError(AlsatianError):
+    """A file alsatian-pl wrote earlier (results, record, manifest) that is missing, truncated, damaged or edited."""
+
+
+class AlsatianWarning(UserWarning):
+    """Something the user should know that does not stop the run (the entry points print it as one line)."""

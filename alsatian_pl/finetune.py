@@ -21,18 +21,20 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .blocks import skeleton
-from .errors import ConfigError, DataError, StoreError
+from .checks import text, whole
+from .errors import ConfigError, CorruptFileError, DataError, StoreError
+from .io import atomic_write, check_folder, read_json
 from .store import BlockStore, ModelManifest, block_tensors, materialize
 from .zoo import model_tokenizer
 
 __all__ = ["FinetuneModule", "FinetuneCallback", "SafetensorsCheckpoint", "save_finetuned", "load_finetuned",
-           "make_head"]
+           "make_head", "read_results"]
 
 CHECKPOINT_FORMAT = "alsatian-finetuned-v1"
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
@@ -58,7 +60,8 @@ class FinetuneModule(L.LightningModule):
         super().__init__()
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3))
         self.scheduler_factory = scheduler
-        self.train_blocks = -1 if train_blocks in ("all", None) else int(train_blocks)
+        self.train_blocks = -1 if train_blocks in ("all", None) else whole(
+            "finetune.train_blocks", train_blocks, at_least=-1, hint=" (blocks to train; 0: head only), or all")
         self.backbone: nn.Sequential | None = None
         self.head: nn.Module | None = None
         self.provenance: dict[str, Any] = {}
@@ -204,8 +207,20 @@ class FinetuneCallback(L.Callback):
             if not self.results.is_file():
                 raise ConfigError(f"search results {self.results} do not exist: run search.py first, or leave "
                                   "finetune.results empty to search now")
-            self.report = json.loads(self.results.read_text())
+            self.report = read_results(self.results)
         return self.report
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A finished search's ``results.json``, checked to hold a ranking of models; CorruptFileError saying what to do
+    when it is damaged (e.g. truncated) or holds no ranking."""
+    fix = "run search.py again, or leave finetune.results empty to search now"
+    report = read_json(path, "search results", fix)
+    ranking = report.get("ranking") if isinstance(report, dict) else None
+    if not isinstance(ranking, list) or not ranking or not all(
+            isinstance(r, dict) and isinstance(r.get("model"), str) for r in ranking):
+        raise CorruptFileError(f"search results {path} hold no ranking of models; {fix}")
+    return report
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
@@ -217,10 +232,7 @@ def save_finetuned(module: FinetuneModule, path: str | Path, **extra: Any) -> Pa
     tensors.update({f"head.{k}": v for k, v in block_tensors(module.head).items()})
     meta = {"format": CHECKPOINT_FORMAT, "provenance": json.dumps({**module.provenance, **extra}, default=str),
             "head_shape": json.dumps(list(module.head[-1].weight.shape))}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
-    return path
+    return atomic_write(path, st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta))
 
 
 def load_finetuned(path: str | Path) -> FinetuneModule:
@@ -229,16 +241,22 @@ def load_finetuned(path: str | Path) -> FinetuneModule:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise StoreError(f"cannot read fine-tuned checkpoint {path}: {exc}") from exc
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise StoreError(f"cannot read fine-tuned checkpoint {path}: {exc}; fine-tune again (train.py) to write "
+                         "it anew") from None
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise StoreError(f"{path} is not a fine-tuned alsatian-pl checkpoint (format {meta.get('format')!r})")
-    prov = json.loads(meta["provenance"])
-    manifest = ModelManifest.from_json(prov["manifest"])
-    num_classes, in_features = json.loads(meta["head_shape"])
-    with torch.device("meta"):
-        head = make_head((in_features,), num_classes)
-    parts = materialize(nn.ModuleDict({"backbone": nn.Sequential(*skeleton(manifest.recipe)), "head": head}), tensors)
+    try:
+        prov = json.loads(meta["provenance"])
+        manifest = ModelManifest.from_json(prov["manifest"])
+        num_classes, in_features = json.loads(meta["head_shape"])
+        with torch.device("meta"):
+            head = make_head((in_features,), num_classes)
+        parts = materialize(nn.ModuleDict({"backbone": nn.Sequential(*skeleton(manifest.recipe)), "head": head}),
+                            tensors)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise StoreError(f"fine-tuned checkpoint {path} is damaged ({exc!r}); fine-tune again (train.py) to write "
+                         "it anew") from None
     module = FinetuneModule(train_blocks=prov.get("train_blocks", 0))
     module.install(parts["backbone"], parts["head"], num_classes, prov)
     return module.eval()
@@ -268,9 +286,9 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     from hydra.utils import instantiate
 
     f = cfg.finetune
-    L.seed_everything(int(f.seed), workers=True, verbose=False)
+    L.seed_everything(whole("finetune.seed", f.seed, at_least=0), workers=True, verbose=False)
     data = instantiate(cfg.dataset)
-    data.batch_size = int(f.batch_size)
+    data.batch_size = whole("finetune.batch_size", f.batch_size)
     module = FinetuneModule(instantiate(f.optimizer), instantiate(f.scheduler) if f.get("scheduler") else None,
                             f.train_blocks)
     results, search = f.get("results"), None
@@ -279,11 +297,18 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
         results = None if cfg.output_dir is None else Path(cfg.output_dir) / "results.json"
     hand_off = FinetuneCallback(search, results=results, model=f.get("model"), store_root=cfg.store.root,
                                 on_search=on_search, config=cfg)
+    if f.get("checkpoint"):  # refuse a checkpoint path under a file now, not after training
+        check_folder(Path(text("finetune.checkpoint", f.checkpoint)).parent, "finetune.checkpoint")
     extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
     trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *(callbacks or [])])
     with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        trainer.fit(module, datamodule=data)
+        try:
+            trainer.fit(module, datamodule=data)
+        except SystemExit:  # Lightning ends a Ctrl-C in fit with sys.exit(1): hand the entry point an interruption
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
     return module, trainer, hand_off
 
 

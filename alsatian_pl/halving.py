@@ -24,7 +24,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .cache import CacheService, tensor_bytes
 from .data import SearchDataModule
-from .errors import ConfigError, DataError, SearchInterrupted
+from .checks import flag, text, whole
+from .errors import AlsatianWarning, ConfigError, DataError, SearchInterrupted
+from .io import check_folder
 from .execute import Executor
 from .features import FeatureStore
 from .plan import BlockSpec, InferenceStep, RoundMemory, RoundPlan, TaskTree, plan_round
@@ -35,6 +37,8 @@ from .stats import SearchStats
 from .store import BlockStore, ModelManifest
 from .strategies import Strategy, get_strategy
 from .units import parse_bytes
+from .distributed import SINGLE, Group
+from .plan.partition import Assignment, lpt, subtree_parts
 from .reuse import FeatureCache, SearchCheckpoint, fingerprint, items_key
 from .weights import WeightCache
 from .zoo import model_tokenizer
@@ -85,6 +89,7 @@ class SearchResult:
     block_seconds: dict[str, float] = field(default_factory=dict)
     block_items: dict[str, int] = field(default_factory=dict)
     resumed_from_round: int | None = None  # the first round this process ran, when it resumed a saved search
+    distributed: dict[str, Any] | None = None  # per-rank timings, bytes and load balance of a distributed search
 
     @property
     def winner(self) -> str:
@@ -129,6 +134,7 @@ class SearchState:
     runs: list[tuple[RoundPlan, int]] = field(default_factory=list)  # this round's plans and observed peaks
     counts_before: Counter[str] = field(default_factory=Counter)  # the search's counters when the round opened
     inputs_key: str = ""  # content hash of the running group's inputs (feature-cache key part)
+    assignment: Assignment | None = None  # which models each rank runs (a distributed search)
 
     @property
     def trees(self) -> list[TaskTree]:
@@ -186,7 +192,8 @@ class SuccessiveHalving:
     outputs the accelerator holds before the host tier takes the rest (``auto``: from its free memory);
     ``feature_cache``: a folder keeping models' features across searches (at most ``feature_cache_bytes``);
     ``checkpoint_dir``: each finished round is saved there, and ``resume`` continues from the last one saved;
-    ``logger``: a Lightning logger that gets each round's metrics.
+    ``logger``: a Lightning logger that gets each round's metrics; ``group``: the ranks of a distributed search
+    (each runs the subtrees assigned to it).
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -196,12 +203,13 @@ class SuccessiveHalving:
                  channels_last: bool = True, spill_dir: str | Path | None = None,
                  prefetch: bool | str | None = "auto", device_capacity: int | str | None = "auto",
                  feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB",
-                 checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None):
-        for key, value in (("result_size", result_size), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"search.{key} must be a whole number, at least 1, got {value!r}")
-        if prefetch not in ("auto", None, True, False):
-            raise ConfigError(f"search.prefetch must be auto, true or false, got {prefetch!r}")
+                 checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None,
+                 group: Group | None = None):
+        _check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
+                       channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
+                       feature_cache=feature_cache, checkpoint_dir=checkpoint_dir,
+                       sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
+                              "device_capacity": device_capacity})
         self.store, self.data = store, data
         self.strategy = get_strategy(strategy)
         self.scorer = _scorer(scorer, scorer_kwargs, seed)
@@ -220,6 +228,7 @@ class SuccessiveHalving:
             raise ConfigError("search.resume=true needs search.checkpoint_dir (where finished rounds are saved)")
         self.resume = bool(resume)
         self.logger = logger  # a Lightning logger (CSVLogger, TensorBoardLogger, MLFlowLogger, ...) or None
+        self.group = group or SINGLE  # the ranks that share this search (distributed.launch)
 
     # ------------------------------------------------------------------------------------------------ the loop
     def run(self, model_names: Sequence[str]) -> SearchResult:
@@ -268,7 +277,21 @@ class SuccessiveHalving:
                 g.specs = {m: block_specs(manifests[m]) for m in g.models}
                 g.tree = self.strategy.make_tree(g.specs)
         features = FeatureStore({n: m.blocks[-1].out_bytes for n, m in manifests.items()})
-        return SearchState(rounds, groups, features, list(manifests), self.data.test_items()[1])
+        state = SearchState(rounds, groups, features, list(manifests), self.data.test_items()[1])
+        if self.group.world_size > 1:
+            self._partition(state)
+        return state
+
+    def _partition(self, state: SearchState) -> None:
+        """Keep this rank's share: the task trees' subtrees spread over the ranks by LPT on the planner's cost
+        (every rank computes the same assignment)."""
+        parts = [(p.cost, p.models) for g in state.groups for p in subtree_parts(g.tree, self.group.world_size)]
+        assignment = lpt(parts, self.group.world_size)
+        mine = assignment.models[self.group.rank]
+        for g in state.groups:
+            g.tree.prune([m for m in g.tree.models if m not in mine])
+        state.features.drop([m for m in state.features.models if m not in mine])
+        state.assignment = assignment
 
     def _inputs(self, state: SearchState, group: TokenizerGroup) -> torch.Tensor:
         """The group's items of this round: its new chunk, joined with the test items in round 1 (a copy)."""
@@ -337,11 +360,15 @@ class SuccessiveHalving:
         engine.cache.reserve(0)
 
     def _score(self, state: SearchState, engine: Engine) -> dict[str, ProxyScore]:
-        """Proxy scores of the survivors on all training items so far and the test items."""
+        """Proxy scores of the survivors on all training items so far and the test items (each rank scores its own
+        models; the scores of all ranks are gathered)."""
         state.features.close_round()
+        mine = [m for m in state.alive if m in state.features.models]
         with engine.stats.phase("proxy_scoring"):
-            return self.scorer.score(state.features.train(state.alive), torch.cat(state.labels),
-                                     state.features.test(state.alive), state.test_labels, self.data.num_classes)
+            scores = self.scorer.score(state.features.train(mine), torch.cat(state.labels), state.features.test(mine),
+                                       state.test_labels, self.data.num_classes) if mine else {}
+        with engine.stats.phase("communication"):
+            return {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
 
     def _prune(self, state: SearchState, engine: Engine, scores: dict[str, ProxyScore]) -> None:
         """Keep the better part (the strategy's count), report the round, and drop the rest's features, tree paths
@@ -381,12 +408,14 @@ class SuccessiveHalving:
         """The current round's report, before pruning (counters since the round opened)."""
         plans, peaks = [p for p, _ in state.runs], [o for _, o in state.runs]
         since = engine.stats.since
-        distinct = frozenset().union(*(t.distinct_blocks() for t in state.trees))
-        return RoundReport(state.round, len(state.alive), state.round_items,
-                           max((p.partitions for p in plans), default=0),
-                           since(state.counts_before, "inference_steps"), since(state.counts_before, "block_runs"),
-                           len(distinct), max((p.peak_bytes for p in plans), default=0), max(peaks, default=0), keep,
-                           len(plans))
+        mine = (max((p.partitions for p in plans), default=0), since(state.counts_before, "inference_steps"),
+                since(state.counts_before, "block_runs"), frozenset().union(*(t.distinct_blocks() for t in state.trees)),
+                max((p.peak_bytes for p in plans), default=0), max(peaks, default=0), len(plans))
+        with engine.stats.phase("communication"):
+            ranks = self.group.all_gather(mine)  # every rank's part of the round; peaks and partitions are per rank
+        return RoundReport(state.round, len(state.alive), state.round_items, max(r[0] for r in ranks),
+                           sum(r[1] for r in ranks), sum(r[2] for r in ranks), len(frozenset().union(*(r[3] for r in ranks))),
+                           max(r[4] for r in ranks), max(r[5] for r in ranks), keep, max(r[6] for r in ranks))
 
     # ------------------------------------------------------------------------------------------------- resume
     def _checkpoint(self, manifests: dict[str, ModelManifest]) -> SearchCheckpoint | None:
@@ -441,6 +470,9 @@ class SuccessiveHalving:
             raise ConfigError("the search has no candidate models: the model query matched nothing")
         if len(set(model_names)) != len(model_names):
             raise ConfigError("the candidate model list names a model twice")
+        if self.result_size > len(model_names):
+            warnings.warn(f"search.result_size={self.result_size} is more than the {len(model_names)} models "
+                          f"searched: all {len(model_names)} are returned, ranked", AlsatianWarning)
         return {n: self.store.manifest(n) for n in model_names}
 
     def _groups(self, manifests: dict[str, ModelManifest]) -> list[TokenizerGroup]:
@@ -489,8 +521,13 @@ class SuccessiveHalving:
         memory = {"peak_host_rss_bytes": peak_rss(), "peak_accelerator_bytes": peak_accelerator_bytes(self.device),
                   "peak_cache_bytes": max(rep.observed_peak_bytes for rep in state.reports),
                   "weight_cache_bytes": engine.weights.bytes}
-        return SearchResult(self.strategy.name, assemble_ranking(state, self.scorer.higher_is_better), state.reports,
-                            memory=memory, **stats)
+        result = SearchResult(self.strategy.name, assemble_ranking(state, self.scorer.higher_is_better), state.reports,
+                              memory=memory, **stats)
+        if self.group.world_size > 1:
+            mine = {**stats, "memory": memory, "bytes_sent": self.group.bytes_sent,
+                    "collectives": self.group.collectives}
+            result.distributed = _ranks_summary(state, self.group.all_gather(mine))
+        return result
 
 
 def _scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str, Any] | None, seed: int) -> ProxyScorer:
@@ -503,6 +540,18 @@ def _scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str, Any
     return get_scorer(scorer, seed=seed, **(kwargs or {}))
 
 
+def _ranks_summary(state: SearchState, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-rank statistics of a distributed search and its load balance (mean over max busy seconds)."""
+    busy = [sum(r["timings_s"][p] for p in ("prepare_model", "inference", "proxy_scoring")) for r in ranks]
+    assert state.assignment is not None
+    return {"world_size": len(ranks), "load_balance": sum(busy) / len(busy) / max(max(busy), 1e-12),
+            "predicted_balance": state.assignment.balance,
+            "ranks": [{"rank": i, "busy_s": b, "models": sorted(state.assignment.models[i]),
+                       "predicted_cost_per_item": state.assignment.loads[i], "timings_s": r["timings_s"],
+                       "cache": r["cache"], "memory": r["memory"], "bytes_sent": r["bytes_sent"],
+                       "collectives": r["collectives"]} for i, (b, r) in enumerate(zip(busy, ranks))]}
+
+
 def _interrupted(state: SearchState, checkpoint: SearchCheckpoint | None) -> SearchInterrupted:
     """The one-line message of a Ctrl-C: what was saved and how to go on."""
     where = f"interrupted in round {state.round + 1} of {state.rounds}"
@@ -512,6 +561,26 @@ def _interrupted(state: SearchState, checkpoint: SearchCheckpoint | None) -> Sea
         return SearchInterrupted(f"{where}; no round had finished, so nothing was saved: run the command again")
     return SearchInterrupted(f"{where}; rounds 1-{len(state.reports)} are saved in {checkpoint.path}: run the same "
                              "command with search.resume=true to continue from there")
+
+
+def _check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any, progress: Any,
+                   channels_last: Any, resume: Any, sizes: dict[str, Any], **folders: Any) -> None:
+    """ConfigError (DiskError for a folder that is a file) naming the first ``search.*`` value that is wrong."""
+    for key, value in sizes.items():
+        try:
+            parse_bytes(None if value == "auto" else value)
+        except ConfigError as exc:
+            raise ConfigError(f"search.{key}: {exc}") from None
+    whole("search.result_size", result_size)
+    whole("search.batch_size", batch_size)
+    whole("search.seed", seed, at_least=0)
+    for key, value in (("progress", progress), ("channels_last", channels_last), ("resume", resume)):
+        flag(f"search.{key}", value)
+    if prefetch not in ("auto", None, True, False):
+        raise ConfigError(f"search.prefetch must be auto, true or false, got {prefetch!r}")
+    for key, folder in folders.items():
+        if folder is not None:
+            check_folder(text(f"search.{key}", folder), f"search.{key}")
 
 
 def _bytes(value: int | str | None) -> int | None:

@@ -3,9 +3,11 @@ coloured by the round it was eliminated in, and the time breakdown."""
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from .io import atomic_write
 from .units import display_names
 
 PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "checkpoint")
@@ -56,9 +58,9 @@ def time_plot(report: dict[str, Any], path: str | Path) -> Path:
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The figure as a PNG at ``path``, written atomically (``io.atomic_write``)."""
+    buffer = BytesIO()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
-    return path
+    return atomic_write(path, buffer.getvalue())

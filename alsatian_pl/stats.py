@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "checkpoint")
+PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "checkpoint", "communication")
 COUNTERS = ("inference_steps", "block_runs", "cache_hits", "moved_to_host_bytes", "spilled_bytes", "weight_loads",
             "weight_hits", "weight_prefetches", "feature_cache_hits", "feature_cache_misses", "feature_cache_bytes_read",
             "feature_cache_bytes_written")

@@ -1,8 +1,9 @@
 """BlockStore: a content-addressed, block-level model store on local disk (paper §4.2).
 
 Every distinct block is one safetensors file named by its content hash (architecture spec + every parameter and
-buffer); a model is a JSON manifest of ordered block hashes plus metadata. Writes are atomic (temporary file +
-rename), reads are verified against the hash, and any contiguous range of a model's blocks loads on its own.
+buffer); a model is a JSON manifest of ordered block hashes plus metadata. Writes are atomic (temporary file, fsync,
+rename: ``io.atomic_write``), manifests carry a checksum, block reads are verified against the hash (a damaged block
+file is moved aside, so re-importing writes it again), and any contiguous range of a model's blocks loads on its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .blocks import family_of, skeleton, skeleton_family
-from .errors import CorruptBlockError, StoreError
+from .blocks import check_split, family_of, skeleton, skeleton_family
+from .errors import CorruptBlockError, CorruptFileError, StoreError
+from .io import atomic_write as _atomic_write  # the store's one writer (tests replace it to simulate crashes)
+from .io import check_folder, json_bytes, read_json
 
 BLOCK_FORMAT = "alsatian-block-v1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -169,25 +171,12 @@ def _assign(block: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             owner._buffers[leaf] = t
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` so that readers see either nothing or the whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ------------------------------------------------------------------------------------------------------- the store
 class BlockStore:
     """Content-addressed block store under ``root``: ``blocks/<h[:2]>/<hash>.safetensors`` and ``models/<name>.json``."""
 
     def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root).expanduser()
+        self.root = check_folder(root, "store.root")
         self.blocks_dir = self.root / "blocks"
         self.models_dir = self.root / "models"
         self.blocks_read: Counter[str] = Counter()  # how often each block's file was read by this instance
@@ -241,14 +230,16 @@ class BlockStore:
         manifest = ModelManifest(name, recipe.get("arch", ""), skeleton_family(recipe), recipe, tuple(input_size),
                                  tuple(entries), source, tuple(sorted(set(tags))),
                                  _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), parent)
-        _atomic_write(self.models_dir / f"{name}.json", json.dumps(manifest.to_json(), indent=1).encode())
+        _atomic_write(self.models_dir / f"{name}.json", json_bytes(manifest.to_json(), sealed=True))
         return manifest
 
     def import_model(self, name: str, model: nn.Module, *, recipe: dict[str, Any], input_size: Sequence[int],
                      **kwargs: Any) -> ModelManifest:
-        """Split a model into blocks and store it (see :meth:`put_model` for the keyword arguments)."""
-        return self.put_model(name, family_of(model).split(model.eval()), recipe=recipe, input_size=input_size,
-                              **kwargs)
+        """Split a model into blocks, check that they compose to its features, and store it (see :meth:`put_model`
+        for the keyword arguments)."""
+        blocks = family_of(model).split(model.eval())
+        check_split(model, blocks, input_size)
+        return self.put_model(name, blocks, recipe=recipe, input_size=input_size, **kwargs)
 
     # ------------------------------------------------------------------------------------------------- reading
     def has_model(self, name: str) -> bool:
@@ -257,12 +248,17 @@ class BlockStore:
     def manifest(self, name: str) -> ModelManifest:
         """The manifest of a stored model; StoreError naming the known models when absent."""
         path = self.models_dir / f"{name}.json"
-        try:
-            return ModelManifest.from_json(json.loads(path.read_text()))
-        except FileNotFoundError:
+        if not path.is_file():
             raise StoreError(f"no model {name!r} in the store at {self.root} ({len(self.model_names())} models stored)")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise StoreError(f"manifest {path} is unreadable ({exc}); delete it and re-import model {name!r}") from exc
+        fix = (f"run the same command again to re-import its zoo, or remove it (BlockStore.delete_model({name!r})) "
+               "and import it again")
+        try:
+            return ModelManifest.from_json(read_json(path, f"the manifest of model {name!r}", fix))
+        except CorruptFileError as exc:
+            raise StoreError(str(exc)) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"the manifest of model {name!r} ({path}) is damaged (bad field: {exc!r}); {fix}") \
+                from None
 
     def model_names(self) -> list[str]:
         if not self.models_dir.is_dir():
@@ -323,7 +319,7 @@ class BlockStore:
     def load_block(self, h: str) -> nn.Module:
         """Block ``h`` as a runnable module in eval mode (weights read and verified from its file)."""
         tensors, meta = self.read_block_tensors(h)
-        return materialize(_skeleton_block(meta), tensors).eval()
+        return materialize(self._skeleton_block(h, meta), tensors).eval()
 
     def load_blocks(self, name: str, start: int = 0, stop: int | None = None) -> nn.Sequential:
         """Blocks ``start:stop`` of a model, reading only those blocks' files."""
@@ -354,12 +350,29 @@ class BlockStore:
         """Remove a model's manifest (its blocks stay until :meth:`gc`)."""
         (self.models_dir / f"{name}.json").unlink(missing_ok=True)
 
+    def damaged_blocks(self, manifest: ModelManifest) -> list[str]:
+        """The model's blocks whose files are missing or damaged, found cheaply: a file of the size its manifest
+        records counts as intact, one of another size is checked against its hash (another model of another recipe
+        may have written the same block); a damaged one is moved aside, so re-importing the model writes it again."""
+        bad = []
+        for b in manifest.blocks:
+            try:
+                if self.block_path(b.hash).stat().st_size == b.nbytes:
+                    continue
+                self.read_block_tensors(b.hash)
+                continue
+            except (FileNotFoundError, CorruptBlockError):
+                bad.append(b.hash)
+        return bad
+
     def gc(self) -> int:
-        """Delete blocks no manifest uses and leftover temporary files; returns the bytes freed."""
+        """Delete blocks no manifest uses, damaged blocks moved aside and leftover temporary files; returns the bytes
+        freed."""
         used = {h for m in self.models() for h in m.hashes}
         freed = 0
         for p in list(self.root.rglob("*")):
-            if p.is_file() and (p.name.endswith(".tmp") or (p.suffix == ".safetensors" and p.stem not in used)):
+            if p.is_file() and (p.name.endswith((".tmp", ".corrupt")) or
+                                (p.suffix == ".safetensors" and p.stem not in used)):
                 freed += p.stat().st_size
                 p.unlink()
         return freed
@@ -376,16 +389,47 @@ class BlockStore:
 
     # ------------------------------------------------------------------------------------------------- helpers
     def _corrupt(self, h: str, what: str) -> CorruptBlockError:
-        users = self.models_using(h)
+        """The error for a missing or damaged block file; a damaged one is moved aside (``<file>.corrupt``), so the
+        next import of a model that uses it writes it again."""
+        moved = self._quarantine(h)
+        try:
+            users = self.models_using(h)
+        except StoreError:  # another damaged manifest: the message names no users rather than failing
+            users = []
+        where = f"moved aside to {moved}" if moved else f"at {self.block_path(h)}"
         return CorruptBlockError(
-            f"block {h[:16]}… ({self.block_path(h)}) {what}; it is used by {len(users)} model(s): "
-            f"{', '.join(users[:10])}{' …' if len(users) > 10 else ''}. Re-import those models to restore it "
-            "(delete the file first), or remove them with BlockStore.delete_model.")
+            f"block {h[:16]}… {what} ({where}); it is used by {len(users)} model(s): "
+            f"{', '.join(users[:10])}{' …' if len(users) > 10 else ''}. Run the same command again: search.py and "
+            "train.py re-import their zoo and write the block again (models you imported yourself: import them "
+            "again, or remove them with BlockStore.delete_model).")
+
+    def _quarantine(self, h: str) -> Path | None:
+        """Move block ``h``'s file aside to ``<file>.corrupt`` (None if it is absent or cannot be moved)."""
+        path = self.block_path(h)
+        aside = path.with_name(path.name + ".corrupt")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            return None
+        return aside
 
     def _block_params(self, h: str) -> int:
-        with safe_open(self.block_path(h), framework="pt") as f:
-            meta = f.metadata() or {}
-        return sum(p.numel() for p in _skeleton_block(meta).parameters())
+        try:
+            with safe_open(self.block_path(h), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as exc:
+            raise self._corrupt(h, f"is unreadable ({exc})") from None
+        return sum(p.numel() for p in self._skeleton_block(h, meta).parameters())
+
+    def _skeleton_block(self, h: str, meta: dict[str, str]) -> nn.Module:
+        """The (shared, meta) skeleton of block ``h``, from its file's metadata (its model's recipe and its index);
+        CorruptBlockError when that metadata is damaged."""
+        try:
+            recipe = json.loads(meta["recipe"])
+            index = recipe.pop("index")
+            return skeleton(recipe)[index]
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise self._corrupt(h, f"has damaged metadata ({exc!r})") from None
 
     def _output_shapes(self, recipe: dict[str, Any], input_size: tuple[int, ...]) -> list[tuple[tuple[int, ...], str]]:
         """Per-item output shape and dtype of every block, by shape propagation on the meta device."""
@@ -410,10 +454,3 @@ class BlockStore:
     def _check_name(name: str) -> None:
         if not _NAME.match(name):
             raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (max 200 characters)")
-
-
-def _skeleton_block(meta: dict[str, str]) -> nn.Module:
-    """The (shared, meta) skeleton of a stored block, from its file's metadata: its model's recipe and its index."""
-    recipe = json.loads(meta["recipe"])
-    index = recipe.pop("index")
-    return skeleton(recipe)[index]

@@ -2,13 +2,15 @@
 
 :class:`SweepSummary` is a Hydra callback (``hydra.callbacks`` in conf/search.yaml): when the multirun ends it reads
 every job's ``results.json`` in the sweep folder and writes ``summary.json`` and ``summary.png`` there, and prints
-time, peak memory and ranking per job. A cache budget changes how the search runs, never what it finds: when the
-rankings differ, the summary says so loudly.
+time, peak memory and ranking per job. A job that failed (its folder holds ``failed.json``, written by the entry
+point's error boundary, or a ``results.json`` that cannot be read) is listed with its error; the other jobs are
+summarised as usual. A cache budget changes how the search runs, never what it finds: when the rankings differ, the
+summary says so loudly.
 """
 
 from __future__ import annotations
 
-import json
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .errors import CorruptFileError
+from .io import atomic_write, read_json, write_json
 from .units import format_bytes
 
 __all__ = ["SweepSummary", "summarize", "summarize_sweep", "print_summary", "draw_summary"]
@@ -26,16 +30,25 @@ __all__ = ["SweepSummary", "summarize", "summarize_sweep", "print_summary", "dra
 def _overrides(job_dir: Path, report: dict[str, Any]) -> list[str]:
     """The job's command-line overrides (Hydra's .hydra/overrides.yaml), else its cache budget."""
     path = job_dir / ".hydra" / "overrides.yaml"
-    if path.is_file():
+    try:
         import yaml
 
         return [str(i) for i in yaml.safe_load(path.read_text()) or []]
-    return [f"search.cache_budget={report.get('config', {}).get('search', {}).get('cache_budget')}"]
+    except (OSError, ValueError, TypeError, yaml.YAMLError):
+        return [f"search.cache_budget={report.get('config', {}).get('search', {}).get('cache_budget')}"]
 
 
 def _job(path: Path) -> dict[str, Any]:
-    """One job's row: its overrides, time, peak memory, planned peak, partitions and ranking, from its results.json."""
-    r = json.loads(path.read_text())
+    """One job's row: its overrides, time, peak memory, planned peak, partitions and ranking, from its results.json;
+    CorruptFileError when that file is damaged or lacks a field."""
+    r = read_json(path, "the job's results", "run that job again")
+    try:
+        return _row(path, r)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CorruptFileError(f"the job's results {path} lack a field ({exc!r}); run that job again") from None
+
+
+def _row(path: Path, r: dict[str, Any]) -> dict[str, Any]:
     rounds = r.get("rounds", [])
     return {
         "job": path.parent.name, "overrides": _overrides(path.parent, r), "results": str(path),
@@ -50,28 +63,45 @@ def _job(path: Path) -> dict[str, Any]:
     }
 
 
-def summarize(results: list[str | Path], out_dir: str | Path | None = None, console: Console | None = None) -> dict:
+def _failed(path: Path) -> dict[str, Any]:
+    """A failed job's entry (job, overrides, error) from the failed.json the error boundary wrote into its folder."""
+    try:
+        rec = read_json(path, "the job's failure record", "")
+        return {"job": path.parent.name, "overrides": [str(o) for o in rec["overrides"]], "error": str(rec["error"])}
+    except (CorruptFileError, KeyError, TypeError) as exc:
+        return {"job": path.parent.name, "overrides": [], "error": f"failed (its failure record is unreadable: {exc})"}
+
+
+def summarize(results: list[str | Path], out_dir: str | Path | None = None, console: Console | None = None,
+              failed: list[str | Path] = ()) -> dict:
     """Compare the searches in ``results`` (results.json paths, in job order): one row per job, plus
-    ``rankings_identical``; writes ``summary.json``/``summary.png`` into ``out_dir`` (if given) and prints the table."""
-    jobs = [_job(path) for path in map(Path, results)]
-    if not jobs:
+    ``rankings_identical``; ``failed`` (failed.json paths) and jobs whose results cannot be read are listed in
+    ``failed_jobs`` with their error. Writes ``summary.json``/``summary.png`` into ``out_dir`` (if given, atomically)
+    and prints the table."""
+    jobs, failures = [], [_failed(Path(p)) for p in failed]
+    for path in map(Path, results):
+        try:
+            jobs.append(_job(path))
+        except CorruptFileError as exc:
+            failures.append({"job": path.parent.name, "overrides": [], "error": str(exc)})
+    if not jobs and not failures:
         raise FileNotFoundError("no results.json found: did the sweep's jobs fail?")
-    common = set.intersection(*(set(j["overrides"]) for j in jobs)) if len(jobs) > 1 else set()
-    for j in jobs:  # label a job by what the sweep varied
+    everyone = jobs + failures
+    common = set.intersection(*(set(j["overrides"]) for j in everyone)) if len(everyone) > 1 else set()
+    for j in everyone:  # label a job by what the sweep varied
         j["label"] = " ".join(o for o in j["overrides"] if o not in common) or "-"
-    reference = jobs[0]["ranking"]
+    reference = jobs[0]["ranking"] if jobs else []
     for j in jobs:  # 1-based position of the first difference from the reference ranking, None when identical
         pos = next((i for i, (a, b) in enumerate(zip(j["ranking"], reference)) if a != b), None)
         j["first_difference"] = None if j["ranking"] == reference else 1 + (len(reference) if pos is None else pos)
     differ = [j["job"] for j in jobs if j["first_difference"] is not None]
     summary = {"jobs": jobs, "rankings_identical": not differ, "differing_jobs": differ,
-               "reference_job": jobs[0]["job"]}
+               "reference_job": jobs[0]["job"] if jobs else None, "failed_jobs": failures}
     console = console or Console()
     print_summary(summary, console)
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(out / "summary.json", summary)
         draw_summary(summary, out / "summary.png")
         console.print(f"summary: {out / 'summary.json'}, {out / 'summary.png'}")
     return summary
@@ -94,7 +124,13 @@ def print_summary(summary: dict, console: Console) -> None:
                       format_bytes(j["peak_host_rss_bytes"]),
                       *([format_bytes(j["peak_accelerator_bytes"])] if gpu else []), same)
     console.print(table)
-    console.print(f"winner: {', '.join(sorted({j['ranking'][0] for j in jobs}))}")
+    for f in summary.get("failed_jobs", []):
+        console.print(f"[bold red]job {f['job']} failed[/] ({f['label']}): {f['error']}", markup=True,
+                      highlight=False)
+    if not jobs:
+        console.print(f"[bold red]all {len(summary['failed_jobs'])} jobs failed[/]")
+        return
+    console.print(f"winner: {', '.join(sorted({j['ranking'][0] for j in jobs if j['ranking']}))}")
     console.print("* peak RSS (and GPU) are per process: jobs run one after another in one process report the "
                   "running maximum")
     if differ:
@@ -107,12 +143,19 @@ def print_summary(summary: dict, console: Console) -> None:
 
 
 def summarize_sweep(sweep_dir: str | Path, console: Console | None = None) -> dict:
-    """:func:`summarize` over every ``<sweep_dir>/<job>/results.json``, in job number order; writes into sweep_dir."""
+    """:func:`summarize` over every ``<sweep_dir>/<job>/results.json`` (a job whose folder holds ``failed.json``
+    counts as failed), in job number order; writes into sweep_dir."""
     sweep_dir = Path(sweep_dir)
-    paths = sorted(sweep_dir.glob("*/results.json"),
-                   key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0,
-                                  p.parent.name))
-    return summarize(paths, sweep_dir, console)
+    failed = sorted(sweep_dir.glob("*/failed.json"), key=_job_order)
+    done = {p.parent for p in failed}
+    return summarize(sorted((p for p in sweep_dir.glob("*/results.json") if p.parent not in done), key=_job_order),
+                     sweep_dir, console, failed=failed)
+
+
+def _job_order(path: Path) -> tuple[bool, int, str]:
+    """Job folders by number (0, 1, 2, ..., 10), others after them by name."""
+    name = path.parent.name
+    return not name.isdigit(), int(name) if name.isdigit() else 0, name
 
 
 def draw_summary(summary: dict, path: str | Path) -> Path:
@@ -128,14 +171,15 @@ def draw_summary(summary: dict, path: str | Path) -> Path:
     img = Image.new("RGB", (max(520, panel_w * len(panels)), chart_h + 100), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    ok = summary["rankings_identical"]
+    ok, failed = summary["rankings_identical"], summary.get("failed_jobs", [])
     title = "rankings identical in all jobs" if ok else f"RANKINGS DIFFER: jobs {', '.join(summary['differing_jobs'])}"
+    title += f"; {len(failed)} job(s) failed: {', '.join(f['job'] for f in failed)}" if failed else ""
     draw.text((pad, 10), title, fill=(0, 128, 0) if ok else (200, 0, 0), font=font)
     for p, (name, values, fmt) in enumerate(panels):
         x0, base = p * panel_w + pad, chart_h + 50
         draw.text((x0, 32), name, fill="black", font=font)
         draw.line((x0 - 4, base, x0 + len(jobs) * (bar_w + gap), base), fill="black")
-        top = max(values) or 1
+        top = max(values, default=0) or 1
         for i, (job, v) in enumerate(zip(jobs, values)):
             x = x0 + i * (bar_w + gap)
             h = int((chart_h - 20) * v / top)
@@ -143,8 +187,9 @@ def draw_summary(summary: dict, path: str | Path) -> Path:
             draw.text((x, base - h - 14), fmt(v), fill="black", font=font)
             draw.text((x, base + 6), job["label"].rpartition("=")[2][:10], fill="black", font=font)
             draw.text((x, base + 20), f"job {job['job']}", fill="gray", font=font)
-    img.save(path)
-    return Path(path)
+    buffer = BytesIO()
+    img.save(buffer, format="PNG")
+    return atomic_write(path, buffer.getvalue())
 
 
 class SweepSummary(Callback):
@@ -158,7 +203,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(self.sweep_dir or str(config.hydra.sweep.dir))
-        if not any(sweep_dir.glob("*/results.json")):
+        if not any(sweep_dir.glob("*/results.json")) and not any(sweep_dir.glob("*/failed.json")):
             print(f"sweep summary: no results.json under {sweep_dir} (did the jobs fail?)")
             return
         summarize_sweep(sweep_dir)

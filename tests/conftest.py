@@ -13,3 +13,15 @@ def store(tmp_path):
     from alsatian_pl.store import BlockStore
 
     return BlockStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    """The tiny zoo most search tests share: 6 mobilenetv3_small_050 variants at 32 px (Top 25%, seed 1)."""
+    from alsatian_pl.store import BlockStore
+    from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
+
+    store = BlockStore(tmp_path_factory.mktemp("store"))
+    cfg = ZooConfig("tiny", "mobilenetv3_small_050", num_models=6, distribution="top25", seed=1,
+                    input_size=(3, 32, 32))
+    return build_synthetic_zoo(store, cfg, progress=False)

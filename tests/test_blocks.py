@@ -46,8 +46,6 @@ def test_blocks_follow_the_declared_structure():
 
 
 def test_unsplittable_architecture_gets_a_clear_error():
-    model = timm.create_model("convnext_atto", pretrained=False)
-    with pytest.raises(StoreError, match="no registered block family matches.*register_family"):
-        split_model(model)
-    with pytest.raises(StoreError, match="Sequential"):
+    # (convnext_atto, refused here before the generic family existed, now splits: tests/test_generic_blocks.py)
+    with pytest.raises(StoreError, match="Sequential.*no registered block family matches.*register_family"):
         split_model(torch.nn.Sequential(torch.nn.Linear(2, 2)))

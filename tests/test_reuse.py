@@ -12,15 +12,6 @@ from alsatian_pl.halving import SuccessiveHalving
 from alsatian_pl.reuse import FeatureCache, items_key
 from alsatian_pl.stats import SearchStats
 from alsatian_pl.store import BlockStore
-from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    store = BlockStore(tmp_path_factory.mktemp("store"))
-    cfg = ZooConfig("tiny", "mobilenetv3_small_050", num_models=6, distribution="top25", seed=1,
-                    input_size=(3, 32, 32))
-    return build_synthetic_zoo(store, cfg, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +101,11 @@ def test_resume_after_sigkill_between_rounds_gives_identical_results(zoo, data, 
     nothing_saved = pytest.warns(UserWarning, match="no saved round") if strategy == "base" else nullcontext()
     with nothing_saved:
         resumed = _search(zoo, data, strategy=strategy, checkpoint_dir=ckpt, resume=True)
-    assert _scores(resumed) == _scores(reference)
+    # rounds 1-2 were scored in the killed subprocess, the reference in this process: same ranking and rounds,
+    # scores within float rounding (the resumed round itself reads bit-identical saved features)
+    assert [(m, r) for m, _, _, r in _scores(resumed)] == [(m, r) for m, _, _, r in _scores(reference)]
+    assert all(abs(a[1] - b[1]) <= 1e-6 and abs(a[2] - b[2]) <= 1e-6
+               for a, b in zip(_scores(resumed), _scores(reference)))
     assert [r.models for r in resumed.rounds] == [r.models for r in reference.rounds]
     if strategy == "alsatian":
         assert resumed.resumed_from_round == 2 and sum(r.inference_steps for r in resumed.rounds[2:]) > 0

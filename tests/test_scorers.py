@@ -20,7 +20,6 @@ from alsatian_pl.halving import SuccessiveHalving
 from alsatian_pl.score import (GBCScorer, HScorer, LogMEScorer, RegularizedHScorer, TransferabilityScorer,
                                TransRateScorer, available_scorers, get_scorer, rank)
 from alsatian_pl.store import BlockStore
-from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NAMES = ["logme", "hscore", "hscore_reg", "gbc", "transrate"]
@@ -250,14 +249,6 @@ def test_config_group_entry_builds_the_scorer(name):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # successive halving with each scorer
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    store = BlockStore(tmp_path_factory.mktemp("store"))
-    cfg = ZooConfig("tiny", "mobilenetv3_small_050", num_models=6, distribution="top25", seed=1,
-                    input_size=(3, 32, 32))
-    return build_synthetic_zoo(store, cfg, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,12 @@ from alsatian_pl.data import SearchDataModule
 from alsatian_pl.errors import BudgetTooSmallError, ConfigError, DataError, StoreError
 from alsatian_pl.halving import SuccessiveHalving
 from alsatian_pl.store import BlockStore
-from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 TINY = ["models.arch=mobilenetv3_small_050", "models.num_models=6", "models.checkpoint=null",
         "dataset.num_items=300", "dataset.image_size=32", "++search.scorer.kwargs.epochs=10",
         "search.progress=false", "search.batch_size=32"]
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    store = BlockStore(tmp_path_factory.mktemp("store"))
-    cfg = ZooConfig("tiny", "mobilenetv3_small_050", num_models=6, distribution="top25", seed=1,
-                    input_size=(3, 32, 32))
-    return build_synthetic_zoo(store, cfg, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,8 @@ class ViTPool(nn.Module):
 class ViTFamily(BlockFamily):
     name = "vit"
 
-    def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, VisionTransformer)
+    def matches(self, model: nn.Module) -> bool:  # subclasses (DeiT distilled: two tokens) get the generic cut
+        return type(model) is VisionTransformer
 
     def split(self, model: nn.Module) -> list[nn.Module]:
         return [ViTEmbed(model), *model.blocks, ViTPool(model)]

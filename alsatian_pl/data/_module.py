@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..checks import number, text, whole
 from ..errors import DataError
 from ._sources import DATASETS, DataSpec, make_source
 from ._text import TextSource, tokenizer_key
@@ -31,35 +32,39 @@ class _Prepared:
     order: np.ndarray  # source indices of the items: training items (round-robin order), then test items
 
 
+MIN_IMAGE_SIZE = 8  # smaller images carry no shape to rank models on (a 1x1 image is one colour)
+
+
 def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fraction: Any, seed: Any,
           mean: Sequence[float], std: Sequence[float], max_length: Any = 128, tokenizer: str | None = None,
           text_column: str = "text", label_column: str = "label") -> DataSpec:
     """A validated :class:`DataSpec`; bad values raise ``DataError`` saying which value to change."""
-    def positive_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise DataError(f"unknown dataset name {name!r}: use one of {', '.join(sorted(DATASETS))}")
-    if not positive_int(image_size):
-        raise DataError(f"image_size must be a positive whole number of pixels per side (e.g. 64 or 224), "
-                        f"got {image_size!r}")
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise DataError(f"test_fraction must be a number strictly between 0 and 1 (e.g. 0.2), got {test_fraction!r}")
-    if num_items is not None and not positive_int(num_items):
-        raise DataError(f"num_items must be a positive number of items, or null for all items; got {num_items!r} "
-                        "(an empty dataset cannot be searched)")
-    if not positive_int(max_length) or max_length < 2:
-        raise DataError(f"max_length must be a whole number of tokens, at least 2 (e.g. 64 or 128), got {max_length!r}")
-    for key, col in (("text_column", text_column), ("label_column", label_column)):
-        if not isinstance(col, str) or not col:
-            raise DataError(f"{key} must name a column of the text file, got {col!r}")
-    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise DataError(f"mean and std need three values each (one per RGB channel), std > 0; "
-                        f"got mean={mean}, std={std}")
-    return DataSpec(name, None if path is None else str(path), num_items, image_size, float(test_fraction), int(seed),
-                    mean, std, max_length, None if tokenizer is None else str(tokenizer),  # type: ignore[arg-type]
-                    text_column, label_column)
+    image_size = whole("dataset.image_size", image_size, at_least=MIN_IMAGE_SIZE,
+                       hint=" (pixels per side, e.g. 64 or 224)", error=DataError)
+    test_fraction = number("dataset.test_fraction", test_fraction, above=0, below=1, hint=" (e.g. 0.2)",
+                           error=DataError)
+    if num_items is not None and (isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1):
+        raise DataError(f"dataset.num_items must be a positive number of items, or null for all items; got "
+                        f"{num_items!r} (an empty dataset cannot be searched)")
+    max_length = whole("dataset.max_length", max_length, at_least=2, hint=" (tokens, e.g. 64 or 128)",
+                       error=DataError)
+    seed = whole("dataset.seed", seed, at_least=0, hint=" (it follows search.seed unless set)", error=DataError)
+    path = text("dataset.path", path, optional=True, error=DataError)
+    tokenizer = text("dataset.tokenizer", tokenizer, optional=True, error=DataError)
+    for key, col in (("dataset.text_column", text_column), ("dataset.label_column", label_column)):
+        text(key, col, error=DataError)
+    stats = []
+    for key, values in (("dataset.mean", mean), ("dataset.std", std)):
+        values = list(values) if isinstance(values, Iterable) and not isinstance(values, (str, bytes)) else None
+        if values is None or len(values) != 3:
+            raise DataError(f"{key} needs three numbers (one per RGB channel), e.g. [0.5, 0.5, 0.5]")
+        stats.append(tuple(number(f"{key}[{i}]", v, above=0 if key.endswith("std") else None,
+                                  hint=" (std > 0)" if key.endswith("std") else "", error=DataError)
+                           for i, v in enumerate(values)))
+    return DataSpec(name, path, num_items, image_size, test_fraction, seed, stats[0], stats[1],  # type: ignore
+                    max_length, tokenizer, text_column, label_column)
 
 
 class SearchDataModule(LightningDataModule):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..registry import Registry
+from ._images import decode_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 FASHION_MNIST_NPZ = "fashion_mnist_3000.npz"
@@ -68,9 +69,10 @@ def make_source(spec: DataSpec) -> Source:
 
 
 def to_pixels(images: torch.Tensor, spec: DataSpec, out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 ``[n, C, H, W]`` (C = 1 or 3) to float32 ``[n, 3, S, S]`` (written into ``out`` if given): bilinear
-    antialiased resize, scale to [0, 1], grayscale repeated to three channels, normalised with ``spec.mean/std``."""
-    x = images.float().div_(255)
+    """uint8 (0..255) or float (0..1) ``[n, C, H, W]`` (C = 1 or 3) to float32 ``[n, 3, S, S]`` (written into ``out``
+    if given): scale to [0, 1], bilinear antialiased resize, grayscale repeated to three channels, normalised with
+    ``spec.mean/std``."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
     size = (spec.image_size, spec.image_size)
     if tuple(x.shape[-2:]) != size:
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -145,24 +147,11 @@ def fashion_mnist(spec: DataSpec) -> Source:
 
 
 class FolderSource(Source):
-    """Image files decoded with PIL; ``files[k]`` has label ``labels[k]``."""
+    """Image files decoded with PIL (every mode to the same intensities: ``_images.decode_image``); ``files[k]`` has
+    label ``labels[k]``."""
 
     def __init__(self, files: list[Path], labels: np.ndarray, class_names: list[str], spec: DataSpec):
         self.files, self.labels, self.class_names, self.spec = files, labels, class_names, spec
-
-    def _decode(self, file: Path) -> torch.Tensor:
-        from PIL import Image
-
-        size = self.spec.image_size
-        try:
-            with Image.open(file) as image:
-                mode = "L" if image.mode in ("L", "LA", "1") else "RGB"
-                image.draft(mode, (size, size))  # JPEG: decode at a reduced scale that is still >= size
-                array = np.array(image.convert(mode))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {file}: {exc}. Delete or replace the file, then run again") from exc
-        pixels = torch.from_numpy(array)
-        return pixels[None, None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)[None]
 
     def prepare(self, indices: np.ndarray) -> torch.Tensor:
         from rich.progress import track
@@ -172,7 +161,7 @@ class FolderSource(Source):
         steps = track(enumerate(indices), total=len(indices), description=f"Preparing {len(indices)} images",
                       transient=True, disable=len(indices) < 200)
         for k, index in steps:
-            to_pixels(self._decode(self.files[index]), self.spec, out=out[k:k + 1])
+            to_pixels(decode_image(self.files[index], size), self.spec, out=out[k:k + 1])
         return out
 
 

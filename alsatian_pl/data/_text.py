@@ -32,6 +32,8 @@ from ._sources import DataSpec, Source, register_dataset
 
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
+_TOKENIZER_READS = {*_TOKENIZER_FILES, "merges.txt", "special_tokens_map.json", "added_tokens.json", "spiece.model",
+                    "sentencepiece.bpe.model", "tokenizer.model"}  # what a tokenizer is read from (its cache key)
 
 
 # ------------------------------------------------------------------------------------------------------ tokenizers
@@ -42,11 +44,9 @@ def _tokenizer_files(path: Path) -> Path | None:
     return path if any((path / f).is_file() for f in _TOKENIZER_FILES) else None
 
 
-@lru_cache(maxsize=16)
 def tokenizer_json(ref: str) -> str:
-    """The normalised JSON of a tokenizer (no truncation; padding with its pad token, no fixed length)."""
-    from tokenizers import Tokenizer
-
+    """The normalised JSON of a tokenizer (no truncation; padding with its pad token, no fixed length); cached by
+    the content of its files, so a tokenizer rewritten in place is read again."""
     try:
         path = model_dir(ref)
     except StoreError as exc:
@@ -57,6 +57,17 @@ def tokenizer_json(ref: str) -> str:
     if found is None:
         raise DataError(f"no tokenizer at dataset.tokenizer={ref!r} ({path}): give a tokenizer.json, a Hugging Face "
                         f"model folder holding one (or vocab.txt + tokenizer_config.json), or {MINILM}")
+    files = [found] if found.is_file() else sorted(f for f in found.iterdir() if f.name in _TOKENIZER_READS)
+    digest = hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()
+    return _normalised(str(found), digest)
+
+
+@lru_cache(maxsize=16)
+def _normalised(found: str, digest: str) -> str:
+    """:func:`tokenizer_json` of the tokenizer file or folder ``found`` whose files hash to ``digest``."""
+    from tokenizers import Tokenizer
+
+    found = Path(found)
     try:
         if found.is_file() or (found / "tokenizer.json").is_file():
             tok = Tokenizer.from_file(str(found if found.is_file() else found / "tokenizer.json"))
@@ -84,8 +95,8 @@ def save_tokenizer(ref: str, folder: str | os.PathLike[str]) -> str:
     key = tokenizer_key(ref)
     path = Path(folder) / f"{key}.json"
     if not path.is_file():
-        from ..store import _atomic_write
-        _atomic_write(path, tokenizer_json(str(ref)).encode())
+        from ..io import atomic_write
+        atomic_write(path, tokenizer_json(str(ref)))
     return key
 
 

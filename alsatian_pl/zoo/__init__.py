@@ -4,21 +4,26 @@ own checkpoints (timm state dicts, Hugging Face model folders). A zoo is built o
 reused while its configuration stays the same (:func:`cached_zoo`). Text models carry the tag ``tokenizer:<key>``;
 their tokenizer is stored once as ``tokenizers/<key>.json`` in the store.
 
-The ``models`` config group instantiates one factory per kind, called with the store: :func:`synthetic_zoo`,
-:func:`checkpoint_zoo`, :func:`hf_dirs_zoo`.
+The ``models`` config group instantiates one validated zoo spec per kind (:func:`synthetic_spec` gives a
+:class:`ZooConfig`, :func:`checkpoint_spec` a :class:`CheckpointFolder`, :func:`hf_dirs_spec` an :class:`HFFolder`):
+nothing is built until ``spec.build(store)``, so a bad value is refused before the store is touched. The factories
+:func:`synthetic_zoo`, :func:`checkpoint_zoo`, :func:`hf_dirs_zoo` do both in one call.
 """
 
 from __future__ import annotations
 
-from ._checkpoints import (checkpoint_zoo, efficientnet_lite0_checkpoint, import_checkpoint_folder, import_timm,
-                           load_checkpoint, read_state_dict, resolve_checkpoint, timm_model)
-from ._hf import hf_dirs_zoo, import_hf_dir, import_hf_folder
+from ._checkpoints import (CheckpointFolder, checkpoint_spec, checkpoint_zoo, efficientnet_lite0_checkpoint,
+                           import_checkpoint_folder, import_timm, load_checkpoint, read_state_dict, resolve_checkpoint,
+                           timm_model)
+from ._hf import HFFolder, hf_dirs_spec, hf_dirs_zoo, import_hf_dir, import_hf_folder
 from ._record import Zoo, cached_zoo, zoo_id
-from ._synthetic import DISTRIBUTIONS, ZooConfig, build_synthetic_zoo, reinit_block, sample_num_reinit, synthetic_zoo
+from ._synthetic import (DISTRIBUTIONS, ZooConfig, build_synthetic_zoo, reinit_block, sample_num_reinit, synthetic_spec,
+                         synthetic_zoo)
 from ._tokenizers import model_tokenizer, tokenizer_file, tokenizer_of, tokenizer_tag
 
 __all__ = ["Zoo", "ZooConfig", "DISTRIBUTIONS", "cached_zoo", "zoo_id",
-           "synthetic_zoo", "checkpoint_zoo", "hf_dirs_zoo",
+           "synthetic_zoo", "checkpoint_zoo", "hf_dirs_zoo", "synthetic_spec", "checkpoint_spec", "hf_dirs_spec",
+           "CheckpointFolder", "HFFolder",
            "build_synthetic_zoo", "import_checkpoint_folder", "import_hf_dir", "import_hf_folder", "import_timm",
            "load_checkpoint", "read_state_dict", "timm_model", "efficientnet_lite0_checkpoint", "resolve_checkpoint",
            "sample_num_reinit", "reinit_block", "model_tokenizer", "tokenizer_of", "tokenizer_file", "tokenizer_tag"]

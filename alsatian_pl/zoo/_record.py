@@ -1,17 +1,20 @@
-"""Zoo records: a zoo is a named list of stored models, recorded as ``zoos/<id>.json`` with the configuration that
-built it; :func:`cached_zoo` reuses the record while that configuration (and every model in it) stays the same."""
+"""Zoo records: a zoo is a named list of stored models, recorded as ``zoos/<id>.json`` (sealed with a checksum) with
+the configuration that built it; :func:`cached_zoo` reuses the record while that configuration stays the same and
+every model in it is intact, and otherwise builds (re-imports) the zoo again, which heals a damaged store."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from rich.progress import Progress
 
-from ..errors import ConfigError
-from ..store import BlockStore, ModelManifest, StoreStats, _atomic_write
+from ..errors import AlsatianWarning, ConfigError, CorruptFileError, StoreError
+from ..io import file_digest, read_json, write_json
+from ..store import BlockStore, ModelManifest, StoreStats
 
 
 class Zoo:
@@ -32,20 +35,39 @@ class Zoo:
 
     @classmethod
     def load(cls, store: BlockStore, zoo_id: str, config: dict[str, Any]) -> "Zoo | None":
-        """The recorded zoo if it exists with this config and all its models are present, else None."""
+        """The recorded zoo if it exists with this config and every model in it is intact (manifest readable, block
+        files present and of their recorded size), else None; a damaged record or model is named in a warning."""
         path = cls._record_path(store, zoo_id)
         if not path.is_file():
             return None
-        rec = json.loads(path.read_text())
-        if rec.get("config") != json.loads(json.dumps(config, default=list)):
+        try:
+            rec = read_json(path, "its record", "")
+            models, recorded = rec["models"], rec["config"]
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                raise TypeError("its models must be a list of names")
+        except CorruptFileError as exc:
+            return _rebuilding(zoo_id, str(exc).rstrip("; "))
+        except (KeyError, TypeError) as exc:
+            return _rebuilding(zoo_id, f"its record {path} is damaged ({exc!r})")
+        if recorded != json.loads(json.dumps(config, default=list)):
             return None
-        if not all(store.has_model(m) for m in rec["models"]):
-            return None
-        return cls(store, zoo_id, rec["models"], rec["config"])
+        for name in models:
+            try:
+                damaged = store.damaged_blocks(store.manifest(name))
+            except StoreError:
+                return _rebuilding(zoo_id, f"the manifest of its model {name} is missing, damaged or was edited")
+            if damaged:
+                return _rebuilding(zoo_id, f"its model {name} misses {len(damaged)} block file(s) or has damaged ones")
+        return cls(store, zoo_id, models, recorded)
 
     def save(self) -> None:
-        payload = {"name": self.name, "config": self.config, "models": self.models}
-        _atomic_write(self._record_path(self.store, self.name), json.dumps(payload, indent=1, default=list).encode())
+        write_json(self._record_path(self.store, self.name),
+                   {"name": self.name, "config": self.config, "models": self.models}, sealed=True)
+
+
+def _rebuilding(zoo_id: str, why: str) -> None:
+    """Say that zoo ``zoo_id`` is built (imported) again, and why; None, the value of a zoo that cannot be reused."""
+    warnings.warn(f"zoo {zoo_id} cannot be reused ({why}); building it again", AlsatianWarning, stacklevel=3)
 
 
 def digest(fields: dict[str, Any]) -> str:
@@ -58,9 +80,10 @@ def zoo_id(name: str, fields: dict[str, Any]) -> str:
     return f"{name}-{digest(fields)}"
 
 
-def file_stamps(folder: Path, files: Iterable[Path]) -> dict[str, list[int]]:
-    """``{path relative to folder: [size, mtime_ns]}``: a recorded import is redone when its files change."""
-    return {str(f.relative_to(folder)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+def file_digests(folder: Path, files: Iterable[Path]) -> dict[str, str]:
+    """``{path relative to folder: sha256 of its bytes}``: a recorded import is redone when a file's content changes
+    (also when it is rewritten in place with the same size and modification time)."""
+    return {str(f.relative_to(folder)): file_digest(f) for f in files}
 
 
 def cached_zoo(store: BlockStore, zoo_id: str, config: dict[str, Any], build: Callable[[], Iterable[str]], *,

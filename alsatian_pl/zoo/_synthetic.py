@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -15,10 +16,12 @@ from torch import nn
 
 from ..blocks import build_model, hf_recipe, split_model
 from ..blocks._bert import MINILM, PRESETS, arch_config, load_encoder, model_dir
-from ..errors import ConfigError
+from ..checks import choice, mapping, text, whole
+from ..errors import ConfigError, StoreError
+from ..io import file_digest
 from ..store import BlockStore
-from ._checkpoints import resolve_checkpoint, timm_model
-from ._record import Zoo, cached_zoo, digest, expect_kind, zoo_id
+from ._checkpoints import SHIPPED_CHECKPOINT, check_timm_arch, resolve_checkpoint, timm_model
+from ._record import Zoo, cached_zoo, digest, expect_kind, file_digests, zoo_id
 from ._tokenizers import tokenizer_tag
 
 # (mean, std) of the number of re-initialised blocks as fractions of B, for the paper's three distributions.
@@ -44,6 +47,46 @@ class ZooConfig:
     builder: str = "timm"  # "timm", or "hf": a Hugging Face encoder; arch is a preset (bert-base) or model folder
     pooling: str = "cls"  # hf: pooling of the last hidden state, cls or mean
     tokenizer: str | None = None  # hf: the models' tokenizer (None: the checkpoint's or arch folder's, else MiniLM's)
+
+    def __post_init__(self) -> None:
+        """Refuse bad values before anything is built (types, ranges, choices, a base checkpoint that is absent)."""
+        try:
+            BlockStore._check_name(text("models.name", self.name))
+        except StoreError as exc:
+            raise ConfigError(f"models.name: {exc}") from None
+        text("models.arch", self.arch)
+        whole("models.num_models", self.num_models)
+        choice("models.distribution", self.distribution, DISTRIBUTIONS)
+        whole("models.seed", self.seed, at_least=0)
+        if not isinstance(self.input_size, (tuple, list)) or not all(whole("models.input_size", v)
+                                                                      for v in self.input_size):
+            raise ConfigError(f"models.input_size must be positive whole numbers, got {self.input_size!r}")
+        mapping("models.model_kwargs", self.model_kwargs)
+        choice("models.builder", self.builder, ("timm", "hf"))
+        choice("models.pooling", self.pooling, ("cls", "mean"))
+        text("models.tokenizer", self.tokenizer, optional=True)
+        checkpoint = text("models.checkpoint", self.checkpoint, optional=True)
+        if self.builder == "timm" and checkpoint not in (None, SHIPPED_CHECKPOINT) \
+                and not Path(checkpoint).expanduser().is_file():
+            raise ConfigError(f"models.checkpoint={checkpoint} does not exist: give a .pth/.pt/.safetensors file, "
+                              f"{SHIPPED_CHECKPOINT} (the shipped ImageNet weights) or null (random init)")
+        if self.builder == "timm":
+            check_timm_arch(self.arch)
+        elif checkpoint and self.model_kwargs:
+            raise ConfigError("models.model_kwargs cannot change the architecture of a pretrained checkpoint; "
+                              "set models.checkpoint=null for a random-init base")
+        elif checkpoint and not (model_dir(checkpoint) / "config.json").is_file():
+            raise ConfigError(f"models.checkpoint={checkpoint} is not a Hugging Face model folder (no config.json "
+                              f"in {model_dir(checkpoint)}); give such a folder, {MINILM} or null (random init)")
+
+    @property
+    def size(self) -> int:
+        """How many models the zoo holds (known before it is built)."""
+        return self.num_models
+
+    def build(self, store: BlockStore, *, progress: bool = True) -> Zoo:
+        """The zoo in ``store``: :func:`build_synthetic_zoo`."""
+        return build_synthetic_zoo(store, self, progress=progress)
 
     def as_dict(self) -> dict[str, Any]:
         """The defining fields; timm zoos leave out the hf-only ones (so their keys are as before those existed)."""
@@ -100,13 +143,8 @@ def _base_model(store: BlockStore, config: ZooConfig) -> tuple[nn.Module, dict[s
         with _seeded(config.seed):
             base, recipe = timm_model(config.arch, config.model_kwargs, checkpoint)
         return base, recipe, checkpoint or f"timm:{config.arch} (random init, seed {config.seed})", []
-    if config.builder != "hf":
-        raise ConfigError(f"models.builder must be 'timm' or 'hf', got {config.builder!r}")
     label = None if config.model_kwargs else config.arch
     if config.checkpoint:
-        if config.model_kwargs:
-            raise ConfigError("models.model_kwargs cannot change the architecture of a pretrained checkpoint; "
-                              "set models.checkpoint=null for a random-init base")
         base = load_encoder(config.checkpoint, config.pooling)
         recipe, source = hf_recipe(base.config, config.pooling, label), str(model_dir(config.checkpoint))
     else:
@@ -114,8 +152,7 @@ def _base_model(store: BlockStore, config: ZooConfig) -> tuple[nn.Module, dict[s
         with _seeded(config.seed):
             base = build_model(recipe).eval()
         source = f"hf:{config.arch} (random init, seed {config.seed})"
-    tokenizer = config.tokenizer or config.checkpoint or (MINILM if config.arch in PRESETS else config.arch)
-    return base, recipe, source, tokenizer_tag(store, tokenizer)
+    return base, recipe, source, tokenizer_tag(store, _tokenizer_ref(config))
 
 
 def _synthetic_models(store: BlockStore, config: ZooConfig, zid: str) -> Iterator[str]:
@@ -142,24 +179,49 @@ def _synthetic_models(store: BlockStore, config: ZooConfig, zid: str) -> Iterato
 
 def build_synthetic_zoo(store: BlockStore, config: ZooConfig, *, progress: bool = True) -> Zoo:
     """Build (or reuse) an M_syn zoo: model 0 is the base; model i copies a random earlier model and re-initialises
-    its last k parameterised blocks, k drawn from the config's distribution."""
-    if config.num_models < 1:
-        raise ConfigError(f"models.num_models must be at least 1, got {config.num_models}")
+    its last k parameterised blocks, k drawn from the config's distribution. The record holds the base checkpoint's
+    content digest: a checkpoint rewritten in place rebuilds the zoo."""
     zid = zoo_id(config.name, config.as_dict())
-    return cached_zoo(store, zid, {**config.as_dict(), "kind": "synthetic"},
+    return cached_zoo(store, zid, {**config.as_dict(), "kind": "synthetic", **_source_digests(config)},
                       lambda: _synthetic_models(store, config, zid), task=f"building zoo {config.name}",
                       total=config.num_models, progress=progress)
 
 
-def synthetic_zoo(store: BlockStore, *, name: str, arch: str, num_models: int = 35, distribution: str = "top_layers",
-                  seed: int = 0, checkpoint: str | None = None, model_kwargs: dict[str, Any] | None = None,
-                  builder: str = "timm", pooling: str = "cls", tokenizer: str | None = None, image_size: int = 224,
-                  max_length: int = 128, kind: str = "synthetic", progress: bool = True) -> Zoo:
-    """A synthetic ``models`` config's zoo (:func:`build_synthetic_zoo`); its items are ``(3, image_size,
-    image_size)`` images, or for ``builder="hf"`` ``(2, max_length)`` token ids and masks."""
-    expect_kind(kind, "synthetic", "alsatian_pl.zoo.synthetic_zoo")
-    size = (2, int(max_length)) if builder == "hf" else (3, int(image_size), int(image_size))
-    config = ZooConfig(name=name, arch=arch, num_models=int(num_models), distribution=distribution, seed=int(seed),
-                       input_size=size, model_kwargs=dict(model_kwargs or {}), checkpoint=checkpoint,
-                       builder=builder, pooling=pooling, tokenizer=tokenizer)
-    return build_synthetic_zoo(store, config, progress=progress)
+def _source_digests(config: ZooConfig) -> dict[str, Any]:
+    """Content digests of the local files the zoo is built from (the base checkpoint; hf: the model folders of the
+    checkpoint and the architecture, and the tokenizer's key), recorded with it: one rewritten in place rebuilds it."""
+    if config.builder == "timm":
+        path = resolve_checkpoint(config.checkpoint)
+        return {} if path is None else {"checkpoint_sha256": file_digest(path)}
+    from ..data._text import tokenizer_key
+    out: dict[str, Any] = {}
+    for key, ref in (("checkpoint", config.checkpoint), ("arch", config.arch)):
+        folder = None if not ref or ref in PRESETS or (key == "arch" and ref == config.checkpoint) else model_dir(ref)
+        if folder is not None and folder.is_dir():
+            out[f"{key}_sha256"] = file_digests(folder, sorted(f for f in folder.iterdir() if f.is_file()))
+    out["tokenizer_key"] = tokenizer_key(_tokenizer_ref(config))
+    return out
+
+
+def _tokenizer_ref(config: ZooConfig) -> str:
+    """The tokenizer an hf zoo's models are stored with: its own, the checkpoint's or arch folder's, else MiniLM's."""
+    return config.tokenizer or config.checkpoint or (MINILM if config.arch in PRESETS else config.arch)
+
+
+def synthetic_spec(*, name: str, arch: str, num_models: int = 35, distribution: str = "top_layers", seed: int = 0,
+                   checkpoint: str | None = None, model_kwargs: dict[str, Any] | None = None, builder: str = "timm",
+                   pooling: str = "cls", tokenizer: str | None = None, image_size: int = 224, max_length: int = 128,
+                   kind: str = "synthetic") -> ZooConfig:
+    """A synthetic ``models`` config, validated (nothing is built): items are ``(3, image_size, image_size)``
+    images, or for ``builder="hf"`` ``(2, max_length)`` token ids and masks. ``.build(store)`` makes the zoo."""
+    expect_kind(kind, "synthetic", "alsatian_pl.zoo.synthetic_spec")
+    size = ((2, whole("models.max_length", max_length, at_least=2)) if builder == "hf" else
+            (3, whole("models.image_size", image_size), whole("models.image_size", image_size)))
+    return ZooConfig(name=name, arch=arch, num_models=num_models, distribution=distribution, seed=seed,
+                     input_size=size, model_kwargs=mapping("models.model_kwargs", model_kwargs),
+                     checkpoint=checkpoint, builder=builder, pooling=pooling, tokenizer=tokenizer)
+
+
+def synthetic_zoo(store: BlockStore, *, progress: bool = True, **options: Any) -> Zoo:
+    """The zoo of a synthetic ``models`` config (``options``: :func:`synthetic_spec`'s), built or reused."""
+    return synthetic_spec(**options).build(store, progress=progress)

@@ -1,0 +1,66 @@
+"""Image files to intensities in [0, 1], the same values for every mode PIL opens.
+
+PIL's own ``convert("RGB")`` clips 16-bit and 32-bit pixels to 255 and float pixels to 0 or 1, and drops alpha
+whatever the colour under it. Here instead: 8-bit modes (1, L, P, RGB, CMYK, YCbCr, ...) divide by 255; 16-bit
+(``I;16*``) by 65535; 32-bit integers (``I``) by 65535 when they hold 0..65535 (16-bit data, as PNG and TIFF readers
+give it), else they are refused; floats (``F``) are taken as they are when they lie in [0, 1], else refused; images
+with transparency (RGBA, LA, PA, RGBa, La, a palette or colour key with transparency) are composited over white;
+an animation gives its first frame; the EXIF orientation is applied. A mode that cannot be decoded raises DataError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def decode_image(file: Path, size: int) -> torch.Tensor:
+    """float32 ``[1, C, H, W]`` in [0, 1] (C = 1 for grey modes, else 3) of the image file; JPEGs are decoded at
+    the smallest scale that is still at least ``size`` pixels a side. DataError naming the file when it cannot be
+    decoded."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(file) as image:
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            image.draft(None, (size, size))  # JPEG only: a reduced-scale decode, still >= size
+            array = intensities(ImageOps.exif_transpose(image))
+    except DataError as exc:  # a mode decoded without a known scale: refused, not guessed
+        raise DataError(f"image {file}: {exc}. Convert it (e.g. to an 8- or 16-bit PNG) or remove it") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {file}: {exc}. Delete or replace the file, then run again") from exc
+    pixels = torch.from_numpy(array)
+    return pixels[None, None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)[None]
+
+
+def intensities(image) -> np.ndarray:  # noqa: ANN001 - a PIL image
+    """float32 ``[H, W]`` (grey) or ``[H, W, 3]`` in [0, 1], by the rules in the module docstring."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT:
+        return np.asarray(image).astype(np.float32) / 65535
+    if mode == "I":
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(f"32-bit integer pixels from {values.min()} to {values.max()} have no known scale "
+                            "(only 0..65535, 16-bit data, is read)")
+        return values.astype(np.float32) / 65535
+    if mode == "F":
+        values = np.array(image, dtype=np.float32)  # a writable copy, as torch wants
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise DataError("floating-point pixels must lie in [0, 1]")
+        return values
+    if mode in _ALPHA or "transparency" in image.info:
+        rgba = np.asarray(image.convert("LA" if mode in ("LA", "La") else "RGBA")).astype(np.float32) / 255
+        alpha = rgba[..., -1:]
+        out = rgba[..., :-1] * alpha + (1 - alpha)  # over white
+        return out[..., 0] if out.shape[-1] == 1 else out
+    grey = mode in ("1", "L")
+    return np.asarray(image.convert("L" if grey else "RGB")).astype(np.float32) / 255

@@ -1,0 +1,99 @@
+"""Distributed search (paper §6.6): task-tree subtrees across processes, on torch.distributed through Lightning
+Fabric. Each rank plans and runs its own subtrees under its own budget, keeps its models' features and trains their
+probes; per round only scores and round statistics are all-gathered, so every rank prunes identically.
+
+:class:`Group` is the communicator a search uses; a single process gets :data:`SINGLE` (no collectives). Collectives
+run with a bounded timeout, and on gloo a monitored barrier first names the ranks that did not arrive.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Callable
+
+import torch
+
+from .errors import AlsatianError
+
+COLLECTIVE_TIMEOUT_S = 300.0  # a rank that does not reach a collective within this many seconds stops the search
+
+
+class DistributedError(AlsatianError):
+    """A rank died, hung or failed: the search stopped, and no results were written."""
+
+
+class Group:
+    """The ranks of one search: ``rank``, ``world_size`` and an object all-gather (identity in one process)."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, timeout_s: float = COLLECTIVE_TIMEOUT_S):
+        self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
+        self.bytes_sent = 0  # pickled bytes this rank contributed to all-gathers
+        self.collectives = 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.rank == 0
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order; DistributedError naming the missing ranks if one does not answer."""
+        if self.world_size == 1:
+            return [obj]
+        import pickle
+
+        import torch.distributed as dist
+
+        self.bytes_sent += len(pickle.dumps(obj))
+        self.collectives += 1
+        timeout = _dt.timedelta(seconds=self.timeout_s)
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+            out: list[Any] = [None] * self.world_size
+            dist.all_gather_object(out, obj)
+        except RuntimeError as exc:
+            raise DistributedError(
+                f"rank {self.rank}: the other ranks did not all answer within {self.timeout_s:.0f} s ({_first_line(exc)})"
+                "; a rank died or hung. The search stopped; nothing was written. Rerun it (search.resume=true "
+                "continues from the last saved round).") from None
+        return out
+
+
+SINGLE = Group()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def fabric_group(fabric: Any) -> Group:
+    """The communicator of a launched Lightning Fabric."""
+    return Group(fabric.global_rank, fabric.world_size)
+
+
+def launch(fn: Callable[[Group], Any], *, devices: int | str = 1, num_nodes: int = 1, accelerator: str = "auto",
+           start_method: str = "popen", timeout_s: float = COLLECTIVE_TIMEOUT_S) -> Any:
+    """Run ``fn(group)`` on every rank of a Fabric DDP launch (one process per device; on CPUs over gloo, on GPUs
+    over NCCL; under torchrun or SLURM the launcher's processes are used); returns rank 0's value on rank 0."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
+
+    if int(devices) * int(num_nodes) == 1 and accelerator in ("auto", "cpu"):
+        return fn(SINGLE)
+    strategy = DDPStrategy(timeout=_dt.timedelta(seconds=timeout_s), start_method=start_method)
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
+    fabric.launch()
+    group = fabric_group(fabric)
+    group.timeout_s = timeout_s
+    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(devices))))  # ranks share a machine's cores
+    try:
+        return fn(group)
+    finally:
+        _close()
+
+
+def _close() -> None:
+    """Tear the process group down before the process exits (gloo aborts a process that exits with it open)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

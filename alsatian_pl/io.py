@@ -1,0 +1,148 @@
+"""Files we write and read back: one atomic writer, validated JSON reads, content digests, and one wording for
+operating-system errors.
+
+Every file alsatian-pl writes (blocks, manifests, zoo records, tokenizers, results, summaries, checkpoints) goes
+through :func:`atomic_write`: a temporary file in the same folder, fsync, rename. Readers therefore see the old file
+or the whole new one, never a truncated one; a killed process leaves at most a ``.*.tmp`` file, which readers ignore
+and ``BlockStore.gc`` removes. Stdlib only: the entry points' error boundary imports it before anything heavy.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import CorruptFileError, DiskError
+
+_SEAL = "sha256"  # the key of a sealed JSON file's checksum
+_WHERE = "store.root, hydra.run.dir, search.spill_dir"  # the settings that choose where files go
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` whole or not at all (temporary file in the same folder, fsync, rename); DiskError
+    naming the file and the fix when the disk refuses, and no temporary file left behind."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_folder(path.parent)
+    except OSError as exc:
+        raise DiskError(os_error_message(exc, path)) from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened, e.g. on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def json_bytes(obj: Any, *, sealed: bool = False) -> bytes:
+    """``obj`` as indented JSON; ``sealed``: with a checksum that :func:`read_json` checks (for files only
+    alsatian-pl writes: a hand edit or a damaged byte is then refused, never half-trusted)."""
+    if sealed:
+        obj = {**obj, _SEAL: _checksum(obj)}
+    return json.dumps(obj, indent=1, default=list).encode()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, sealed: bool = False) -> Path:
+    """:func:`atomic_write` of :func:`json_bytes`."""
+    return atomic_write(path, json_bytes(obj, sealed=sealed))
+
+
+def read_json(path: str | os.PathLike[str], what: str, fix: str) -> Any:
+    """The JSON in ``path`` (``what`` it is, for the message), its checksum checked and removed if it is sealed;
+    CorruptFileError saying ``fix`` when the file is missing, unreadable, not JSON or fails its checksum."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CorruptFileError(f"{what} {path} does not exist; {fix}") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{what} is unreadable: {os_error_message(exc, path, 'read')}") from None
+    except ValueError as exc:  # JSONDecodeError and bad UTF-8: a truncated or damaged file
+        raise CorruptFileError(f"{what} {path} is damaged (not valid JSON: {exc}); {fix}") from None
+    if isinstance(obj, dict) and _SEAL in obj:
+        body = {k: v for k, v in obj.items() if k != _SEAL}
+        if obj[_SEAL] != _checksum(body):
+            raise CorruptFileError(f"{what} {path} is damaged or was edited (its checksum does not match); {fix}")
+        return body
+    return obj
+
+
+def _checksum(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes: a cache key that a file rewritten in place (same size, same mtime) cannot fool."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_folder(path: str | os.PathLike[str], key: str) -> Path:
+    """``path`` expanded, if it is a folder or could become one (nothing on the way is a file); else DiskError
+    naming the setting ``key``. Creates nothing."""
+    path = Path(path).expanduser()
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise DiskError(f"{key}={path} cannot be a folder: {blocker} is a file. Move that file away or set {key} "
+                        "to another folder")
+    return path
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first existing non-folder among ``path`` and its parents, else None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None, action: str = "write") -> str:
+    """One line for an operating-system error: which file, what the system said, and what to do."""
+    target = Path(path if path is not None else exc.filename or "?")
+    code = exc.errno
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
+        fix = f"free space on that disk, or write elsewhere ({_WHERE})"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = f"make it writable, or choose a folder you may write to ({_WHERE})"
+    elif code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        blocker = _file_in_the_way(target) or target
+        fix = f"{blocker} is {'a folder' if blocker.is_dir() else 'a file'} in the way: move it, or choose another " \
+              f"path ({_WHERE})"
+    elif code == errno.ENOENT:
+        fix = "check that the path exists"
+    else:
+        fix = "check the disk and the path, then run again"
+    return f"cannot {action} {target}: {exc.strerror or exc} (errno {code}); {fix}"

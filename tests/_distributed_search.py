@@ -1,0 +1,50 @@
+"""Run one search over N CPU processes (Fabric DDP, gloo) and write rank 0's result: used by test_distributed.py.
+
+    python tests/_distributed_search.py STORE_ROOT MODELS(comma-separated) STRATEGY DEVICES OUT.json [RANK:ROUND]
+
+With RANK:ROUND, that rank dies when it starts scoring that round (0-based).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alsatian_pl.data import SearchDataModule  # noqa: E402
+from alsatian_pl.distributed import launch  # noqa: E402
+from alsatian_pl.halving import SuccessiveHalving  # noqa: E402
+from alsatian_pl.store import BlockStore  # noqa: E402
+
+
+def die_in_round(rank: int, round_: int) -> None:
+    """Test hook: rank ``rank`` dies (as if killed) when it starts scoring round ``round_``."""
+    score = SuccessiveHalving._score
+
+    def dying(self, state, engine):
+        if self.group.rank == rank and state.round == round_:
+            os._exit(3)
+        return score(self, state, engine)
+
+    SuccessiveHalving._score = dying
+
+
+def search(group):
+    root, models, strategy, _, out = sys.argv[1:6]
+    if len(sys.argv) > 6:
+        die_in_round(*map(int, sys.argv[6].split(":")))
+    data = SearchDataModule(num_items=300, image_size=32, seed=0)
+    result = SuccessiveHalving(BlockStore(root), data, strategy=strategy, batch_size=32, device="cpu",
+                               progress=False, scorer_kwargs={"epochs": 10}, group=group).run(models.split(","))
+    if group.is_global_zero:
+        Path(out).write_text(json.dumps(result.to_json()))
+
+
+if __name__ == "__main__":
+    from alsatian_pl.errors import AlsatianError
+    try:
+        launch(search, devices=int(sys.argv[4]), accelerator="cpu", timeout_s=30)
+    except AlsatianError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,103 @@
+"""The disk refuses: a full disk (a small tmpfs where mount namespaces allow, else an injected ENOSPC), a read-only
+store, a write interrupted half-way. One ``error:`` line, exit status 2, and every file either whole or absent."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from _harness import (assert_intact, compose, in_namespace, in_process, namespaces, one_error_line,
+                      rebuilds_the_same_zoo, run, script)
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path, monkeypatch):
+    from alsatian_pl.errors import DiskError
+    from alsatian_pl.io import atomic_write
+
+    path = atomic_write(tmp_path / "deep" / "r.json", "old")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    atomic_write(path, "new")
+    assert path.read_text() == "new" and len(synced) >= 2  # the file, then its folder
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: (real_write(fd, data[:3]), _enospc())[1])
+    with pytest.raises(DiskError, match=r"cannot write .*r\.json: No space left on device \(errno 28\); free space"):
+        atomic_write(path, "newer and longer")
+    assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["r.json"]
+
+
+def _enospc():
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_results_on_a_full_disk_or_interrupted_leave_the_previous_results(built, tmp_path, monkeypatch, capsys):
+    """A search whose results.json does not fit on the disk (it asks for more models than the zoo has, which is
+    noted in a warning), then a Ctrl-C while results are renamed into place: the previous results stay whole."""
+    from alsatian_pl.app import run_search
+    from alsatian_pl.errors import AlsatianWarning
+    from alsatian_pl.io import write_json
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text('{"previous": true}')
+    real_write, real_replace = os.write, os.replace
+
+    def full(fd, data):
+        if "results.json" in os.readlink(f"/proc/self/fd/{fd}"):
+            _enospc()
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.warns(AlsatianWarning, match="search.result_size=9 is more than the 4 models searched"):
+        status, err = in_process(capsys, run_search, compose(f"store.root={built[0]}", "search.checkpoint_dir=null",
+                                                             "search.result_size=9"), out)
+    assert status == 2 and "No space left on device" in one_error_line(err, str(out / "results.json"))
+    monkeypatch.setattr(os, "write", real_write)
+
+    def ctrl_c(src, dst):
+        if str(dst).endswith("results.json"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", ctrl_c)
+    status, err = in_process(capsys, write_json, out / "results.json", {"ranking": []})
+    assert status == 130 and "interrupted (Ctrl-C)" in one_error_line(err)
+    assert json.loads((out / "results.json").read_text()) == {"previous": True}
+    assert_intact(out)
+
+
+def test_a_full_disk_under_the_store_ends_in_one_line_and_leaves_it_consistent(built, tmp_path):
+    """The store on a 1 MiB tmpfs (the tiny zoo needs about 6): the zoo build stops at the first block that does
+    not fit; a later run with room completes the zoo block for block."""
+    store, kept = tmp_path / "store", tmp_path / "kept"
+    store.mkdir()
+    kept.mkdir()
+    overrides = (f"store.root={store}", f"hydra.run.dir={tmp_path / 'run'}")
+    if namespaces():
+        proc = in_namespace(f"mount -t tmpfs -o size=1m tmpfs {store}", script("search.py", *overrides),
+                            copy_from=store, copy_to=kept)
+    else:  # injected: every write into the store fails as on a full disk
+        proc, kept = run(script("search.py", *overrides, hook=f"fail:{store}/:{errno.ENOSPC}")), store
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    one_error_line(proc.stderr, "No space left on device", str(store))
+    assert_intact(kept)
+    rebuilds_the_same_zoo(kept, built[0])
+
+
+def test_a_read_only_store_ends_in_one_line(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    overrides = (f"store.root={store}", f"hydra.run.dir={tmp_path / 'run'}")
+    if namespaces():
+        proc = in_namespace(f"mount --bind {store} {store} && mount -o remount,bind,ro {store}",
+                            script("search.py", *overrides))
+    else:  # injected: every write into the store fails as on a read-only mount
+        proc = run(script("search.py", *overrides, hook=f"fail:{store}/:{errno.EROFS}"))
+    reason = os.strerror(errno.EROFS)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "make it writable" in one_error_line(proc.stderr, reason, str(store))
+    assert not [p for p in store.rglob("*") if p.is_file()]

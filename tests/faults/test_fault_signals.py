@@ -1,0 +1,44 @@
+"""Signals at chosen moments (subprocesses): Ctrl-C while the zoo's blocks are written, SIGTERM while a round is
+scored, SIGKILL half-way through a block file. SIGINT/SIGTERM end in one line (exit status 130/143) with nothing
+half-written; after SIGKILL only a temporary file is left, which readers ignore, and the next run completes the zoo
+block for block."""
+
+from __future__ import annotations
+
+import signal
+
+from _harness import assert_intact, interrupt_at, one_error_line, rebuilds_the_same_zoo, script
+
+
+def test_ctrl_c_while_the_zoo_is_written(tmp_path):
+    store = tmp_path / "store"
+    args = script("search.py", f"store.root={store}", f"hydra.run.dir={tmp_path / 'run'}", hook="pause:/blocks/:3")
+    proc = interrupt_at(args, tmp_path / "marker", signal.SIGINT)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    one_error_line(proc.stderr, "interrupted (Ctrl-C)", "nothing was left half-written")
+    assert_intact(store)
+    assert len(list(store.rglob("*.safetensors"))) == 2 and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_sigterm_while_a_round_is_scored(built, fresh_store, tmp_path):
+    args = script("search.py", f"store.root={fresh_store}", f"hydra.run.dir={tmp_path / 'run'}",
+                  hook="call:alsatian_pl.halving:SuccessiveHalving._score")
+    proc = interrupt_at(args, tmp_path / "marker", signal.SIGTERM)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    one_error_line(proc.stderr, "interrupted")
+    assert_intact(fresh_store)
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_sigkill_half_way_through_a_block_file(built, tmp_path):
+    from alsatian_pl.store import BlockStore
+
+    store = tmp_path / "store"
+    args = script("search.py", f"store.root={store}", f"hydra.run.dir={tmp_path / 'run'}", hook="half:/blocks/:2")
+    proc = interrupt_at(args, tmp_path / "marker", signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert_intact(store, temporary_files=True)
+    assert len(list(store.rglob("*.tmp"))) == 1 and len(list(store.rglob("*.safetensors"))) == 1
+    rebuilds_the_same_zoo(store, built[0])
+    assert BlockStore(store).gc() > 0 and not list(store.rglob("*.tmp"))
+    assert_intact(store)

@@ -1,0 +1,49 @@
+"""A search over 2 CPU processes (Lightning Fabric, gloo) ranks and scores exactly as one process does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alsatian_pl.data import SearchDataModule
+from alsatian_pl.halving import SuccessiveHalving
+from alsatian_pl.store import BlockStore
+
+SCRIPT = Path(__file__).with_name("_distributed_search.py")
+
+
+@pytest.mark.parametrize("strategy", ["alsatian", "shift", "base"])
+def test_two_processes_give_the_single_process_ranking_and_scores(zoo, tmp_path, strategy):
+    data = SearchDataModule(num_items=300, image_size=32, seed=0)
+    single = SuccessiveHalving(BlockStore(zoo.store.root), data, strategy=strategy, batch_size=32, device="cpu",
+                               progress=False, scorer_kwargs={"epochs": 10}).run(zoo.models).to_json()
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(zoo.models), strategy, "2",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    multi = json.loads(out.read_text())
+    assert [r["model"] for r in multi["ranking"]] == [r["model"] for r in single["ranking"]]
+    for a, b in zip(multi["ranking"], single["ranking"]):
+        assert abs(a["score"] - b["score"]) <= 1e-6 and abs(a["test_loss"] - b["test_loss"]) <= 1e-6
+        assert a["eliminated_in_round"] == b["eliminated_in_round"]
+    d = multi["distributed"]
+    assert d["world_size"] == 2 and sorted(m for r in d["ranks"] for m in r["models"]) == sorted(zoo.models)
+    assert all(r["models"] for r in d["ranks"]) and 0 < d["load_balance"] <= 1
+    assert [r["models"] for r in multi["rounds"]] == [r["models"] for r in single["rounds"]]
+    if strategy != "alsatian":  # nothing is shared, so the ranks together run exactly the single process's blocks
+        assert sum(r["inference_steps"] for r in multi["rounds"]) == sum(r["inference_steps"] for r in single["rounds"])
+
+
+def test_a_dead_rank_stops_the_search_within_the_timeout_with_one_error(zoo, tmp_path):
+    import time
+    out = tmp_path / "result.json"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(zoo.models), "alsatian", "2",
+                           str(out), "1:1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0 and not out.exists()  # no results from a broken search
+    assert "error: rank 0: the other ranks did not all answer" in proc.stderr and "a rank died or hung" in proc.stderr
+    assert time.perf_counter() - start < 120
