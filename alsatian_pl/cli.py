@@ -134,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlsatianError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a store we cannot read or write: say which file and why, no traceback
+        print(f"error: {exc.strerror or exc} ({exc.filename or args.root}); check the store's path and permissions",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
