@@ -109,10 +109,9 @@ class TokenizerGroup:
     tree: TaskTree | None = None
     specs: dict[str, list[BlockSpec]] = field(default_factory=dict)  # each model's blocks, as the planner sees them
 
-    @property
-    def hashes(self) -> dict[str, list[str]]:
-        """Each model's block chain (the identity of its features)."""
-        return {m: [b.hash for b in specs] for m, specs in self.specs.items()}
+    def chain(self, model: str) -> list[str]:
+        """A model's block hashes in order (the identity of its features)."""
+        return [b.hash for b in self.specs[model]]
 
 
 @dataclass
@@ -251,7 +250,7 @@ class SuccessiveHalving:
                         if todo.models:
                             plan = self._plan(state, engine, todo, inputs)
                             self._execute(state, engine, plan, inputs)
-                            self._remember(state, engine, todo, inputs)
+                            self._remember(state, engine, group, todo, inputs)
                     scores = self._score(state, engine)
                     self._prune(state, engine, scores)
                     self._save(state, engine, checkpoint)
@@ -313,7 +312,7 @@ class SuccessiveHalving:
         state.inputs_key = items_key(inputs)
         missing = {}
         for m in sorted(group.tree.models):
-            feats = engine.features.get(engine.features.key(group.hashes[m], state.inputs_key))
+            feats = engine.features.get(engine.features.key(group.chain(m), state.inputs_key))
             if feats is None:
                 missing[m] = group.specs[m]
             else:
@@ -323,13 +322,14 @@ class SuccessiveHalving:
         with engine.stats.phase("planning"):
             return self.strategy.make_tree(missing)
 
-    def _remember(self, state: SearchState, engine: Engine, tree: TaskTree, inputs: torch.Tensor) -> None:
-        """With a feature cache: store the features just computed, with the inference time they took."""
+    def _remember(self, state: SearchState, engine: Engine, group: TokenizerGroup, tree: TaskTree,
+                  inputs: torch.Tensor) -> None:
+        """With a feature cache: store the features just computed (``tree``'s models), with their inference time."""
         if engine.features is None:
             return
         per_item = {h: s / engine.stats.block_items[h] for h, s in engine.stats.block_seconds.items()}
         for m in tree.models:
-            hashes = [tree.node(n).block.hash for n in tree.path(m)]
+            hashes = group.chain(m)
             engine.features.put(engine.features.key(hashes, state.inputs_key), state.features.current(m),
                                 compute_s=sum(per_item.get(h, 0.0) for h in hashes) * len(inputs))
 
