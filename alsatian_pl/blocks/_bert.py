@@ -154,8 +154,10 @@ def build_encoder(config: dict[str, Any], pooling: str = "cls") -> nn.Module:
     return set_pooling(tf.AutoModel.from_config(cfg), pooling)
 
 
-def load_encoder(ref: str | os.PathLike[str], pooling: str = "cls") -> nn.Module:
-    """The encoder stored in a local Hugging Face folder (config.json + model.safetensors), float32, eval mode."""
+def load_encoder(ref: str | os.PathLike[str], pooling: str = "cls", *, unexpected: list[str] | None = None
+                 ) -> nn.Module:
+    """The encoder stored in a local Hugging Face folder (config.json + model.safetensors), float32, eval mode;
+    ``unexpected``, if given, receives the names of the folder's tensors the encoder does not hold (e.g. a head)."""
     path = model_dir(ref)
     if not (path / "config.json").is_file():
         raise StoreError(f"{path} is not a Hugging Face model folder: it needs config.json and model.safetensors "
@@ -173,6 +175,8 @@ def load_encoder(ref: str | os.PathLike[str], pooling: str = "cls") -> nn.Module
         if bar:
             log.enable_progress_bar()
     missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")]
+    if unexpected is not None:
+        unexpected.extend(sorted(info.get("unexpected_keys", ())))
     if missing:
         raise StoreError(f"the weights in {path} do not cover the encoder: missing {sorted(missing)[:5]}")
     return set_pooling(model.float().eval(), pooling)

@@ -249,8 +249,10 @@ def check_split(model: nn.Module, blocks: Sequence[nn.Module], input_size: Seque
                 rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """Composing ``blocks`` must equal ``forward_head(forward_features(x), pre_logits=True)`` on a random probe
     ``x`` of 3 items of ``input_size`` (eval mode, the model's device); else a StoreError.
-    A no-op for meta-device or non-timm models (Hugging Face encoders)."""
-    if not GenericFamily().matches(model) or any(t.is_meta for t in model.parameters()):
+    Hugging Face vision encoders: the features their image-classification head reads (``_hf_vision.hf_features``).
+    A no-op for meta-device models and Hugging Face text encoders (their items are token ids)."""
+    reference = _reference_of(model)
+    if reference is None or any(t.is_meta for t in model.parameters()):
         return
     param = next(model.parameters(), None)
     x = torch.randn((3, *input_size), generator=torch.Generator().manual_seed(0))
@@ -259,7 +261,7 @@ def check_split(model: nn.Module, blocks: Sequence[nn.Module], input_size: Seque
     model.eval()
     try:
         with torch.no_grad():
-            expected, out = _reference(model, x), _compose(model, blocks, x)
+            expected, out = reference(x), _compose(model, blocks, x)
     finally:
         model.train(was_training)
     scale = max(float(expected.abs().max()) if expected.numel() else 1.0, 1.0)
@@ -269,8 +271,20 @@ def check_split(model: nn.Module, blocks: Sequence[nn.Module], input_size: Seque
                          f"its pre-logits features (max difference {diff} vs {tuple(expected.shape)}); refused")
 
 
-def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _reference_of(model: nn.Module) -> Any:
+    """The function giving the features a model's blocks must compose to, or None when there is no such check."""
+    from ._hf_vision import hf_features, vision_kind
+    if GenericFamily().matches(model):
+        return lambda x: _reference(model, x)
+    if vision_kind(model) is not None:
+        return lambda x: _reference(model, x, hf_features)
+    return None
+
+
+def _reference(model: nn.Module, x: torch.Tensor, features: Any = None) -> torch.Tensor:
     try:
+        if features is not None:
+            return features(model, x)
         return model.forward_head(model.forward_features(x), pre_logits=True)
     except Exception as exc:  # noqa: BLE001 - the model itself does not take this input size
         raise StoreError(f"{_kind(model)} cannot run on inputs of size {list(x.shape[1:])} ({type(exc).__name__}: "

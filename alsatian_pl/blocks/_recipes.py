@@ -49,6 +49,16 @@ def hf_recipe(config: Any, pooling: str = "cls", arch: str | None = None) -> dic
     return {"builder": "hf", "arch": arch, "config": fields, "pooling": pooling, "input_dtype": "int64"}
 
 
+def hf_vision_recipe(config: Any) -> dict[str, Any]:
+    """The recipe of a Hugging Face vision encoder (ViT, DeiT, DINOv2, BEiT, ConvNeXt, Swin) from its
+    ``PretrainedConfig``; its models take float ``[3, H, W]`` images."""
+    from ._bert import config_dict
+    width = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [0])[-1]
+    depth = sum(getattr(config, "depths", None) or []) or getattr(config, "num_hidden_layers", 0)
+    arch = f"{config.model_type}-L{depth}-H{width}"
+    return {"builder": "hf", "arch": arch, "config": config_dict(config), "pooling": "cls"}
+
+
 def build_model(recipe: dict[str, Any]) -> nn.Module:
     """A freshly initialised model from a recipe (on the current default device); ConfigError for unknown builders."""
     args = {k: v for k, v in recipe.items() if k not in _NOT_BUILDER_ARGS}

@@ -65,3 +65,4 @@ from ._logme import LogMEScorer  # noqa: E402
 from ._hscore import HScorer, RegularizedHScorer  # noqa: E402
 from ._gbc import GBCScorer  # noqa: E402
 from ._transrate import TransRateScorer  # noqa: E402
+from ._source import LEEPScorer, NCEScorer, SourceHeadScorer  # noqa: E402,F401  (heads: leep, nce)

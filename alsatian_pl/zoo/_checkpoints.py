@@ -18,7 +18,7 @@ from torch import nn
 from ..blocks import build_model, timm_recipe
 from ..checks import mapping, text, whole
 from ..errors import ConfigError, StoreError
-from ..store import BlockStore, ModelManifest
+from ..store import BlockStore, ModelManifest, head_sizes
 from ._record import Zoo, cached_zoo, expect_kind, file_digests, zoo_id
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -68,27 +68,141 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a local checkpoint (see :func:`read_state_dict`) into ``model``.
+OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm step counters: other code bases often do not save them
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel/DDP, torch.compile, training wrappers
+Tensors = dict[str, torch.Tensor]
 
-    Keys are matched by name; a checkpoint whose names differ but whose tensors correspond one-to-one in order and
-    shape (e.g. a port from another code base) is matched by position. The classifier head may be absent.
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> Tensors:
+    """Load a local checkpoint (see :func:`read_state_dict`) into ``model``'s feature extractor, strictly; returns
+    the checkpoint's classifier head under the model's own head names (``{}`` when it has none).
+
+    Keys are matched by name (after stripping ``module.``/``_orig_mod.``/``model.`` wrappers); a checkpoint whose
+    names differ (a port from another code base: ``0.weight``, ``features.0.…``) is matched by order and shape, with
+    or without its head. Only the head may differ (its class count) or be absent: a missing, extra or misshapen
+    extractor tensor, or a mapping that is ambiguous, is a StoreError naming the keys.
     """
-    state, own, head = read_state_dict(path), model.state_dict(), set(_head_keys(model))
-    body = {k: v for k, v in state.items() if k not in head}  # the head is not stored: its class count may differ
-    missing, extra = sorted(set(own) - set(body) - head), sorted(set(body) - set(own))
-    wrong = sorted(k for k in set(body) & set(own) if body[k].shape != own[k].shape)
-    if not (missing or extra or wrong):
-        model.load_state_dict(body, strict=False)
-        return
-    pairs = list(zip(state.items(), own.items()))
-    if len(state) == len(own) and all(a.shape == b.shape for (_, a), (_, b) in pairs):
-        model.load_state_dict({k: v for (_, v), (k, _) in pairs}, strict=True)
-        return
-    problems = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})" for what, keys in
-                (("tensor(s) missing", missing), ("unexpected tensor(s)", extra), ("of another shape", wrong)) if keys]
-    raise StoreError(f"checkpoint {path} does not fit {type(model).__name__}: {'; '.join(problems)}. Check that "
-                     "models.arch (and models.model_kwargs) match the architecture the checkpoint was trained with")
+    body, head = match_checkpoint(model, read_state_dict(path), str(path))
+    model.load_state_dict(body, strict=False)  # body covers every extractor tensor; the model's own head stays
+    return head
+
+
+def match_checkpoint(model: nn.Module, state: Tensors, where: str = "the checkpoint") -> tuple[Tensors, Tensors]:
+    """``(extractor tensors, head tensors)`` of ``state`` under ``model``'s names (see :func:`load_checkpoint`)."""
+    own = model.state_dict()
+    head_keys = _head_keys(model)
+    extractor = {k: v for k, v in own.items() if k not in set(head_keys)}
+    own_head = {k: own[k] for k in head_keys}
+    state = _unwrap(state, own)
+    named = _match_by_name(state, extractor, own_head)
+    if not isinstance(named, list):
+        return named
+    placed = _match_by_position(state, extractor, own_head)
+    if placed is not None:
+        return placed
+    if not set(state) & set(own):  # nothing matches by name: a port, so say why the positions do not fit either
+        raise StoreError(f"checkpoint {where} does not fit {type(model).__name__}: "
+                         f"{_position_problem(state, extractor, own_head)}. {_FIX}")
+    raise StoreError(f"checkpoint {where} does not fit {type(model).__name__}: {'; '.join(named)}. {_FIX}")
+
+
+_FIX = ("Check that models.arch (and models.model_kwargs) match the architecture the checkpoint was trained with; "
+        "only the classifier head may differ or be absent")
+
+
+def _optional(key: str, value: torch.Tensor | None = None) -> bool:
+    """A BatchNorm step counter (by name, or, among renamed keys, as a 0-d integer tensor)."""
+    return key.endswith(OPTIONAL_SUFFIXES) or (value is not None and value.dim() == 0
+                                               and not value.is_floating_point())
+
+
+def _unwrap(state: Tensors, own: Tensors) -> Tensors:
+    """``state`` without the wrapper prefixes every one of its keys carries (and the model's own keys do not)."""
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)
+                       and not all(k.startswith(p) for k in own)), None)
+        if prefix is None:
+            return state
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _listed(what: str, keys: Sequence[str]) -> str:
+    return f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+
+
+def _match_by_name(state: Tensors, extractor: Tensors, own_head: Tensors) -> tuple[Tensors, Tensors] | list[str]:
+    """Extractor and head tensors matched by name, or the problems (missing, unexpected, misshapen keys)."""
+    head = {k: v for k, v in state.items() if k in own_head}
+    body = {k: v for k, v in state.items() if k not in own_head}
+    missing = sorted(k for k in set(extractor) - set(body) if not _optional(k))
+    extra = sorted(set(body) - set(extractor))
+    wrong = sorted(k for k in set(body) & set(extractor) if body[k].shape != extractor[k].shape)
+    problems = [_listed(what, keys) for what, keys in (("tensor(s) missing", missing),
+                ("unexpected tensor(s)", extra), ("of another shape", wrong)) if keys]
+    if head and not _head_fits(head, own_head):
+        shapes = ", ".join(f"{k} {list(head[k].shape) if k in head else 'missing'} (the model's: "
+                           f"{list(own_head[k].shape)})" for k in own_head)
+        problems.append(f"a classifier head that differs from the model's in more than its class count: {shapes}")
+    if problems:
+        return problems
+    return {**{k: v for k, v in extractor.items() if k not in body}, **body}, head  # absent step counters: the model's
+
+
+def _head_fits(head: Tensors, own_head: Tensors) -> bool:
+    """The checkpoint's head has the model's head tensors, their shapes differing at most in the class count."""
+    if set(head) != set(own_head):
+        return False
+    try:
+        classes, own_classes = head_sizes(head)[1], head_sizes(own_head)[1]
+    except StoreError:
+        return all(head[k].shape == own_head[k].shape for k in head)
+    return all(t.shape == o.shape or (t.dim() == o.dim() and t.shape[1:] == o.shape[1:] and o.shape[0] == own_classes
+                                      and t.shape[0] == classes) for t, o in ((head[k], own_head[k]) for k in head))
+
+
+def _shapes(items: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[int, ...]]:
+    return [tuple(v.shape) for _, v in items]
+
+
+def _match_by_position(state: Tensors, extractor: Tensors, own_head: Tensors) -> tuple[Tensors, Tensors] | None:
+    """Tensors matched by order and shape (step counters left aside): the extractor's, then optionally the head's;
+    None when neither layout fits."""
+    ours = [(k, v) for k, v in extractor.items() if not _optional(k, v)]
+    theirs = [(k, v) for k, v in state.items() if not _optional(k, v)]
+    n = len(ours)
+    if _shapes(theirs[:n]) != _shapes(ours) or len(theirs) not in (n, n + len(own_head)):
+        return None
+    head = {k: v for k, (_, v) in zip(own_head, theirs[n:])}
+    if head and not _head_fits(head, own_head):
+        return None
+    body = dict(extractor)
+    body.update({k: v for (k, _), (_, v) in zip(ours, theirs)})
+    return body, head
+
+
+def _position_problem(state: Tensors, extractor: Tensors, own_head: Tensors) -> str:
+    """Why ``state`` cannot be matched by position: ambiguous (several copies, or the same shapes in another order),
+    or the first position where the shapes differ."""
+    ours = [(k, v) for k, v in extractor.items() if not _optional(k, v)]
+    theirs = [(k, v) for k, v in state.items() if not _optional(k, v)]
+    groups: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    for k, v in theirs:
+        groups.setdefault(k.split(".", 1)[0] + ".", []).append((k, v))
+    copies = [g for g, items in groups.items() if _shapes(items[:len(ours)]) == _shapes(ours)]
+    if len(copies) > 1:
+        return (f"the mapping is ambiguous: it holds {len(copies)} copies of the feature extractor (under "
+                f"{', '.join(copies)}); save the state dict of the one model to import")
+    for tail in (0, len(own_head)):
+        body = theirs[:len(theirs) - tail]
+        if len(body) == len(ours) and sorted(_shapes(body)) == sorted(_shapes(ours)):
+            return ("the mapping is ambiguous: its key names are not the model's and its tensors have the "
+                    "extractor's shapes but in another order, so they cannot be matched by position")
+    i = next((i for i, (a, b) in enumerate(zip(_shapes(theirs), _shapes(ours))) if a != b), min(len(theirs), len(ours)))
+    at = (f"position {i}: checkpoint {theirs[i][0]} {list(theirs[i][1].shape)} vs model {ours[i][0]} "
+          f"{list(ours[i][1].shape)}" if i < min(len(theirs), len(ours)) else f"position {i}: one of them ends there")
+    return (f"its key names are not the model's and its {len(theirs)} tensors do not correspond by order and shape "
+            f"to the model's {len(ours)} feature-extractor tensors (+ {len(own_head)} head); first difference at {at}")
 
 
 def _head_keys(model: nn.Module) -> list[str]:
@@ -102,22 +216,30 @@ def _head_keys(model: nn.Module) -> list[str]:
 def timm_model(arch: str, model_kwargs: dict[str, Any] | None = None,
                checkpoint: str | os.PathLike[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A timm model in eval mode (random init, or the checkpoint's weights) and its recipe."""
+    model, recipe, _ = timm_model_and_head(arch, model_kwargs, checkpoint)
+    return model, recipe
+
+
+def timm_model_and_head(arch: str, model_kwargs: dict[str, Any] | None = None,
+                        checkpoint: str | os.PathLike[str] | None = None) -> tuple[nn.Module, dict[str, Any], Tensors]:
+    """:func:`timm_model` and the checkpoint's classifier head (``{}`` without a checkpoint or head)."""
     recipe = timm_recipe(arch, **(model_kwargs or {}))
     model = build_model(recipe).eval()
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    return model, recipe
+    head = load_checkpoint(model, checkpoint) if checkpoint is not None else {}
+    return model, recipe, head
 
 
 def import_timm(store: BlockStore, name: str, arch: str, *, checkpoint: str | os.PathLike[str] | None = None,
                 model_kwargs: dict[str, Any] | None = None, input_size: Sequence[int] | None = None,
                 **kwargs: Any) -> ModelManifest:
-    """Import a timm model as ``name``: random init, or a local checkpoint's weights (``BlockStore.put_model``'s
-    keyword arguments pass through); input size: ``input_size``, else the architecture's default."""
-    model, recipe = timm_model(arch, model_kwargs, checkpoint)
+    """Import a timm model as ``name``: random init, or a local checkpoint's weights, whose classifier head (of any
+    class count) is stored apart and linked from the manifest (``BlockStore.read_head``); ``BlockStore.put_model``'s
+    keyword arguments pass through; input size: ``input_size``, else the architecture's default."""
+    model, recipe, head = timm_model_and_head(arch, model_kwargs, checkpoint)
     kwargs.setdefault("source", f"timm:{arch} (random init)" if checkpoint is None else str(checkpoint))
     size = tuple(input_size or model.pretrained_cfg.get("input_size", (3, 224, 224)))
-    return store.import_model(name, model, recipe=recipe, input_size=size, **kwargs)
+    manifest = store.import_model(name, model, recipe=recipe, input_size=size, **kwargs)
+    return store.put_head(name, head) if head else manifest
 
 
 def check_timm_arch(arch: Any) -> str:

@@ -1,29 +1,85 @@
 """Hugging Face encoders into the store: a local model folder (config.json + model.safetensors) as one model, or a
-folder of them as a zoo; each model's tokenizer is stored with it."""
+folder of them as a zoo. Text encoders (BERT family): each model's tokenizer is stored with it. Vision encoders (ViT,
+DeiT, DINOv2, BEiT, ConvNeXt, Swin; ``blocks._hf_vision``): a fine-tuned folder's ``classifier`` is stored as the
+model's head."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..blocks import hf_recipe
+import torch
+
+from ..blocks import hf_recipe, hf_vision_recipe
 from ..blocks._bert import load_encoder, model_dir
+from ..blocks._hf_vision import VISION_TYPES
 from ..checks import choice, text, whole
 from ..errors import StoreError
 from ..store import BlockStore, ModelManifest
+from ._checkpoints import read_state_dict
 from ._record import Zoo, cached_zoo, expect_kind, file_digests, zoo_id
 from ._tokenizers import tokenizer_tag
 
 
+HEAD_PREFIXES = ("classifier.",)  # the head of transformers' *ForImageClassification models
+
+
+def is_vision_folder(folder: Path) -> bool:
+    """Whether a model folder's config.json names a vision encoder (ViT, DeiT, DINOv2, BEiT, ConvNeXt, Swin)."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type") in VISION_TYPES
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a model folder's single weights file (model.safetensors or pytorch_model.bin); {} if sharded."""
+    for file in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / file).is_file():
+            return read_state_dict(folder / file)
+    return {}
+
+
+def vision_head(folder: Path, unexpected: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The ``classifier`` head in a vision folder's weights ({} when it has none), given the names of the tensors
+    the encoder did not take; StoreError naming those that are not the head's."""
+    extra = [k for k in unexpected if not k.startswith(HEAD_PREFIXES)]
+    if extra:
+        raise StoreError(f"the weights in {folder} do not fit its encoder: {len(extra)} unexpected tensor(s) (e.g. "
+                         f"{', '.join(extra[:3])}); only the classifier head may be added to the encoder's tensors. "
+                         "Save the model with save_pretrained")
+    if not any(k.startswith(HEAD_PREFIXES) for k in unexpected):
+        return {}
+    return {k: v for k, v in _weights(folder).items() if k.startswith(HEAD_PREFIXES)}
+
+
+def import_hf_vision_dir(store: BlockStore, name: str, folder: Path, *, image_size: int | None = None,
+                         tags: Sequence[str] = (), overwrite: bool = True) -> ModelManifest:
+    """Import a local Hugging Face vision folder as one model of ``(3, image_size, image_size)`` images (default:
+    its config's image size); a fine-tuned folder's ``classifier`` is stored as its head."""
+    unexpected: list[str] = []
+    model = load_encoder(folder, "cls", unexpected=unexpected)
+    head = vision_head(folder, unexpected)
+    size = image_size or model.config.image_size
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    manifest = store.import_model(name, model, recipe=hf_vision_recipe(model.config), input_size=(3, *size),
+                                  source=str(folder), tags=tags, overwrite=overwrite)
+    return store.put_head(name, head) if head else manifest
+
+
 def import_hf_dir(store: BlockStore, name: str, path: str | Path, *, pooling: str = "cls", max_length: int = 128,
-                  tokenizer: str | None = None, tags: Sequence[str] = (), overwrite: bool = True) -> ModelManifest:
+                  tokenizer: str | None = None, tags: Sequence[str] = (), overwrite: bool = True,
+                  image_size: int | None = None) -> ModelManifest:
     """Import a local Hugging Face encoder folder (config.json + model.safetensors) as one model; blocks already in
-    the store (same hash) are not written again. Its tokenizer (``tokenizer``, else the folder's own if it has one)
-    is stored with it."""
+    the store (same hash) are not written again. Text encoders: its tokenizer (``tokenizer``, else the folder's own
+    if it has one) is stored with it. Vision encoders: see :func:`import_hf_vision_dir` (``image_size``)."""
     from ..data._text import _tokenizer_files
     folder = model_dir(path).resolve()
+    if is_vision_folder(folder):
+        return import_hf_vision_dir(store, name, folder, image_size=image_size, tags=tags, overwrite=overwrite)
     model = load_encoder(folder, pooling)
     ref = tokenizer or (str(folder) if _tokenizer_files(folder) else None)
     return store.import_model(name, model, recipe=hf_recipe(model.config, pooling), input_size=(2, max_length),
@@ -41,12 +97,15 @@ class HFFolder:
     pooling: str = "cls"
     max_length: int = 128
     tokenizer: str | None = None
+    image_size: int | None = None  # vision models: the items' size (default: each model's config.image_size)
 
     def __post_init__(self) -> None:
         text("models.name", self.name)
         choice("models.pooling", self.pooling, ("cls", "mean"))
         whole("models.max_length", self.max_length, at_least=2)
         text("models.tokenizer", self.tokenizer, optional=True)
+        if self.image_size is not None:
+            whole("models.image_size", self.image_size)
         self.dirs  # noqa: B018 - refuses a path without model folders now, before anything runs
 
     @property
@@ -73,13 +132,16 @@ class HFFolder:
         cfg = {"kind": "hf_dirs", "path": str(folder.resolve()), "pooling": self.pooling,
                "max_length": self.max_length, "tokenizer": tokenizer,
                "files": file_digests(folder, (f for d in dirs for f in sorted(d.rglob("*")) if f.is_file()))}
+        if self.image_size is not None:  # only then: text zoos keep the ids they had
+            cfg["image_size"] = self.image_size
         zid = zoo_id(self.name, cfg)
 
         def build():
             for d in dirs:
                 model_name = f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', d.name)}"
                 import_hf_dir(store, model_name, d, pooling=self.pooling, max_length=self.max_length,
-                              tokenizer=None if own else tokenizer, tags=[f"zoo:{self.name}"])
+                              tokenizer=None if own else tokenizer, tags=[f"zoo:{self.name}"],
+                              image_size=self.image_size)
                 yield model_name
         return cached_zoo(store, zid, cfg, build, task=f"importing {len(dirs)} Hugging Face models",
                           total=len(dirs), progress=progress)
@@ -92,10 +154,11 @@ def import_hf_folder(store: BlockStore, *, name: str, path: str, pooling: str = 
 
 
 def hf_dirs_spec(*, name: str, path: str, pooling: str = "cls", max_length: int = 128, tokenizer: str | None = None,
-                 kind: str = "hf_dirs") -> HFFolder:
-    """The ``models=hf_dirs`` config, validated: an :class:`HFFolder` of items of ``(2, max_length)`` tokens."""
+                 image_size: int | None = None, kind: str = "hf_dirs") -> HFFolder:
+    """The ``models=hf_dirs`` config, validated: an :class:`HFFolder` of items of ``(2, max_length)`` tokens (text
+    encoders) or ``(3, image_size, image_size)`` images (vision encoders)."""
     expect_kind(kind, "hf_dirs", "alsatian_pl.zoo.hf_dirs_spec")
-    return HFFolder(name, path, pooling, max_length, tokenizer)
+    return HFFolder(name, path, pooling, max_length, tokenizer, image_size)
 
 
 def hf_dirs_zoo(store: BlockStore, *, progress: bool = True, **options: Any) -> Zoo:
