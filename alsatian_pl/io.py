@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,61 @@ def _checksum(obj: Any) -> str:
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes: a cache key that a file rewritten in place (same size, same mtime) cannot fool."""
+    """sha256 of a file's bytes: a cache key that a file rewritten in place (same size, same mtime) cannot fool.
+
+    Remembered across runs (:func:`digest_memo_path`) under the file's device, inode, size, modification and change
+    times: any write, and restoring the mtime afterwards too, sets the change time (ctime), which no call can set
+    back, so a rewritten file is hashed again. A file changed less than ``_SETTLE_NS`` ago is not remembered (file
+    times are coarser than the writes they stamp)."""
+    st = os.stat(path)
+    key, sig = os.path.realpath(path), [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    memo = _digest_memo()
+    hit = memo.get(key)
+    if isinstance(hit, list) and len(hit) == 2 and hit[0] == sig and isinstance(hit[1], str):
+        return hit[1]
+    digest = _sha256_of(path)
+    if time.time_ns() - st.st_ctime_ns > _SETTLE_NS and memo is not _NO_MEMO:
+        memo.pop(key, None)
+        memo[key] = [sig, digest]
+        while len(memo) > _MEMO_ENTRIES:
+            memo.pop(next(iter(memo)))
+        try:
+            write_json(digest_memo_path(), {"digests": memo}, sealed=True)
+        except (DiskError, OSError):
+            pass  # a cache: without it the file is hashed again next time
+    return digest
+
+
+_SETTLE_NS = 2 * 10**9
+_MEMO_ENTRIES = 4096
+_NO_MEMO: dict[str, Any] = {}
+_MEMO: dict[str, dict[str, Any]] = {}
+
+
+def digest_memo_path() -> Path | None:
+    """Where :func:`file_digest` remembers digests: ``$ALSATIAN_DIGEST_CACHE`` (empty: nowhere), else
+    ``$XDG_CACHE_HOME/alsatian-pl/file-digests.json`` (default ``~/.cache``)."""
+    where = os.environ.get("ALSATIAN_DIGEST_CACHE")
+    if where is not None:
+        return Path(where).expanduser() if where else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alsatian-pl" / "file-digests.json"
+
+
+def _digest_memo() -> dict[str, Any]:
+    """The remembered digests (read once per process and memo path; empty when the file is missing or damaged)."""
+    path = digest_memo_path()
+    if path is None:
+        return _NO_MEMO
+    if str(path) not in _MEMO:
+        try:
+            memo = read_json(path, "the file digest cache", "")["digests"]
+            _MEMO[str(path)] = memo if isinstance(memo, dict) else {}
+        except (CorruptFileError, KeyError, TypeError):
+            _MEMO[str(path)] = {}
+    return _MEMO[str(path)]
+
+
+def _sha256_of(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
