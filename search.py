@@ -1,7 +1,9 @@
 """Model search entry point: ``python search.py dataset=cars models=resnet152_zoo search=alsatian``.
 
 Composes the ``dataset``, ``models`` and ``search`` config groups (conf/), builds the zoo into the block store once,
-ranks its models with successive halving, prints the ranking and writes ``results.json`` to the Hydra run folder.
+ranks its models with successive halving, prints the ranking and writes ``results.json``, ``ranking.png``,
+``time.png`` and the logger's files (``logger=csv``: ``logs/``) to the Hydra run folder. ``search.devices=2`` runs
+it on two processes (Lightning Fabric); rank 0 reports.
 Any failure ends in one ``error:`` line (alsatian_pl/boundary.py).
 """
 
@@ -21,8 +23,10 @@ from alsatian_pl.app import print_report, run_search  # noqa: E402
 def main(cfg: DictConfig) -> float:
     out = HydraConfig.get().runtime.output_dir
     result, report = run_search(cfg, out)
-    print_report(report)
-    print(f"results: {out}/results.json")
+    if report is None:  # a rank other than 0 of a distributed search (search.devices): rank 0 reports
+        return 0.0
+    print_report(report, results=f"{out}/results.json")
+    print(f"results: {out}/results.json (plots: ranking.png, time.png)")
     return report["timings_s"]["total"]
 
 

@@ -8,7 +8,6 @@ line and exit 2.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import sys
 from collections import Counter
@@ -30,9 +29,10 @@ def _sharing(manifests: Sequence[ModelManifest]) -> tuple[Counter[str], dict[str
 
 
 def cmd_ls(store: BlockStore, args: argparse.Namespace, console: Console) -> int:
-    """The models (matching ``--name`` glob, ``--arch``, ``--tag``) with their size, sharing, source and tags."""
-    manifests = [m for m in store.models(arch=args.arch, tags=args.tag or ())
-                 if fnmatch.fnmatch(m.name, args.name or "*")]
+    """The models (matching ``--name``/``--source`` globs, ``--arch``, ``--family``, ``--tag``, parameter bounds)
+    with their size, sharing, source and tags: the same filter as a search's ``models.where``."""
+    manifests = store.models(arch=args.arch, family=args.family, tags=args.tag or (), name=args.name,
+                             source=args.source, min_params=args.min_params, max_params=args.max_params)
     _, share = _sharing(store.models())
     table = Table(title=f"{len(manifests)} models in {store.root}")
     for col in ("model", "arch", "params", "blocks", "shared", "source", "tags"):
@@ -81,9 +81,12 @@ def cmd_verify(store: BlockStore, args: argparse.Namespace, console: Console) ->
 
 
 def cmd_gc(store: BlockStore, args: argparse.Namespace, console: Console) -> int:
-    """Delete blocks no model uses (and leftover temporary files)."""
-    freed = store.gc()
-    console.print(f"freed {format_bytes(freed)}")
+    """Delete blocks no model uses (and leftover temporary files); waits for imports that are running."""
+    if args.grace < 0:
+        raise AlsatianError(f"--grace must be 0 or more minutes, got {args.grace:g}")
+    freed = store.gc(grace_s=60.0 * args.grace)
+    console.print(f"freed {format_bytes(freed)}" + (f" (files younger than {args.grace:g} min kept)"
+                                                   if args.grace else ""))
     return 0
 
 
@@ -116,9 +119,15 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--name", help="a glob over model names")
     ls.add_argument("--arch", help="only this architecture")
     ls.add_argument("--tag", action="append", help="only models with this tag (repeatable)")
+    ls.add_argument("--family", help="only this block family (resnet, vit, bert, generic, ...)")
+    ls.add_argument("--source", help="a glob over where the models came from")
+    ls.add_argument("--min-params", type=int, help="at least this many parameters")
+    ls.add_argument("--max-params", type=int, help="at most this many parameters")
     sub.add_parser("info", help="one model and its blocks").add_argument("model")
     for name in ("verify", "gc", "du"):
         sub.add_parser(name, help=COMMANDS[name].__doc__.splitlines()[0])
+    sub.choices["gc"].add_argument("--grace", type=float, default=0.0, metavar="MINUTES",
+                                   help="keep files younger than this (for imports on filesystems without locks)")
     return p
 
 

@@ -10,7 +10,6 @@ summary says so loudly.
 
 from __future__ import annotations
 
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import CorruptFileError
-from .io import atomic_write, read_json, write_json
+from .io import read_json, write_json
 from .units import format_bytes
 
 __all__ = ["SweepSummary", "summarize", "summarize_sweep", "print_summary", "draw_summary"]
@@ -160,36 +159,27 @@ def _job_order(path: Path) -> tuple[bool, int, str]:
 
 def draw_summary(summary: dict, path: str | Path) -> Path:
     """A PNG with one bar chart per measure (total time, observed peak cache bytes), one bar per job, and the
-    verdict on the rankings as the title (drawn with PIL)."""
-    from PIL import Image, ImageDraw, ImageFont
+    verdict on the rankings (and any failed jobs) as the title (matplotlib, written atomically)."""
+    from .plots import _pyplot, _save
 
+    plt = _pyplot()
     jobs = summary["jobs"]
     panels = [("total time (s)", [j["total_s"] for j in jobs], lambda v: f"{v:.2f} s"),
               ("peak cache", [j["peak_cache_bytes"] for j in jobs], format_bytes)]
-    bar_w, gap, pad, chart_h = 56, 24, 40, 220
-    panel_w = pad + len(jobs) * (bar_w + gap) + pad
-    img = Image.new("RGB", (max(520, panel_w * len(panels)), chart_h + 100), "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 1.6 * len(jobs) * len(panels) + 2), 4.2))
+    labels = [f"{j['label'].rpartition('=')[2][:12]}\njob {j['job']}" for j in jobs]
+    for ax, (name, values, fmt) in zip(axes, panels):
+        bars = ax.bar(range(len(jobs)), values, color="#4670b4")
+        ax.bar_label(bars, [fmt(v) for v in values], fontsize=8)
+        ax.set_xticks(range(len(jobs)), labels, fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.set_yticks([])
+        ax.spines[["top", "right", "left"]].set_visible(False)
     ok, failed = summary["rankings_identical"], summary.get("failed_jobs", [])
     title = "rankings identical in all jobs" if ok else f"RANKINGS DIFFER: jobs {', '.join(summary['differing_jobs'])}"
     title += f"; {len(failed)} job(s) failed: {', '.join(f['job'] for f in failed)}" if failed else ""
-    draw.text((pad, 10), title, fill=(0, 128, 0) if ok else (200, 0, 0), font=font)
-    for p, (name, values, fmt) in enumerate(panels):
-        x0, base = p * panel_w + pad, chart_h + 50
-        draw.text((x0, 32), name, fill="black", font=font)
-        draw.line((x0 - 4, base, x0 + len(jobs) * (bar_w + gap), base), fill="black")
-        top = max(values, default=0) or 1
-        for i, (job, v) in enumerate(zip(jobs, values)):
-            x = x0 + i * (bar_w + gap)
-            h = int((chart_h - 20) * v / top)
-            draw.rectangle((x, base - h, x + bar_w, base), fill=(70, 110, 180))
-            draw.text((x, base - h - 14), fmt(v), fill="black", font=font)
-            draw.text((x, base + 6), job["label"].rpartition("=")[2][:10], fill="black", font=font)
-            draw.text((x, base + 20), f"job {job['job']}", fill="gray", font=font)
-    buffer = BytesIO()
-    img.save(buffer, format="PNG")
-    return atomic_write(path, buffer.getvalue())
+    fig.suptitle(title, color="green" if ok and not failed else "#c80000", fontsize=11)
+    return _save(fig, plt, path)
 
 
 class SweepSummary(Callback):

@@ -4,17 +4,21 @@ every model in it is intact, and otherwise builds (re-imports) the zoo again, wh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from rich.progress import Progress
 
+from ..checks import text
 from ..errors import AlsatianWarning, ConfigError, CorruptFileError, StoreError
 from ..io import file_digest, read_json, write_json
-from ..store import BlockStore, ModelManifest, StoreStats
+from ..store import BlockStore, ModelManifest, StoreLock, StoreStats
 
 
 class Zoo:
@@ -61,8 +65,9 @@ class Zoo:
         return cls(store, zoo_id, models, recorded)
 
     def save(self) -> None:
-        write_json(self._record_path(self.store, self.name),
-                   {"name": self.name, "config": self.config, "models": self.models}, sealed=True)
+        with StoreLock(self.store.root, exclusive=False):  # gc waits for it (BlockStore.gc)
+            write_json(self._record_path(self.store, self.name),
+                       {"name": self.name, "config": self.config, "models": self.models}, sealed=True)
 
 
 def _rebuilding(zoo_id: str, why: str) -> None:
@@ -108,3 +113,206 @@ def expect_kind(kind: str, wanted: str, target: str) -> None:
     if kind != wanted:
         raise ConfigError(f"models.kind={kind!r} does not match models._target_={target} (a {wanted!r} zoo); "
                           "choose the models config of that kind (e.g. models=checkpoints, models=hf_dirs)")
+
+
+# ------------------------------------------------------------------------------------------ choosing the candidates
+WHERE_KEYS = ("arch", "family", "min_params", "max_params", "tags", "name", "source")
+_SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
+
+
+def _count(key: str, value: Any) -> int | None:
+    """A parameter bound: a whole number of parameters, or a string such as ``25M``, ``1.5B``, ``800K``."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value[-1:].upper() in _SUFFIX:
+        try:
+            value = round(float(value[:-1]) * _SUFFIX[value[-1].upper()])
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"models.where.{key} must be a number of parameters (e.g. 25000000 or 25M), got {value!r}")
+    return value
+
+
+def _pattern(key: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"models.where.{key} must be a non-empty string (a glob for name and source: "
+                          f"* ? [...]) or null, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Where:
+    """The ``models.where`` filter over stored models' metadata: architecture, family, parameter bounds (inclusive),
+    tags (all of them), and globs over the model name and its source. Every given condition must hold; an empty
+    filter keeps everything."""
+
+    arch: str | None = None
+    family: str | None = None
+    min_params: int | None = None
+    max_params: int | None = None
+    tags: tuple[str, ...] = ()
+    name: str | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("arch", "family", "name", "source"):
+            _pattern(key, getattr(self, key))
+        lo, hi = _count("min_params", self.min_params), _count("max_params", self.max_params)
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"models.where.min_params={lo} is above models.where.max_params={hi}: no model can "
+                              "match; lower min_params or raise max_params")
+        tags = (self.tags,) if isinstance(self.tags, str) else () if self.tags is None else self.tags
+        if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) and t for t in tags):
+            raise ConfigError(f"models.where.tags must be a list of tags (e.g. [zoo:mine, base]), got {self.tags!r}")
+        object.__setattr__(self, "min_params", lo)
+        object.__setattr__(self, "max_params", hi)
+        object.__setattr__(self, "tags", tuple(tags))
+
+    @classmethod
+    def of(cls, value: Any) -> "Where":
+        """The filter of a ``models.where`` config (a mapping, a Where or None); ConfigError for an unknown key."""
+        if value is None or isinstance(value, Where):
+            return value or cls()
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"models.where must be a mapping of conditions ({', '.join(WHERE_KEYS)}), got {value!r}")
+        unknown = sorted(set(value) - set(WHERE_KEYS))
+        if unknown:
+            raise ConfigError(f"models.where.{unknown[0]} is not a filter: use {', '.join(WHERE_KEYS)}")
+        return cls(**value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The conditions that are set (as results.json records them: tags as a list)."""
+        return {k: list(v) if k == "tags" else v for k, v in ((k, getattr(self, k)) for k in WHERE_KEYS)
+                if v not in (None, ())}
+
+    def __bool__(self) -> bool:
+        return bool(self.as_dict())
+
+    def select(self, store: BlockStore, names: Sequence[str] | None = None) -> list[str]:
+        """The models (of ``names``, in their order; default: the whole store) that match."""
+        kept = {m.name for m in store.models(names=names, tags=self.tags, arch=self.arch, family=self.family,
+                                             min_params=self.min_params, max_params=self.max_params,
+                                             name=self.name, source=self.source)}
+        return [n for n in (store.model_names() if names is None else names) if n in kept]
+
+
+def no_match(store: BlockStore, where: Where, among: str, names: Sequence[str] | None = None) -> ConfigError:
+    """The one error of a filter that keeps no model: the filter, and what the store (or zoo) holds."""
+    conditions = ", ".join(f"{k}={v}" for k, v in where.as_dict().items()) or "(none)"
+    manifests = store.models(names=names)
+    if not manifests:
+        return ConfigError(f"{among} holds no models (store {store.root}): build a zoo into it first (e.g. "
+                           "python search.py models=resnet18_zoo) or set store.root to the store that holds them")
+
+    def counted(values: Iterable[str], most: int = 8) -> str:
+        top = Counter(values).most_common()
+        return ", ".join(f"{v or '-'} ({n})" for v, n in top[:most]) + (f", … {len(top) - most} more"
+                                                                         if len(top) > most else "")
+
+    params = sorted(m.num_params for m in manifests)
+    return ConfigError(
+        f"models.where matches none of the {len(manifests)} models in {among} ({conditions}). It holds: "
+        f"arch {counted(m.arch for m in manifests)}; family {counted(m.family for m in manifests)}; "
+        f"{params[0]:,} to {params[-1]:,} parameters; tags {counted(t for m in manifests for t in m.tags)}; "
+        f"source {counted((m.source for m in manifests), 3)}. Loosen the filter (alsatian store ls lists the models)")
+
+
+def select(zoo: Zoo, where: Where, among: str | None = None) -> Zoo:
+    """``zoo`` cut to the models ``where`` keeps (the zoo itself when the filter is empty); the no-match error when
+    it keeps none."""
+    if not where and zoo.models:
+        return zoo
+    kept = where.select(zoo.store, zoo.models)
+    if not kept:
+        raise no_match(zoo.store, where, among or f"zoo {zoo.name}", zoo.models)
+    return Zoo(zoo.store, zoo.name, kept, {**zoo.config, "where": where.as_dict()})
+
+
+@dataclass(frozen=True)
+class StoreModels:
+    """``models=store``: every model already in the store that matches ``where`` (nothing is built)."""
+
+    name: str = "store"
+    where: Where = field(default_factory=Where)
+
+    def expected_size(self, store: BlockStore) -> int:
+        """How many models match (the no-match error when none do)."""
+        return len(self.build(store).models)
+
+    def build(self, store: BlockStore, *, progress: bool = True) -> Zoo:
+        zoo = Zoo(store, self.name, store.model_names(), {"kind": "store"})
+        return select(zoo, self.where, f"the store at {store.root}")
+
+
+@dataclass(frozen=True)
+class ZooList:
+    """``models=zoos``: several zoo specs searched together (their models in order, each once), then ``where``
+    over all of them."""
+
+    name: str
+    zoos: tuple[Any, ...]
+    where: Where = field(default_factory=Where)
+
+    def expected_size(self, store: BlockStore) -> int:
+        """The models of all zoos (before ``where``: a zoo not yet built cannot be filtered)."""
+        return sum(expected_size(z, store) for z in self.zoos)
+
+    def build(self, store: BlockStore, *, progress: bool = True) -> Zoo:
+        built = [z.build(store, progress=progress) for z in self.zoos]
+        names = list(dict.fromkeys(m for z in built for m in z.models))
+        zoo = Zoo(store, "+".join(z.name for z in built), names,
+                  {"kind": "zoos", "zoos": [z.name for z in built]})
+        return select(zoo, self.where, f"zoos {zoo.name}")
+
+
+def expected_size(spec: Any, store: BlockStore) -> int:
+    """How many candidates a spec gives, known before it is built (zoos: their size, a store filter: its matches)."""
+    return spec.expected_size(store) if hasattr(spec, "expected_size") else spec.size
+
+
+def spec_of(node: Any) -> Any:
+    """The validated spec of one ``models`` config node (its ``where`` filter, if any, applied after the build)."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    config = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    where = Where.of(config.pop("where", None))
+    spec = instantiate(config, _convert_="all")
+    if isinstance(spec, (StoreModels, ZooList)):
+        return dataclasses.replace(spec, where=where)
+    return Filtered(spec, where) if where else spec
+
+
+@dataclass(frozen=True)
+class Filtered:
+    """A zoo spec whose built models are cut by a ``where`` filter."""
+
+    spec: Any
+    where: Where
+
+    def expected_size(self, store: BlockStore) -> int:
+        return expected_size(self.spec, store)
+
+    def build(self, store: BlockStore, *, progress: bool = True) -> Zoo:
+        return select(self.spec.build(store, progress=progress), self.where)
+
+
+def store_spec(*, name: str = "store", where: Mapping[str, Any] | None = None, kind: str = "store") -> StoreModels:
+    """The ``models=store`` config, validated: every stored model matching ``where``."""
+    expect_kind(kind, "store", "alsatian_pl.zoo.store_spec")
+    return StoreModels(text("models.name", name), Where.of(where))
+
+
+def zoos_spec(*, zoos: Any, name: str = "zoos", where: Mapping[str, Any] | None = None, kind: str = "zoos") -> ZooList:
+    """The ``models=zoos`` config, validated: ``zoos`` is a list of zoo configs, or a mapping label -> zoo config
+    (e.g. composed with ``+models@models.zoos.<label>=resnet18_zoo``), each with its own optional ``where``."""
+    expect_kind(kind, "zoos", "alsatian_pl.zoo.zoos_spec")
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(zoos, (DictConfig, ListConfig)):
+        zoos = OmegaConf.to_container(zoos, resolve=True)
+    items = list(zoos.values()) if isinstance(zoos, Mapping) else zoos
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(z, Mapping) for z in items):
+        raise ConfigError(f"models.zoos must be a non-empty list (or mapping) of zoo configs, got {zoos!r}")
+    return ZooList(text("models.name", name), tuple(spec_of(z) for z in items), Where.of(where))

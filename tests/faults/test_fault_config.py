@@ -48,6 +48,12 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "search.checkpoint_dir": [FILE],
     "search.resume": ["abc"],
     "search.progress": ["abc"],
+    "search.devices": ["abc", "0", "1.5"],
+    "search.num_nodes": ["abc", "0"],
+    "search.accelerator": ["tpu"],
+    "logger._target_": ["nowhere.Nothing"],
+    "logger.save_dir": [FILE],
+    "logger.name": ["''", "[a]"],
     "store.root": [FILE, f"{FILE}/store"],
 }
 NAMED_BY = {"_partial_": "SuccessiveHalving"}
