@@ -131,7 +131,8 @@ def test_preparation_happens_once(ids):
 def test_preparation_once_on_fashion_mnist(monkeypatch):
     calls = []
     decode = _sources.ArraySource.decode
-    monkeypatch.setattr(_sources.ArraySource, "decode", lambda self, idx, w: calls.append(len(idx)) or decode(self, idx, w))
+    monkeypatch.setattr(_sources.ArraySource, "decode",
+                        lambda self, idx, w, *rest: calls.append(len(idx)) or decode(self, idx, w, *rest))
     dm = SearchDataModule(num_items=300, image_size=16)
     dm.setup(num_rounds=2)
     dm.setup_rounds(3)
@@ -167,7 +168,7 @@ def test_fashion_mnist_embedded():
                                          "seconds": round(dm.prepare_seconds, 3), "skipped_unreadable": 0}
     assert described == {"name": "fashion_mnist", "path": None, "items": 500, "classes": 10, "image_size": 32,
                          "train_size": 400, "test_size": 100, "chunk_sizes": [57, 114, 229], "item_bytes": 3072,
-                         "held_bytes": 500 * (3072 + 8), "seed": 3}  # every item in memory and its int64 label
+                         "in_flight_item_bytes": 3072 * 5, "held_bytes": 500 * (3072 + 8), "seed": 3}  # every item in memory and its int64 label
     pixels = x * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 

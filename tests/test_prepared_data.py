@@ -118,8 +118,8 @@ def test_a_killed_prepare_keeps_only_what_it_finished(tmp_path, monkeypatch):
     images = folder(tmp_path / "images", per_class=40)
     decode = _sources.FolderSource.decode
 
-    def dies_after_one_batch(self, indices, workers):
-        batches = decode(self, indices, workers)
+    def dies_after_one_batch(self, indices, workers, writer=None):
+        batches = decode(self, indices, workers, writer)
         yield next(batches)
         raise KeyboardInterrupt
 
@@ -135,10 +135,11 @@ def test_a_killed_prepare_keeps_only_what_it_finished(tmp_path, monkeypatch):
 def test_parallel_decoding_gives_the_same_pixels(tmp_path):
     images = folder(tmp_path / "images", per_class=100, size=(20, 14))
     serial = module(images, None)
-    parallel = SearchDataModule(name="image_folder", path=str(images), image_size=16, test_fraction=0.25,
-                                num_workers=2)
-    parallel.setup(num_rounds=2)
-    assert torch.equal(everything(serial), everything(parallel))
+    for cache in (None, tmp_path / "cache"):  # the workers hand pixels back, or write them into the cache file
+        parallel = SearchDataModule(name="image_folder", path=str(images), image_size=16, test_fraction=0.25,
+                                    num_workers=2, data_cache=None if cache is None else str(cache))
+        parallel.setup(num_rounds=2)
+        assert torch.equal(everything(serial), everything(parallel))
 
 
 def test_prepared_pixels_match_torchvisions_decode_and_resize(tmp_path):

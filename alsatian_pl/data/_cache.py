@@ -36,7 +36,7 @@ import torch
 
 from ..errors import AlsatianError, DataError, DiskError
 from ..io import os_error_message, read_json, write_json
-from ._sources import ImageSource
+from ._sources import DISK_FAILURE, Decoded, ImageSource, RowWriter
 
 FORMAT = 1
 DECODER = "pil-draft/torchvision-bilinear-antialias/uint8-rgb/1"  # change it when prepared pixels would change
@@ -143,31 +143,41 @@ class DiskRows:
             progress(len(rows) - len(todo))
             done = 0
             try:
-                for pos, batch, errors in source.decode(todo, workers):
-                    self._write(todo[pos], batch.numpy(), {int(todo[p]): why for p, why in errors.items()})
-                    done += len(pos)
-                    progress(len(pos))
-                    if errors and stop_on_error:
-                        raise DataError(next(iter(errors.values())) + " (or set dataset.skip_unreadable=true to skip "
-                                        "files that cannot be read)")
-                    if done % _SAVE_EVERY < len(pos):
+                writer = RowWriter(self.folder / "items.npy", self.offset, self.row_bytes, todo)
+                for batch in source.decode(todo, workers, writer):
+                    self._record(todo, batch)
+                    done += len(batch.positions)
+                    progress(len(batch.positions))
+                    if batch.errors and stop_on_error:
+                        raise DataError(next(iter(batch.errors.values())) + " (or set dataset.skip_unreadable=true "
+                                        "to skip files that cannot be read)")
+                    if done % _SAVE_EVERY < len(batch.positions):
                         self._save()
             finally:
                 self._save()
         return done
 
-    def _write(self, rows: np.ndarray, pixels: np.ndarray, errors: dict[int, str]) -> None:
-        """Write prepared rows (consecutive ones in one call) and record them; record unreadable ones."""
-        good = np.array([r not in errors for r in rows], dtype=bool)
-        for run in _runs(rows[good]):
-            block = np.ascontiguousarray(pixels[good][run])
-            self._pwrite(block, int(rows[good][run[0]]))
+    def _record(self, todo: np.ndarray, batch: Decoded) -> None:
+        """Note a decoded batch: its rows prepared (written here unless the decoding process wrote them), or
+        unreadable; a disk failure in a decoding process raises DiskError."""
+        rows = todo[batch.positions]
+        failed = {int(rows[i]): batch.errors[int(p)] for i, p in enumerate(batch.positions) if int(p) in batch.errors}
+        disk = next((why for why in failed.values() if why.startswith(DISK_FAILURE)), None)
+        if disk is not None:
+            raise DiskError(f"cannot write prepared items: {disk[len(DISK_FAILURE):]}")
+        if batch.pixels is not None:
+            pixels = batch.pixels.numpy()
+            good = np.array([int(r) not in failed for r in rows])
+            for run in _runs(rows[good]):
+                self._pwrite(pixels[good][run[0]:run[-1] + 1], int(rows[good][run[0]]))
+            crcs = [zlib.crc32(pixels[k]) for k in range(len(rows))]
+        else:
+            crcs = batch.crcs
         for k, r in enumerate(rows):
-            if good[k]:
-                self.status[r], self.crc[r] = _READY, zlib.crc32(pixels[k])
-                self._checked[r] = True
+            if int(r) in failed:
+                self.status[r], self.unreadable[int(r)] = _UNREADABLE, failed[int(r)]
             else:
-                self.status[r], self.unreadable[int(r)] = _UNREADABLE, errors[int(r)]
+                self.status[r], self.crc[r], self._checked[r] = _READY, crcs[k], True
 
     def _pwrite(self, block: np.ndarray, first_row: int) -> None:
         try:
@@ -214,8 +224,8 @@ class DiskRows:
                 raise DataError(f"prepared-data row {row} in {self.folder} is damaged; delete the folder and run again")
             warnings.warn(f"prepared-data row {row} ({self.source.item_name(row)}) in {self.folder} was damaged on "
                           "disk; decoded it again", stacklevel=4)
-            _, pixels, errors = next(self.source.decode(np.array([row]), 0))
-            if errors or zlib.crc32(pixels[0].numpy()) != self.crc[row]:
+            _, pixels, errors, _ = next(self.source.decode(np.array([row]), 0))
+            if errors or pixels is None or zlib.crc32(pixels[0].numpy()) != self.crc[row]:
                 raise DataError(f"prepared-data row {row} ({self.source.item_name(row)}) is damaged and its file no "
                                 "longer decodes to the same pixels; delete the folder and run again")
             out[k] = pixels[0].numpy()

@@ -122,6 +122,10 @@ class Items:
             raise TypeError("Items take slices only (items[a:b]); read them with .to(device) or .tensor()")
         return Items(self.rows, self.index[part], self.convert)
 
+    def take(self, positions: np.ndarray | Sequence[int]) -> "Items":
+        """The items at ``positions`` (any order, repeats allowed)."""
+        return Items(self.rows, self.index[np.asarray(positions, dtype=np.int64)], self.convert)
+
     def __add__(self, other: "Items") -> "Items":
         if other.rows is not self.rows or other.convert is not self.convert:
             raise ValueError("only items of the same prepared set can be joined")
@@ -144,5 +148,10 @@ class Items:
 
     def batch_bytes(self, batch_size: int) -> int:
         """Bytes one batch in flight takes: the rows as read plus their model-ready copy."""
+        return min(batch_size, len(self)) * self.in_flight_item_bytes
+
+    @property
+    def in_flight_item_bytes(self) -> int:
+        """Bytes per item of a batch in flight (as read, plus model-ready)."""
         stored = self.rows.dtype.itemsize * int(np.prod(self.rows.row_shape))
-        return min(batch_size, len(self)) * (stored + self.convert.bytes_per_item(self.rows.row_shape))
+        return stored + self.convert.bytes_per_item(self.rows.row_shape)

@@ -193,7 +193,7 @@ class SearchDataModule(LightningDataModule):
             size = self.spec.image_size
             pixels = torch.empty((len(order), 3, size, size), dtype=torch.uint8)
             unreadable: set[int] = set()
-            for pos, batch, errors in source.decode(order, self.num_workers):
+            for pos, batch, errors, _ in source.decode(order, self.num_workers):
                 pixels[torch.from_numpy(pos)] = batch
                 if errors and stop:
                     raise DataError(next(iter(errors.values())) + " (or set dataset.skip_unreadable=true to skip "
@@ -308,8 +308,8 @@ class SearchDataModule(LightningDataModule):
         return {"name": self.spec.name, "path": self.spec.path, "items": len(data.train_y) + len(data.test_y),
                 "classes": len(data.class_names), "image_size": self.spec.image_size,
                 "train_size": len(data.train_y), "test_size": len(data.test_y), "chunk_sizes": self.chunk_sizes,
-                "item_bytes": self.item_bytes, "held_bytes": self.held_bytes, "seed": self.spec.seed,
-                "prepared": prepared,
+                "item_bytes": self.item_bytes, "in_flight_item_bytes": self.test_items()[0].in_flight_item_bytes,
+                "held_bytes": self.held_bytes, "seed": self.spec.seed, "prepared": prepared,
                 **({"max_length": self.spec.max_length, "tokenizer": self._text.tokenizer} if self._text else {})}
 
     # -- Lightning loaders for later fine-tuning
@@ -338,7 +338,7 @@ class _Labelled(Dataset):
         return self.items[k:k + 1].tensor()[0], self.labels[k]
 
     def __getitems__(self, ks: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        x = Items(self.items.rows, self.items.index[ks], self.items.convert).tensor()
+        x = self.items.take(ks).tensor()
         return list(zip(x, self.labels[ks]))
 
 

@@ -8,16 +8,18 @@ import gzip
 import hashlib
 import os
 import warnings
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 
 from ..errors import DataError
+from ..io import os_error_message
 from ..registry import Registry
 from ._images import prepare_image, resize_pixels
 
@@ -45,6 +47,39 @@ class DataSpec:
     label_column: str = "label"
 
 
+class Decoded(NamedTuple):
+    """One batch of decoded items: ``positions`` into the indices asked for; uint8 ``pixels [b, 3, S, S]`` (None
+    when a writer stored them); ``crcs`` of the rows a writer stored; ``errors``: position -> why it could not be
+    decoded."""
+
+    positions: np.ndarray
+    pixels: torch.Tensor | None
+    errors: dict[int, str]
+    crcs: np.ndarray | None = None
+
+
+class RowWriter:
+    """Writes decoded items straight into rows of a prepared-data file (in whichever process decodes them), so the
+    pixels never travel between processes: ``writer(k, pixels)`` stores position ``k`` and returns its CRC-32."""
+
+    def __init__(self, path: Path, offset: int, row_bytes: int, rows: np.ndarray):
+        self.path, self.offset, self.row_bytes, self.rows = path, offset, row_bytes, rows
+        self._fd: int | None = None
+
+    def __call__(self, k: int, pixels: torch.Tensor) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY)
+        array = np.ascontiguousarray(pixels.numpy())
+        data, at = memoryview(array).cast("B"), self.offset + int(self.rows[k]) * self.row_bytes
+        while data:
+            written = os.pwrite(self._fd, data, at)
+            data, at = data[written:], at + written
+        return zlib.crc32(array)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+
 class Source(ABC):
     """A dataset before preparation: ``labels`` (int64 in ``0..len(class_names)-1``) and ``class_names`` are cheap."""
 
@@ -63,9 +98,9 @@ class ImageSource(Source):
         """A digest of everything the prepared items depend on (files with their sizes and mtimes, or the pixels)."""
 
     @abstractmethod
-    def decode(self, indices: np.ndarray, workers: int) -> Iterator[tuple[np.ndarray, torch.Tensor, dict[int, str]]]:
-        """Batches ``(positions into indices, uint8 [b, 3, S, S], {position: why it could not be decoded})`` that
-        together cover ``indices`` in order; ``workers`` decoding processes where that pays (0: this process)."""
+    def decode(self, indices: np.ndarray, workers: int, writer: RowWriter | None = None) -> Iterator[Decoded]:
+        """Batches that together cover ``indices`` in order, decoded by ``workers`` processes where that pays (0:
+        this process); with a ``writer`` the decoding process may store the pixels itself (``Decoded.crcs``)."""
 
     def item_name(self, index: int) -> str:
         """What item ``index`` is, for messages."""
@@ -96,12 +131,12 @@ class ArraySource(ImageSource):
         h.update(np.ascontiguousarray(self.images).data)
         return h.hexdigest()
 
-    def decode(self, indices: np.ndarray, workers: int) -> Iterator[tuple[np.ndarray, torch.Tensor, dict[int, str]]]:
-        for start in range(0, len(indices), _BATCH):
+    def decode(self, indices: np.ndarray, workers: int, writer: RowWriter | None = None) -> Iterator[Decoded]:
+        for start in range(0, len(indices), _BATCH):  # in this process: resizing arrays is vectorised and quick
             batch = torch.from_numpy(self.images[indices[start:start + _BATCH]])
             batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
             pixels = resize_pixels(batch, self.spec.image_size).expand(-1, 3, -1, -1).contiguous()
-            yield np.arange(start, start + len(batch)), pixels, {}
+            yield Decoded(np.arange(start, start + len(batch)), pixels, {})
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -175,42 +210,52 @@ class FolderSource(ImageSource):
     def item_name(self, index: int) -> str:
         return str(self.files[index])
 
-    def decode(self, indices: np.ndarray, workers: int) -> Iterator[tuple[np.ndarray, torch.Tensor, dict[int, str]]]:
-        dataset = _FileDecode([self.files[i] for i in indices], self.spec.image_size)
-        if workers == 0 or len(indices) < _PARALLEL_FROM:
-            batches: Iterator = (_collate([dataset[k] for k in range(s, min(s + 32, len(dataset)))])
-                                 for s in range(0, len(dataset), 32))
-        else:
-            from torch.utils.data import DataLoader
+    def decode(self, indices: np.ndarray, workers: int, writer: RowWriter | None = None) -> Iterator[Decoded]:
+        parallel = workers > 0 and len(indices) >= _PARALLEL_FROM
+        dataset = _FileDecode([self.files[i] for i in indices], self.spec.image_size, writer if parallel else None)
+        if not parallel:
+            yield from (_collate([dataset[k] for k in range(s, min(s + 32, len(dataset)))])
+                        for s in range(0, len(dataset), 32))
+            return
+        from torch.utils.data import DataLoader
 
-            resize_pixels(torch.zeros((1, 2, 2), dtype=torch.uint8), 1)  # import torchvision once, before the workers fork
-            batches = iter(DataLoader(dataset, batch_size=32, num_workers=min(workers, len(indices) // 32 + 1),
-                                      collate_fn=_collate, worker_init_fn=_one_thread, prefetch_factor=4))
-        yield from batches
+        resize_pixels(torch.zeros((1, 2, 2), dtype=torch.uint8), 1)  # import torchvision once, before the workers fork
+        yield from DataLoader(dataset, batch_size=32, num_workers=min(workers, len(indices) // 32 + 1),
+                              collate_fn=_collate, worker_init_fn=_one_thread, prefetch_factor=4)
 
 
+DISK_FAILURE = "\0disk: "  # an error that is the disk's (a full disk, say), not the image's
 _PARALLEL_FROM = 256  # fewer images decode in this process (starting workers costs more than it saves)
 
 
 class _FileDecode:
-    """A map-style dataset: position -> (position, uint8 [3, S, S], why it failed or "")."""
+    """A map-style dataset: position -> (position, uint8 [3, S, S] or None once written, why it failed or "", CRC)."""
 
-    def __init__(self, files: list[Path], size: int):
-        self.files, self.size = files, size
+    def __init__(self, files: list[Path], size: int, writer: RowWriter | None):
+        self.files, self.size, self.writer = files, size, writer
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, k: int) -> tuple[int, torch.Tensor, str]:
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | None, str, int]:
         try:
-            return k, prepare_image(self.files[k], self.size), ""
+            pixels = prepare_image(self.files[k], self.size)
         except DataError as exc:
-            return k, torch.zeros((3, self.size, self.size), dtype=torch.uint8), str(exc)
+            return k, torch.zeros((3, self.size, self.size), dtype=torch.uint8), str(exc), 0
+        if self.writer is None:
+            return k, pixels, "", 0
+        try:
+            return k, None, "", self.writer(k, pixels)
+        except OSError as exc:  # reported by the main process (an exception here would arrive wrapped in a traceback)
+            return k, None, DISK_FAILURE + os_error_message(exc, self.writer.path), 0
 
 
-def _collate(items: list[tuple[int, torch.Tensor, str]]) -> tuple[np.ndarray, torch.Tensor, dict[int, str]]:
-    return (np.array([k for k, _, _ in items]), torch.stack([x for _, x, _ in items]),
-            {k: why for k, _, why in items if why})
+def _collate(items: list[tuple[int, torch.Tensor | None, str, int]]) -> Decoded:
+    positions = np.array([k for k, *_ in items])
+    errors = {k: why for k, _, why, _ in items if why}
+    if all(x is not None for _, x, _, _ in items):
+        return Decoded(positions, torch.stack([x for _, x, _, _ in items]), errors)  # type: ignore[misc]
+    return Decoded(positions, None, errors, np.array([c for *_, c in items], dtype=np.uint32))
 
 
 def _one_thread(_worker: int) -> None:
