@@ -23,7 +23,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .cache import CacheService, tensor_bytes
-from .data import SearchDataModule
+from .data import Items, SearchDataModule
 from .checks import flag, text, whole
 from .errors import AlsatianWarning, ConfigError, DataError, SearchInterrupted
 from .io import check_folder
@@ -292,24 +292,26 @@ class SuccessiveHalving:
         state.features.drop([m for m in state.features.models if m not in mine])
         state.assignment = assignment
 
-    def _inputs(self, state: SearchState, group: TokenizerGroup) -> torch.Tensor:
-        """The group's items of this round: its new chunk, joined with the test items in round 1 (a copy)."""
+    def _inputs(self, state: SearchState, group: TokenizerGroup) -> Items:
+        """The group's items of this round: its new chunk, joined with the test items in round 1 (a view: the rows
+        are read batch by batch as the plan runs)."""
         x_new = self.strategy.round_items(self.data, state.round, group.tokenizer)[0]
-        return torch.cat([x_new, self.data.test_items(group.tokenizer)[0]]) if state.round == 0 else x_new
+        return x_new + self.data.test_items(group.tokenizer)[0] if state.round == 0 else x_new
 
-    def _memory(self, state: SearchState, inputs: torch.Tensor) -> RoundMemory:
-        """Resident while the group runs: the prepared data (and round 1's joined inputs), every survivor's kept
-        features and the buffers reserved for every survivor's new features (earlier groups have filled theirs)."""
+    def _memory(self, state: SearchState, inputs: Items) -> RoundMemory:
+        """Resident while the group runs: what the data module holds in memory, the batch of inputs in flight, every
+        survivor's kept features and the buffers reserved for every survivor's new features (earlier groups have
+        filled theirs)."""
         return state.features.memory(new_items=state.round_items, data_bytes=self.data.held_bytes,
-                                     input_bytes=tensor_bytes(inputs) if state.round == 0 else 0)
+                                     input_bytes=inputs.batch_bytes(self.batch_size))
 
-    def _reuse(self, state: SearchState, engine: Engine, group: TokenizerGroup, inputs: torch.Tensor) -> TaskTree:
+    def _reuse(self, state: SearchState, engine: Engine, group: TokenizerGroup, inputs: Items) -> TaskTree:
         """With a feature cache: the cached features of this round go straight to the feature store, and the tree of
         the group's other models is returned (without one: the group's tree)."""
         assert group.tree is not None
         if engine.features is None:
             return group.tree
-        state.inputs_key = items_key(inputs)
+        state.inputs_key = inputs.key
         missing = {}
         for m in sorted(group.tree.models):
             feats = engine.features.get(engine.features.key(group.chain(m), state.inputs_key))
@@ -323,7 +325,7 @@ class SuccessiveHalving:
             return self.strategy.make_tree(missing)
 
     def _remember(self, state: SearchState, engine: Engine, group: TokenizerGroup, tree: TaskTree,
-                  inputs: torch.Tensor) -> None:
+                  inputs: Items) -> None:
         """With a feature cache: store the features just computed (``tree``'s models), with their inference time."""
         if engine.features is None:
             return
@@ -333,7 +335,7 @@ class SuccessiveHalving:
             engine.features.put(engine.features.key(hashes, state.inputs_key), state.features.current(m),
                                 compute_s=sum(per_item.get(h, 0.0) for h in hashes) * len(inputs))
 
-    def _plan(self, state: SearchState, engine: Engine, tree: TaskTree, inputs: torch.Tensor) -> RoundPlan:
+    def _plan(self, state: SearchState, engine: Engine, tree: TaskTree, inputs: Items) -> RoundPlan:
         """DFS+ over the tree within the budget; the weight cache gets what the plan leaves over."""
         memory = self._memory(state, inputs)
         with engine.stats.phase("planning"):
@@ -351,7 +353,7 @@ class SuccessiveHalving:
         return device_capacity(self.device, self.cache_budget,
                                reserve=memory.reserved + min(weights, weight_room if weight_room is not None else weights))
 
-    def _execute(self, state: SearchState, engine: Engine, plan: RoundPlan, inputs: torch.Tensor) -> None:
+    def _execute(self, state: SearchState, engine: Engine, plan: RoundPlan, inputs: Items) -> None:
         """Run the plan; every model's features land in the feature store's buffers."""
         engine.cache.reserve(plan.resident_bytes)
         engine.cache.reset_peak()
@@ -425,8 +427,8 @@ class SuccessiveHalving:
         x, y = self.data.train_items()
         key = fingerprint([self.strategy.name, [(n, m.hashes) for n, m in manifests.items()],
                            type(self.scorer).__name__, vars(self.scorer), self.result_size, self.batch_size,
-                           self.device.type, self.channels_last, items_key(x), items_key(y),
-                           items_key(self.data.test_items()[0]), self.data.chunk_sizes])
+                           self.device.type, self.channels_last, x.key, items_key(y),
+                           self.data.test_items()[0].key, self.data.chunk_sizes])
         return SearchCheckpoint(self.checkpoint_dir / f"search-{key}.safetensors", key)
 
     def _save(self, state: SearchState, engine: Engine, checkpoint: SearchCheckpoint | None) -> None:

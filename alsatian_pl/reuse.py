@@ -2,9 +2,10 @@
 for ``search.resume``.
 
 A cached entry is one model's features of one round's inputs. Its key hashes the model's block chain (the content
-hashes of all its blocks, so the same function), the exact bytes of the round's prepared inputs (so the same items,
-whatever file they came from), and what changes the arithmetic (batch size, device type, channels-last layout).
-A file rewritten in place therefore can never be served stale: its new pixels make a new key.
+hashes of all its blocks, so the same function), the identity of the round's prepared inputs (``Items.key``: the
+prepared set's key, which covers every file's path, size and mtime for a set on disk and the bytes of a set in
+memory, plus the rows and their normalisation), and what changes the arithmetic (batch size, device type,
+channels-last layout). A file rewritten therefore never serves stale features: it makes a new prepared set.
 """
 
 from __future__ import annotations

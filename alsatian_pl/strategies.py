@@ -18,7 +18,7 @@ from typing import Hashable, Iterable, Mapping, Sequence
 
 import torch
 
-from .data import SearchDataModule, num_rounds
+from .data import Items, SearchDataModule, num_rounds
 from .plan import BlockSpec, TaskTree
 from .registry import Registry
 
@@ -37,7 +37,7 @@ class Strategy:
         return num_rounds(num_models, result_size)
 
     def round_items(self, data: SearchDataModule, r: int, tokenizer: str | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    ) -> tuple[Items, torch.Tensor]:
         """``(x, y)`` of the training items round ``r`` pushes (the test items come on top in round 1)."""
         return data.chunk(r, tokenizer)
 
@@ -84,7 +84,7 @@ class Base(Shift):
         return 1
 
     def round_items(self, data: SearchDataModule, r: int, tokenizer: str | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    ) -> tuple[Items, torch.Tensor]:
         return data.train_items(tokenizer=tokenizer)
 
 

@@ -210,7 +210,7 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
     channels_last = settings.channels_last and _HAS_CHANNELS_LAST
     batches = []
     for k in range(repeats):
-        x = x_train[idx[k * bs:(k + 1) * bs]].to(device)
+        x = x_train.take(idx[k * bs:(k + 1) * bs].numpy()).to(device)
         if channels_last and x.dim() == 4:  # the layout the executor gives a step's input
             x = x.contiguous(memory_format=torch.channels_last)
         batches.append(x)
@@ -420,9 +420,10 @@ def ru_maxrss() -> int:
 
 # ---------------------------------------------------------------------------------------------------- cache budgets
 def round_residents(store_root: Path, models: Sequence[str], result: dict[str, Any],
-                    item_bytes: int) -> list[RoundMemory]:
-    """What each round of ``result`` held resident, by the package's memory model (:class:`RoundMemory`): the
-    prepared data set (plus round 1's joined inputs), the survivors' kept features and their new features' buffers."""
+                    batch_size: int) -> list[RoundMemory]:
+    """What each round of ``result`` held resident, by the package's memory model (:class:`RoundMemory`): the data
+    held in memory, the batch of inputs in flight, the survivors' kept features and their new features' buffers."""
+    in_flight = result["dataset"]["in_flight_item_bytes"]
     store = BlockStore(store_root)
     feat = {m: store.manifest(m).blocks[-1].out_bytes for m in models}
     test_items = result["dataset"]["test_size"]
@@ -430,7 +431,7 @@ def round_residents(store_root: Path, models: Sequence[str], result: dict[str, A
     for k, (alive, rep) in enumerate(zip(alive_per_round(result), result["rounds"])):
         residents.append(RoundMemory.of_round(data_bytes=result["dataset"]["held_bytes"],
                                               feature_bytes={m: feat[m] for m in alive}, kept_items=kept_items,
-                                              new_items=rep["items"], input_bytes=rep["items"] * item_bytes if k == 0 else 0))
+                                              new_items=rep["items"], input_bytes=min(batch_size, rep["items"]) * in_flight))
         kept_items += rep["items"]
     return residents
 
@@ -444,7 +445,7 @@ def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any
     is ``floor + f * (peak - floor)``, so every budget below the peak forces at least one round to split its data.
     The offline replanning is checked against the ample run's planned peaks first.
     """
-    residents = round_residents(store_root, models, ample, ample["dataset"]["item_bytes"])
+    residents = round_residents(store_root, models, ample, batch_size)
     alive = alive_per_round(ample)
     planned = [r["planned_peak_bytes"] for r in ample["rounds"]]
     replanned, needed, trees = [], [], []

@@ -279,7 +279,22 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
     w(f"- Raw results: one JSON per search under [`{rel.as_posix()}`]({rel.as_posix()}) (`fig10/`, `fig16/`, "
       "`scaling/`), a JSON per cell, `summary.json`, `meta.json`.")
     w("")
+    out += side_benchmarks()
     return "\n".join(out)
+
+
+NOTES = Path(__file__).resolve().parent / "notes"
+
+
+def side_benchmarks() -> list[str]:
+    """The sections the side benchmarks (``bench/bench_*.py``) wrote into ``bench/notes/*.md``, each as its script
+    last rendered it, so a full run keeps them."""
+    files = sorted(NOTES.glob("*.md")) if NOTES.is_dir() else []
+    if not files:
+        return []
+    out = ["## Side benchmarks\n", "Each section below is written by the script it names (not by `bench/run.py`), "
+           "from its last run; `python bench/report.py <results> --write` copies them from `bench/notes/`.\n"]
+    return out + [f.read_text().rstrip() + "\n" for f in files]
 
 
 def _checks(c: dict[str, Any]) -> str:

@@ -39,8 +39,8 @@ def ids(monkeypatch):
     return source
 
 
-def item_ids(x: torch.Tensor) -> list[int]:
-    return x[:, 0].tolist()
+def item_ids(x) -> list[int]:
+    return x.tensor()[:, 0].tolist()
 
 
 # -- pure split arithmetic
@@ -94,7 +94,7 @@ def test_chunks_double_and_cover_train_set_once(ids):
     assert set(train).isdisjoint(test) and sorted(train + test) == list(range(400))
     for i in range(4):  # labels travel with their items
         x, y = dm.chunk(i)
-        assert y.tolist() == ids.labels[x[:, 0].numpy()].tolist()
+        assert y.tolist() == ids.labels[x.tensor()[:, 0].numpy()].tolist()
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -130,8 +130,9 @@ def test_preparation_happens_once(ids):
 
 def test_preparation_once_on_fashion_mnist(monkeypatch):
     calls = []
-    prepare = _sources.ArraySource.prepare
-    monkeypatch.setattr(_sources.ArraySource, "prepare", lambda self, idx: calls.append(len(idx)) or prepare(self, idx))
+    decode = _sources.ArraySource.decode
+    monkeypatch.setattr(_sources.ArraySource, "decode",
+                        lambda self, idx, w, *rest: calls.append(len(idx)) or decode(self, idx, w, *rest))
     dm = SearchDataModule(num_items=300, image_size=16)
     dm.setup(num_rounds=2)
     dm.setup_rounds(3)
@@ -155,14 +156,19 @@ def test_fashion_mnist_embedded():
     dm = SearchDataModule(num_items=500, image_size=32, seed=3)
     dm.setup(num_rounds=3)
     assert dm.num_classes == 10 and dm.class_names[0] == "T-shirt/top" and dm.class_names[-1] == "Ankle boot"
-    x, y = dm.test_items()
-    assert x.shape == (100, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    items, y = dm.test_items()
+    x = items.tensor()
+    assert items.shape == x.shape == (100, 3, 32, 32) and x.dtype == items.dtype == torch.float32
+    assert y.dtype == torch.int64
     assert torch.bincount(y).tolist() == [10] * 10  # class-balanced subset, stratified split
     assert torch.allclose(x[:, 0] * 0.229 + 0.485, x[:, 1] * 0.224 + 0.456, atol=1e-6)  # gray replicated to 3 channels
-    assert dm.item_bytes == 3 * 32 * 32 * 4
-    assert dm.describe() == {"name": "fashion_mnist", "path": None, "items": 500, "classes": 10, "image_size": 32,
-                             "train_size": 400, "test_size": 100, "chunk_sizes": [57, 114, 229], "item_bytes": 12288,
-                             "held_bytes": 500 * (12288 + 8), "seed": 3}  # every item and its int64 label
+    assert dm.item_bytes == 3 * 32 * 32  # uint8 pixels
+    described = dm.describe()
+    assert described.pop("prepared") == {"data_cache": None, "decoded": 500, "reused": 0,
+                                         "seconds": round(dm.prepare_seconds, 3), "skipped_unreadable": 0}
+    assert described == {"name": "fashion_mnist", "path": None, "items": 500, "classes": 10, "image_size": 32,
+                         "train_size": 400, "test_size": 100, "chunk_sizes": [57, 114, 229], "item_bytes": 3072,
+                         "in_flight_item_bytes": 3072 * 5, "held_bytes": 500 * (3072 + 8), "seed": 3}  # every item in memory and its int64 label
     pixels = x * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
@@ -208,10 +214,11 @@ def test_image_folder(tmp_path):
     dm.setup(num_rounds=2)
     assert dm.class_names == ["cat", "dog", "emu"] and dm.describe()["items"] == 19
     x, y = dm.train_items()
+    x = x.tensor()
     assert x.shape == (len(y), 3, 12, 12) and torch.isfinite(x).all()
     assert set(dm.chunk(0)[1].tolist()) == {0, 1, 2}
     white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
-    everything = torch.cat([x, dm.test_items()[0]])
+    everything = torch.cat([x, dm.test_items()[0].tensor()])
     assert any(torch.allclose(item, white.view(3, 1, 1).expand(3, 12, 12), atol=1e-5) for item in everything)
 
 

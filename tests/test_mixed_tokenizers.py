@@ -89,7 +89,7 @@ def test_models_of_one_tokenizer_share_inputs_and_each_tokenizer_is_tokenised_on
 
     def spying(self, plan, inputs, sink):
         run_round(self, plan, inputs, sink)
-        runs.append((set(plan.models), inputs.clone(), plan.peak_bytes, self.cache.peak))
+        runs.append((set(plan.models), inputs.tensor(), plan.peak_bytes, self.cache.peak))
 
     monkeypatch.setattr(_text.TextSource, "prepare", counting)
     monkeypatch.setattr(Executor, "run_round", spying)
@@ -105,7 +105,7 @@ def test_models_of_one_tokenizer_share_inputs_and_each_tokenizer_is_tokenised_on
     assert result.rounds[0].groups == 2 and [m for m, *_ in first] == [group_a, group_b]
     n0 = len(dm.chunk(0)[0])
     for (models, inputs, *_), tok in zip(first, (None, b_file)):
-        assert torch.equal(inputs, torch.cat([dm.chunk(0, tok)[0], dm.test_items(tok)[0]])) and len(inputs) > n0
+        assert torch.equal(inputs, (dm.chunk(0, tok)[0] + dm.test_items(tok)[0]).tensor()) and len(inputs) > n0
     assert not torch.equal(first[0][1], first[1][1])
     later = [m for m, *_ in runs[2:]]
     assert all(m <= group_a or m <= group_b for m in later)  # pruning shrinks each tree; groups never mix
@@ -265,9 +265,9 @@ def test_finetuning_uses_the_winners_tokenizer(setup):
     dm, module, batches = finetune(setup, b0)
     b_file = str(tokenizer_file(store, store.manifest(b0)))
     assert dm.loader_tokenizer == b_file and module.provenance["model"] == b0
-    own, default = rows(dm.train_items(tokenizer=b_file)[0]), rows(dm.train_items()[0])
+    own, default = rows(dm.train_items(tokenizer=b_file)[0].tensor()), rows(dm.train_items()[0].tensor())
     seen = rows(torch.cat(batches.train))
     assert len(batches.train) == 2 and seen <= own and not seen <= default
-    assert torch.equal(batches.val[0], dm.test_items(tokenizer=b_file)[0][:8])
+    assert torch.equal(batches.val[0], dm.test_items(tokenizer=b_file)[0][:8].tensor())
     dm, _, batches = finetune(setup, a0)  # the dataset's own tokenizer: its own items, nothing tokenised again
     assert dm.loader_tokenizer is None and rows(torch.cat(batches.train)) <= default and len(dm._inputs) == 1

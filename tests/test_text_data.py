@@ -40,8 +40,9 @@ def module(path, tmp_path, **kw):
 def test_csv_file_is_tokenised_into_ids_and_masks(tmp_path):
     dm = module(write_csv(tmp_path / "r.csv", reviews()), tmp_path)
     dm.setup(num_rounds=2)
-    assert dm.class_names == ["neg", "pos"] and dm.item_bytes == 2 * 8 * 8
+    assert dm.class_names == ["neg", "pos"] and dm.item_bytes == 2 * 8 * 4  # int32 ids and masks
     x, y = dm.train_items()
+    x = x.tensor()
     assert x.dtype == torch.int64 and x.shape[1:] == (2, 8) and (x[:, 0, 0] == 2).all()  # [CLS] first
     lengths = x[:, 1].sum(1)
     assert lengths.max() == 8 and lengths.min() == 3  # "awful" -> [CLS] awful [SEP]; long texts truncated
@@ -88,7 +89,7 @@ def test_tokenisation_happens_once_per_tokenizer(tmp_path, monkeypatch):
     other = write_tokenizer(tmp_path / "other.json", words=WORDS[::-1])
     for i in range(3):
         x_other, y_other = dm.chunk(i, tokenizer=str(other))
-        assert torch.equal(y_other, dm.chunk(i)[1]) and not torch.equal(x_other, dm.chunk(i)[0])
+        assert torch.equal(y_other, dm.chunk(i)[1]) and not torch.equal(x_other.tensor(), dm.chunk(i)[0].tensor())
     dm.test_items(tokenizer=str(other))
     dm.train_items(tokenizer=str(other))
     assert calls == ["tok.json", "other.json"]  # the other tokenizer's items: prepared once, same items and order

@@ -3,33 +3,42 @@ stratified test set and doubling training chunks D1..Dl (one per successive-halv
 
 from __future__ import annotations
 
-import time
-
 import math
+import os
+import time
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from ..checks import number, text, whole
+from ..checks import flag, number, text, whole
 from ..errors import DataError
-from ._sources import DATASETS, DataSpec, make_source
+from ..io import check_folder
+from ._cache import DiskRows
+from ._items import AsIs, Convert, Items, MemoryRows, Rows, ToIds, ToPixels
+from ._sources import DATASETS, DataSpec, ImageSource, Source, make_source
 from ._text import TextSource, tokenizer_key
 from ._split import balanced_subset, chunk_bounds, stratified_split
 
 
 @dataclass
 class _Prepared:
-    train_x: torch.Tensor  # training items in round-robin order: chunk i is the slice bounds[i]:bounds[i+1]
+    rows: Rows  # the prepared set (uint8 pixels, in memory or on disk; int32 token ids in memory)
+    row_of: np.ndarray  # the row of each item: training items (round-robin order: chunk i is bounds[i]:bounds[i+1]),
+    #                     then the test items
     train_y: torch.Tensor
-    test_x: torch.Tensor
     test_y: torch.Tensor
     class_names: list[str]
-    order: np.ndarray  # source indices of the items: training items (round-robin order), then test items
+    order: np.ndarray  # source indices of the items, in the same order as row_of
+    convert: Convert  # how rows become model-ready items
+    decoded: int = 0  # items decoded by this module (the rest came from the prepared-data cache)
+    skipped: tuple[str, ...] = ()  # unreadable files left out (dataset.skip_unreadable)
 
 
 MIN_IMAGE_SIZE = 8  # smaller images carry no shape to rank models on (a 1x1 image is one colour)
@@ -70,9 +79,11 @@ def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fra
 class SearchDataModule(LightningDataModule):
     """Target dataset of a model search: a stratified test set and training chunks D1..Dl with |D_{i+1}| ≈ 2|D_i|.
 
-    Items are prepared once (on the first ``setup`` or access) into one tensor that all rounds and models reuse
-    (images: float32 pixels; text: int64 token ids and masks, once per tokenizer); accessors return views of it (do
-    not modify them in place).
+    Items are prepared once into a compact set that all rounds and models reuse: images as uint8 pixels (decoded in
+    parallel worker processes, resized to ``image_size``; with ``data_cache`` kept on disk and reused by later
+    searches, see ``_cache``), text as int32 token ids and masks (in memory, once per tokenizer). Accessors return
+    :class:`Items`, views that a round streams batch by batch and makes model-ready on the device (``.tensor()``
+    gives them in one tensor, for small sets).
 
     name: a registered dataset (``fashion_mnist``, ``image_folder``, ``stanford_cars``, ``text_file``,
     ``rotten_tomatoes``, ``reuters_r8``); path: its folder (image folders; for fashion_mnist an optional folder of IDX
@@ -80,23 +91,33 @@ class SearchDataModule(LightningDataModule):
     items); image_size: side of the square model input; test_fraction: share of each class held out for D_test; seed:
     drives subset, split and chunk order; mean/std: per-channel normalisation. Text: max_length tokens per item,
     tokenizer (a tokenizer.json, a model folder or ``all-MiniLM-L6-v2``), text_column/label_column of text files.
+    data_cache: folder of the prepared-data cache (None: prepared items stay in memory); skip_unreadable: leave out
+    image files that cannot be decoded (counted in ``describe()``) instead of stopping; num_workers: decoding
+    processes (None: one per core, at most 8; 0: decode in this process).
     """
 
     def __init__(self, name: str = "fashion_mnist", path: str | None = None, num_items: int | None = None,
                  image_size: int = 64, test_fraction: float = 0.2, seed: int = 0,
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                  max_length: int = 128, tokenizer: str | None = None, text_column: str = "text",
-                 label_column: str = "label"):
+                 label_column: str = "label", data_cache: str | None = None, skip_unreadable: bool = False,
+                 num_workers: int | None = None):
         super().__init__()
         self.spec = _spec(name, path, num_items, image_size, test_fraction, seed, mean, std, max_length, tokenizer,
                           text_column, label_column)
-        self.save_hyperparameters(asdict(self.spec))
+        data_cache = text("dataset.data_cache", data_cache, optional=True, error=DataError)
+        self.data_cache = None if data_cache is None else str(check_folder(data_cache, "dataset.data_cache"))
+        self.skip_unreadable = flag("dataset.skip_unreadable", skip_unreadable, error=DataError)
+        self.num_workers = _workers(num_workers)
+        self.save_hyperparameters({**asdict(self.spec), "data_cache": self.data_cache,
+                                   "skip_unreadable": self.skip_unreadable})
         self.batch_size = 64
         self._data: _Prepared | None = None
         self._rounds = 1
-        self.prepare_seconds = 0.0  # wall time spent preparing items (decode/resize/normalise or tokenise)
+        self.prepare_seconds = 0.0  # wall time spent preparing items (decode/resize or tokenise, or opening the cache)
         self._text: TextSource | None = None  # kept to tokenise again for other tokenizers
-        self._inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # tokenizer key -> (train_x, test_x)
+        self._inputs: dict[str, MemoryRows] = {}  # tokenizer key -> its token ids, rows in the order of row_of
+        self._pixels, self._ids = ToPixels(self.spec.mean, self.spec.std), ToIds()
         # Tokenizer of the items the Lightning loaders serve (None: the dataset's); FinetuneCallback sets the winner's.
         self.loader_tokenizer: str | None = None
 
@@ -112,29 +133,74 @@ class SearchDataModule(LightningDataModule):
             self.setup_rounds(num_rounds)
 
     def _prepare(self, num_rounds: int | None) -> _Prepared:
-        spec = self.spec
-        source = make_source(spec)
+        source = make_source(self.spec)
         labels, names = np.asarray(source.labels, dtype=np.int64), list(source.class_names)
+        self.notes = dict(source.notes)
+        bad: set[int] = set()
+        while True:  # an unreadable file skipped: select again without it
+            n, order = self._select(labels, names, bad, num_rounds)
+            if not isinstance(source, ImageSource):  # text, or a source that prepares its items itself
+                rows, convert = self._prepared_by(source, order)
+                row_of, decoded = np.arange(len(order)), len(order)
+                break
+            rows, row_of, decoded, unreadable = self._images(source, order)
+            convert = self._pixels
+            if not unreadable:
+                break
+            bad |= unreadable
+        targets = torch.from_numpy(labels[order])
+        skipped = tuple(source.item_name(i) for i in sorted(bad)) if bad else ()
+        return _Prepared(rows, row_of, targets[:n], targets[n:], names, order, convert, decoded, skipped)
+
+    def _prepared_by(self, source: Source, order: np.ndarray) -> tuple[Rows, Convert]:
+        """Items the source prepares in memory: text as int32 token ids (the key of its tokenizer noted), others
+        model-ready as the source gives them."""
+        if isinstance(source, TextSource):
+            self._text = source
+            rows = MemoryRows(source.prepare(order).to(torch.int32))
+            self._inputs[tokenizer_key(source.tokenizer)] = rows
+            return rows, self._ids
+        return MemoryRows(source.prepare(order)), AsIs()
+
+    def _select(self, labels: np.ndarray, names: list[str], bad: set[int], num_rounds: int | None
+                ) -> tuple[int, np.ndarray]:
+        """``(training items, source indices of the training items in round-robin order and then the test items)``
+        of the seeded subset and split, leaving out ``bad`` items."""
+        spec = self.spec
         rng = np.random.default_rng(spec.seed)
-        keep = np.arange(len(labels))
-        if spec.num_items is not None and spec.num_items < len(labels):
-            keep = balanced_subset(labels, spec.num_items, rng)
-        elif spec.num_items is not None and spec.num_items > len(labels):
-            raise DataError(f"dataset {spec.name!r} has only {len(labels)} items but num_items={spec.num_items}: "
+        keep = np.setdiff1d(np.arange(len(labels)), np.fromiter(bad, dtype=np.int64, count=len(bad)))
+        if spec.num_items is not None and spec.num_items < len(keep):
+            keep = keep[balanced_subset(labels[keep], spec.num_items, rng)]
+        elif spec.num_items is not None and spec.num_items > len(keep):
+            raise DataError(f"dataset {spec.name!r} has only {len(keep)} items but num_items={spec.num_items}: "
                             "lower num_items, or set it to null to use all items")
         _check_classes(np.bincount(labels[keep], minlength=len(names)), np.bincount(labels, minlength=len(names)),
                        names, spec)
         train, test = stratified_split(labels[keep], spec.test_fraction, rng)
         if num_rounds is not None:  # fail before the expensive part
             _check_rounds(len(train), len(names), num_rounds, spec)
-        order = keep[np.concatenate([train, test])]
-        items = source.prepare(order)
-        targets = torch.from_numpy(labels[order])
-        n = len(train)
-        if isinstance(source, TextSource):
-            self._text = source
-            self._inputs[tokenizer_key(source.tokenizer)] = (items[:n], items[n:])
-        return _Prepared(items[:n], targets[:n], items[n:], targets[n:], names, order)
+        return len(train), keep[np.concatenate([train, test])]
+
+    def _images(self, source: ImageSource, order: np.ndarray) -> tuple[Rows, np.ndarray, int, set[int]]:
+        """``(prepared set, row of each item, items decoded now, unreadable items)``: rows of the prepared-data cache
+        (filled where missing), or a uint8 tensor in memory without one."""
+        stop = not self.skip_unreadable
+        with _progress(len(order), f"Preparing {len(order)} images") as advance:
+            if self.data_cache is not None:
+                rows = DiskRows.open(Path(self.data_cache), source)
+                decoded = rows.fill(source, order, workers=self.num_workers, stop_on_error=stop, progress=advance)
+                return rows, order, decoded, {int(i) for i in order if int(i) in rows.unreadable}
+            size = self.spec.image_size
+            pixels = torch.empty((len(order), 3, size, size), dtype=torch.uint8)
+            unreadable: set[int] = set()
+            for pos, batch, errors, _ in source.decode(order, self.num_workers):
+                pixels[torch.from_numpy(pos)] = batch
+                if errors and stop:
+                    raise DataError(next(iter(errors.values())) + " (or set dataset.skip_unreadable=true to skip "
+                                    "files that cannot be read)")
+                unreadable |= {int(order[p]) for p in errors}
+                advance(len(pos))
+        return MemoryRows(pixels), np.arange(len(order)), len(order), unreadable
 
     def setup_rounds(self, num_rounds: int) -> None:
         """Cut the training set into ``num_rounds`` chunks D1..Dl, each about twice the previous, together all of it.
@@ -151,20 +217,20 @@ class SearchDataModule(LightningDataModule):
         assert self._data is not None
         return self._data
 
-    def _items(self, tokenizer: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(train_x, test_x)``; text tokenised with ``tokenizer`` (None: the dataset's), once per tokenizer key."""
+    def _items(self, tokenizer: str | None, part: slice) -> Items:
+        """Items ``part`` of all items (training, then test); text tokenised with ``tokenizer`` (None: the
+        dataset's), once per tokenizer key."""
         data = self._prepared()
         if tokenizer is None:
-            return data.train_x, data.test_x
+            return Items(data.rows, data.row_of[part], data.convert)
         if self._text is None:
             raise DataError(f"dataset {self.spec.name!r} is not a text dataset: it has no tokenizer to choose")
         key = tokenizer_key(tokenizer)
         if key not in self._inputs:
             start = time.perf_counter()
-            items = self._text.prepare(data.order, tokenizer=tokenizer)
+            self._inputs[key] = MemoryRows(self._text.prepare(data.order, tokenizer=tokenizer).to(torch.int32))
             self.prepare_seconds += time.perf_counter() - start
-            self._inputs[key] = (items[:len(data.train_y)], items[len(data.train_y):])
-        return self._inputs[key]
+        return Items(self._inputs[key], data.row_of[part], self._ids)
 
     @property
     def tokenizer_key(self) -> str | None:
@@ -195,63 +261,103 @@ class SearchDataModule(LightningDataModule):
 
     @property
     def item_bytes(self) -> int:
-        """Bytes of one prepared item (e.g. ``3 * S * S * 4`` for float32 images)."""
-        x = self._prepared().train_x
-        return x[0].numel() * x.element_size()
+        """Bytes of one prepared item as stored (e.g. ``3 * S * S`` for uint8 pixels)."""
+        rows = self._prepared().rows
+        return rows.dtype.itemsize * int(np.prod(rows.row_shape))
 
     @property
     def held_bytes(self) -> int:
-        """Bytes of every prepared tensor this module holds (items of each tokenizer prepared so far, and labels)."""
+        """Bytes this module holds in memory: prepared items kept in memory (text of each tokenizer so far; images
+        without a prepared-data cache) and the labels; a prepared set on disk is not held."""
         data = self._prepared()
-        tensors = [data.train_x, data.test_x, data.train_y, data.test_y]
-        tensors += [t for pair in self._inputs.values() for t in pair if t is not data.train_x and t is not data.test_x]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        sets = {id(r): r for r in [data.rows, *self._inputs.values()]}
+        return sum(r.resident_bytes for r in sets.values()) + 8 * (len(data.train_y) + len(data.test_y))
 
-    def test_items(self, tokenizer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def test_items(self, tokenizer: str | None = None) -> tuple[Items, torch.Tensor]:
         """``(x, y)`` of the test set D_test, the same in every round (text: tokenised with ``tokenizer``)."""
-        return self._items(tokenizer)[1], self._prepared().test_y
+        n = len(self._prepared().train_y)
+        return self._items(tokenizer, slice(n, None)), self._prepared().test_y
 
-    def chunk(self, i: int, tokenizer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def chunk(self, i: int, tokenizer: str | None = None) -> tuple[Items, torch.Tensor]:
         """``(x, y)`` of the items new in round ``i`` (0-based), i.e. chunk D_{i+1} (text: tokenised with
         ``tokenizer``, default the dataset's)."""
         bounds = self._bounds()
         if not 0 <= i < len(bounds) - 1:
             raise IndexError(f"chunk {i} out of range: there are {len(bounds) - 1} chunks")
-        x = self._items(tokenizer)[0]
-        return x[bounds[i]:bounds[i + 1]], self._prepared().train_y[bounds[i]:bounds[i + 1]]
+        part = slice(bounds[i], bounds[i + 1])
+        return self._items(tokenizer, part), self._prepared().train_y[part]
 
-    def train_items(self, upto: int | None = None, tokenizer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_items(self, upto: int | None = None, tokenizer: str | None = None) -> tuple[Items, torch.Tensor]:
         """``(x, y)`` of chunks 0..``upto`` together, in chunk order (default: the whole training set)."""
         bounds = self._bounds()
         upto = len(bounds) - 2 if upto is None else upto
         if not 0 <= upto < len(bounds) - 1:
             raise IndexError(f"chunk {upto} out of range: there are {len(bounds) - 1} chunks")
-        x = self._items(tokenizer)[0]
-        return x[:bounds[upto + 1]], self._prepared().train_y[:bounds[upto + 1]]
+        part = slice(0, bounds[upto + 1])
+        return self._items(tokenizer, part), self._prepared().train_y[part]
 
     def describe(self) -> dict[str, Any]:
-        """Summary for results.json: name, items, classes, image_size, chunk_sizes, test_size and more."""
+        """Summary for results.json: name, items, classes, image_size, chunk_sizes, test_size, how the items were
+        prepared (decoded now or reused from the prepared-data cache, files skipped or ignored) and more."""
         data = self._prepared()
+        prepared = {"data_cache": self.data_cache if self._text is None else None, "decoded": data.decoded,
+                    "reused": len(data.order) - data.decoded, "seconds": round(self.prepare_seconds, 3),
+                    "skipped_unreadable": len(data.skipped), **self.notes}
+        if data.skipped:
+            prepared["skipped_files"] = list(data.skipped[:20])
         return {"name": self.spec.name, "path": self.spec.path, "items": len(data.train_y) + len(data.test_y),
                 "classes": len(data.class_names), "image_size": self.spec.image_size,
                 "train_size": len(data.train_y), "test_size": len(data.test_y), "chunk_sizes": self.chunk_sizes,
-                "item_bytes": self.item_bytes, "held_bytes": self.held_bytes, "seed": self.spec.seed,
+                "item_bytes": self.item_bytes, "in_flight_item_bytes": self.test_items()[0].in_flight_item_bytes,
+                "held_bytes": self.held_bytes, "seed": self.spec.seed, "prepared": prepared,
                 **({"max_length": self.spec.max_length, "tokenizer": self._text.tokenizer} if self._text else {})}
 
     # -- Lightning loaders for later fine-tuning
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) batches of ``batch_size`` over the whole training set (text: ``loader_tokenizer``'s)."""
-        data = self._prepared()
         generator = torch.Generator().manual_seed(self.spec.seed)
-        return DataLoader(TensorDataset(self._items(self.loader_tokenizer)[0], data.train_y),
-                          batch_size=self.batch_size, shuffle=True, generator=generator)
+        x, y = self.train_items(tokenizer=self.loader_tokenizer)
+        return DataLoader(_Labelled(x, y), batch_size=self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
         """Batches of ``batch_size`` over the test set, in order (text: ``loader_tokenizer``'s)."""
-        data = self._prepared()
-        return DataLoader(TensorDataset(self._items(self.loader_tokenizer)[1], data.test_y),
-                          batch_size=self.batch_size)
+        return DataLoader(_Labelled(*self.test_items(self.loader_tokenizer)), batch_size=self.batch_size)
+
+
+class _Labelled(Dataset):
+    """``(item, label)`` pairs of :class:`Items`, read a batch at a time (``__getitems__``)."""
+
+    def __init__(self, items: Items, labels: torch.Tensor):
+        self.items, self.labels = items, labels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.items[k:k + 1].tensor()[0], self.labels[k]
+
+    def __getitems__(self, ks: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        x = self.items.take(ks).tensor()
+        return list(zip(x, self.labels[ks]))
+
+
+def _workers(value: Any) -> int:
+    """Decoding processes: ``value``, or one per available core (at most 8) when None."""
+    if value is None:
+        return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return whole("dataset.num_workers", value, at_least=0, hint=" (0: decode in this process; null: one per core)",
+                 error=DataError)
+
+
+@contextmanager
+def _progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar (for 200 items or more) and the function that advances it."""
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=total < 200) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def _check_classes(counts: np.ndarray, available: np.ndarray, names: list[str], spec: DataSpec) -> None:

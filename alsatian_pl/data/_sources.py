@@ -5,19 +5,23 @@ sources are in ``_text``."""
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
+import warnings
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import DataError
+from ..io import os_error_message
 from ..registry import Registry
-from ._images import decode_image
+from ._images import prepare_image, resize_pixels
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 FASHION_MNIST_NPZ = "fashion_mnist_3000.npz"
@@ -43,16 +47,64 @@ class DataSpec:
     label_column: str = "label"
 
 
+class Decoded(NamedTuple):
+    """One batch of decoded items: ``positions`` into the indices asked for; uint8 ``pixels [b, 3, S, S]`` (None
+    when a writer stored them); ``crcs`` of the rows a writer stored; ``errors``: position -> why it could not be
+    decoded."""
+
+    positions: np.ndarray
+    pixels: torch.Tensor | None
+    errors: dict[int, str]
+    crcs: np.ndarray | None = None
+
+
+class RowWriter:
+    """Writes decoded items straight into rows of a prepared-data file (in whichever process decodes them), so the
+    pixels never travel between processes: ``writer(k, pixels)`` stores position ``k`` and returns its CRC-32."""
+
+    def __init__(self, path: Path, offset: int, row_bytes: int, rows: np.ndarray):
+        self.path, self.offset, self.row_bytes, self.rows = path, offset, row_bytes, rows
+        self._fd: int | None = None
+
+    def __call__(self, k: int, pixels: torch.Tensor) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY)
+        array = np.ascontiguousarray(pixels.numpy())
+        data, at = memoryview(array).cast("B"), self.offset + int(self.rows[k]) * self.row_bytes
+        while data:
+            written = os.pwrite(self._fd, data, at)
+            data, at = data[written:], at + written
+        return zlib.crc32(array)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+
 class Source(ABC):
     """A dataset before preparation: ``labels`` (int64 in ``0..len(class_names)-1``) and ``class_names`` are cheap."""
 
     labels: np.ndarray
     class_names: list[str]
+    notes: dict[str, int] = {}  # what the source left out while listing it (e.g. non-image files), for results.json
+
+
+class ImageSource(Source):
+    """Images: each item is prepared to uint8 ``[3, S, S]`` (S = ``spec.image_size``) by :meth:`decode`."""
+
+    spec: DataSpec
 
     @abstractmethod
-    def prepare(self, indices: np.ndarray) -> torch.Tensor:
-        """Model-ready items for ``indices``, in that order (images: float32 ``[n, 3, S, S]``; text: int64
-        ``[n, 2, max_length]``, token ids and attention mask); called once."""
+    def identity(self) -> str:
+        """A digest of everything the prepared items depend on (files with their sizes and mtimes, or the pixels)."""
+
+    @abstractmethod
+    def decode(self, indices: np.ndarray, workers: int, writer: RowWriter | None = None) -> Iterator[Decoded]:
+        """Batches that together cover ``indices`` in order, decoded by ``workers`` processes where that pays (0:
+        this process); with a ``writer`` the decoding process may store the pixels itself (``Decoded.crcs``)."""
+
+    def item_name(self, index: int) -> str:
+        """What item ``index`` is, for messages."""
+        return f"item {index}"
 
 
 DATASETS: Registry[Callable[[DataSpec], Source]] = Registry("dataset")
@@ -68,33 +120,23 @@ def make_source(spec: DataSpec) -> Source:
     return DATASETS.get(spec.name)(spec)
 
 
-def to_pixels(images: torch.Tensor, spec: DataSpec, out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 (0..255) or float (0..1) ``[n, C, H, W]`` (C = 1 or 3) to float32 ``[n, 3, S, S]`` (written into ``out``
-    if given): scale to [0, 1], bilinear antialiased resize, grayscale repeated to three channels, normalised with
-    ``spec.mean/std``."""
-    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-    size = (spec.image_size, spec.image_size)
-    if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return torch.sub(x.expand(-1, 3, -1, -1), mean, out=out).div_(std)
-
-
-class ArraySource(Source):
-    """Images already in memory: uint8 ``[N, H, W]`` (grayscale) or ``[N, H, W, 3]``."""
+class ArraySource(ImageSource):
+    """Images already in memory: uint8 ``[N, H, W]`` (grayscale) or ``[N, H, W, 3]``; resized in this process."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str], spec: DataSpec):
         self.images, self.labels, self.class_names, self.spec = images, labels.astype(np.int64), class_names, spec
 
-    def prepare(self, indices: np.ndarray) -> torch.Tensor:
-        size = self.spec.image_size
-        out = torch.empty((len(indices), 3, size, size), dtype=torch.float32)
-        for start in range(0, len(indices), _BATCH):
+    def identity(self) -> str:
+        h = hashlib.sha256(f"{self.images.dtype}{self.images.shape}".encode())
+        h.update(np.ascontiguousarray(self.images).data)
+        return h.hexdigest()
+
+    def decode(self, indices: np.ndarray, workers: int, writer: RowWriter | None = None) -> Iterator[Decoded]:
+        for start in range(0, len(indices), _BATCH):  # in this process: resizing arrays is vectorised and quick
             batch = torch.from_numpy(self.images[indices[start:start + _BATCH]])
             batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
-            to_pixels(batch, self.spec, out=out[start:start + _BATCH])
-        return out
+            pixels = resize_pixels(batch, self.spec.image_size).expand(-1, 3, -1, -1).contiguous()
+            yield Decoded(np.arange(start, start + len(batch)), pixels, {})
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -146,31 +188,135 @@ def fashion_mnist(spec: DataSpec) -> Source:
     return ArraySource(images, labels, FASHION_MNIST_CLASSES, spec)
 
 
-class FolderSource(Source):
-    """Image files decoded with PIL (every mode to the same intensities: ``_images.decode_image``); ``files[k]`` has
-    label ``labels[k]``."""
+class FolderSource(ImageSource):
+    """Image files decoded with PIL (every mode to the same intensities: ``_images.prepare_image``), in worker
+    processes when there are many; ``files[k]`` has label ``labels[k]``."""
 
-    def __init__(self, files: list[Path], labels: np.ndarray, class_names: list[str], spec: DataSpec):
+    def __init__(self, files: list[Path], labels: np.ndarray, class_names: list[str], spec: DataSpec,
+                 notes: dict[str, int] | None = None):
         self.files, self.labels, self.class_names, self.spec = files, labels, class_names, spec
+        self.notes = notes or {}
 
-    def prepare(self, indices: np.ndarray) -> torch.Tensor:
-        from rich.progress import track
+    def identity(self) -> str:
+        h = hashlib.sha256(str(Path(self.spec.path or "").expanduser().resolve()).encode())
+        for f, label in zip(self.files, self.labels):
+            try:
+                st = f.stat()
+            except OSError as exc:
+                raise DataError(f"cannot read image {f}: {exc.strerror}. Delete or replace the file") from None
+            h.update(f"{f}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
-        size = self.spec.image_size
-        out = torch.empty((len(indices), 3, size, size), dtype=torch.float32)
-        steps = track(enumerate(indices), total=len(indices), description=f"Preparing {len(indices)} images",
-                      transient=True, disable=len(indices) < 200)
-        for k, index in steps:
-            to_pixels(decode_image(self.files[index], size), self.spec, out=out[k:k + 1])
-        return out
+    def item_name(self, index: int) -> str:
+        return str(self.files[index])
+
+    def decode(self, indices: np.ndarray, workers: int, writer: RowWriter | None = None) -> Iterator[Decoded]:
+        parallel = workers > 0 and len(indices) >= _PARALLEL_FROM
+        dataset = _FileDecode([self.files[i] for i in indices], self.spec.image_size, writer if parallel else None)
+        if not parallel:
+            yield from (_collate([dataset[k] for k in range(s, min(s + 32, len(dataset)))])
+                        for s in range(0, len(dataset), 32))
+            return
+        from torch.utils.data import DataLoader
+
+        resize_pixels(torch.zeros((1, 2, 2), dtype=torch.uint8), 1)  # import torchvision once, before the workers fork
+        yield from DataLoader(dataset, batch_size=32, num_workers=min(workers, len(indices) // 32 + 1),
+                              collate_fn=_collate, worker_init_fn=_one_thread, prefetch_factor=4)
+
+
+DISK_FAILURE = "\0disk: "  # an error that is the disk's (a full disk, say), not the image's
+_PARALLEL_FROM = 256  # fewer images decode in this process (starting workers costs more than it saves)
+
+
+class _FileDecode:
+    """A map-style dataset: position -> (position, uint8 [3, S, S] or None once written, why it failed or "", CRC)."""
+
+    def __init__(self, files: list[Path], size: int, writer: RowWriter | None):
+        self.files, self.size, self.writer = files, size, writer
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | None, str, int]:
+        try:
+            pixels = prepare_image(self.files[k], self.size)
+        except DataError as exc:
+            return k, torch.zeros((3, self.size, self.size), dtype=torch.uint8), str(exc), 0
+        if self.writer is None:
+            return k, pixels, "", 0
+        try:
+            return k, None, "", self.writer(k, pixels)
+        except OSError as exc:  # reported by the main process (an exception here would arrive wrapped in a traceback)
+            return k, None, DISK_FAILURE + os_error_message(exc, self.writer.path), 0
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str, int]]) -> Decoded:
+    positions = np.array([k for k, *_ in items])
+    errors = {k: why for k, _, why, _ in items if why}
+    if all(x is not None for _, x, _, _ in items):
+        return Decoded(positions, torch.stack([x for _, x, _, _ in items]), errors)  # type: ignore[misc]
+    return Decoded(positions, None, errors, np.array([c for *_, c in items], dtype=np.uint32))
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # each decoding process on one core; the processes share the machine
 
 
 def _layout(path: Path) -> str:
     return f"one subfolder per class holding that class's images, e.g. {path}/<class name>/<image>.jpg"
 
 
+def _class_files(folder: Path) -> tuple[list[Path], int]:
+    """The image files under ``folder`` (links followed, sorted) and how many other files it holds; DataError on a
+    symbolic-link loop."""
+    images, other = [], 0
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        here = Path(root).resolve()
+        for d in dirs:
+            real = (Path(root) / d).resolve()
+            if here.is_relative_to(real):
+                raise DataError(f"symbolic-link loop: {Path(root) / d} points back to {real}; remove the link or "
+                                "replace it with the folder's images")
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            f = Path(root) / name
+            if f.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and f.is_file():
+                images.append(f)
+            else:
+                other += 1
+    return sorted(images), other
+
+
 def folder_source(spec: DataSpec, hint: str = "") -> Source:
-    """Images in ``spec.path/<class>/**/<image>``; classes are the sorted subfolders that hold images."""
+    """Images in ``spec.path/<class>/**/<image>``; classes are the sorted subfolders that hold images (other files
+    are ignored and empty subfolders left out, each with a warning)."""
+    path = _image_root(spec, hint)
+    classes, files, labels, other, empty = [], [], [], 0, []
+    for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images, ignored = _class_files(folder)
+        other += ignored
+        if images:
+            labels += [len(classes)] * len(images)
+            classes.append(folder.name)
+            files += images
+        else:
+            empty.append(folder.name)
+    if not files:
+        loose = sum(1 for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        found = f"found {loose} images directly in it but no class subfolders" if loose else "found no images in it"
+        raise DataError(f"empty dataset: {found} ({path}). Expected {_layout(path)}; image types: "
+                        f"{', '.join(sorted(IMAGE_SUFFIXES))}.{hint}")
+    if empty:
+        warnings.warn(f"{len(empty)} class folder(s) in {path} hold no images and are left out: "
+                      f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=2)
+    if other:
+        warnings.warn(f"ignored {other} file(s) in {path} that are not images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                      stacklevel=2)
+    notes = {"ignored_files": other, "empty_class_folders": len(empty)}
+    return FolderSource(files, np.asarray(labels, dtype=np.int64), classes, spec, notes)
+
+
+def _image_root(spec: DataSpec, hint: str) -> Path:
     if spec.path is None:
         raise DataError(f"dataset {spec.name!r} needs a folder: set dataset.path=/path/to/images "
                         "(one subfolder per class)")
@@ -180,20 +326,7 @@ def folder_source(spec: DataSpec, hint: str = "") -> Source:
         resolved = "" if path.is_absolute() else f" (resolved: {path.resolve()})"
         raise DataError(f"image folder {path}{resolved} {where}. Set dataset.path to a folder with "
                         f"{_layout(path)}.{hint}")
-    classes, files, labels = [], [], []
-    for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-                        and not f.name.startswith("."))
-        if images:
-            labels += [len(classes)] * len(images)
-            classes.append(folder.name)
-            files += images
-    if not files:
-        loose = sum(1 for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        found = f"found {loose} images directly in it but no class subfolders" if loose else "found no images in it"
-        raise DataError(f"empty dataset: {found} ({path}). Expected {_layout(path)}; image types: "
-                        f"{', '.join(sorted(IMAGE_SUFFIXES))}.{hint}")
-    return FolderSource(files, np.asarray(labels, dtype=np.int64), classes, spec)
+    return path
 
 
 register_dataset("image_folder")(folder_source)

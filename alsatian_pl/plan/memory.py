@@ -14,8 +14,9 @@ class RoundMemory:
     """Bytes that stay resident while a round's plan runs; the planner adds cached intermediates and the running
     step's weights on top of :attr:`resident`."""
 
-    data: int = 0      # the prepared data set the data module holds (every tokenizer's items so far, and labels)
-    inputs: int = 0    # round 1's joined chunk + test items (a copy); later rounds' inputs are views of ``data``
+    data: int = 0      # what the data module holds in memory (text of every tokenizer so far, images without a
+    #                    prepared-data cache, labels); a prepared set on disk is not resident
+    inputs: int = 0    # the batch of inputs in flight: its rows as read and their model-ready copy
     kept: int = 0      # the surviving models' kept features: earlier chunks and the test items
     reserved: int = 0  # the buffers reserved for every survivor's new features of this round
 
@@ -23,7 +24,7 @@ class RoundMemory:
     def of_round(cls, *, data_bytes: int, feature_bytes: Mapping[str, int], kept_items: int, new_items: int,
                  input_bytes: int = 0) -> "RoundMemory":
         """The round's resident bytes: ``feature_bytes`` per item of each surviving model, ``kept_items`` items of
-        features kept from earlier rounds, ``new_items`` pushed now, ``input_bytes`` of joined inputs (round 1)."""
+        features kept from earlier rounds, ``new_items`` pushed now, ``input_bytes`` of the inputs in flight."""
         per_item = sum(feature_bytes.values())
         return cls(data_bytes, input_bytes, per_item * kept_items, per_item * new_items)
 
