@@ -615,7 +615,7 @@ class BlockStore:
 
         now = time.time()
         with StoreLock(self.root, exclusive=True):
-            used = {h for m in self.models() for h in (*m.hashes, getattr(m, "head_hash", None)) if h}
+            used = {h for m in self.models() for h in (*m.hashes, m.head.hash if m.head else None) if h}
             freed = 0
             for p, min_age in self._collectable(used):
                 try:

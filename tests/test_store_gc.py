@@ -20,7 +20,9 @@ from alsatian_pl.zoo import reinit_block
 @pytest.fixture
 def copied(zoo, tmp_path):
     shutil.copytree(zoo.store.root, tmp_path / "store")
-    return BlockStore(tmp_path / "store")
+    store = BlockStore(tmp_path / "store")
+    store.gc()  # what earlier tests left in the shared zoo's store (a damaged block moved aside, say)
+    return store
 
 
 def _variant(store: BlockStore, base: str, seed: int):
@@ -97,3 +99,14 @@ def test_cli_gc_grace_option(copied, zoo):
     assert bad.returncode == 2 and bad.stderr.startswith("error: --grace must be 0 or more")
     now = gc()
     assert now.returncode == 0 and "freed 0 B" not in now.stdout
+
+
+def test_gc_keeps_the_heads_manifests_use(copied, zoo):
+    import torch
+
+    name = zoo.models[0]
+    dim = copied.manifest(name).blocks[-1].out_shape[0]
+    copied.put_head(name, {"fc.weight": torch.ones(3, dim), "fc.bias": torch.zeros(3)})
+    assert copied.gc() == 0
+    tensors, entry = copied.read_head(name)
+    assert entry.out_features == 3 and torch.equal(tensors["fc.bias"], torch.zeros(3))
