@@ -120,3 +120,30 @@ def test_the_config_group_entry_points_the_scorer_at_the_store(name, tmp_path):
         cfg = compose("search", overrides=[f"search/scorer={name}", f"store.root={tmp_path / 'store'}"])
     scorer = get_scorer(cfg.search.scorer.name, seed=0, **cfg.search.scorer.kwargs)
     assert scorer.name == name and scorer.store == str(tmp_path / "store")
+
+
+@pytest.mark.parametrize("name", ["leep", "nce"])
+def test_alsatian_and_shift_give_the_same_source_head_scores(zoo, tmp_path, name):
+    """With a random head stored for every model of the shared zoo, both strategies rank and score identically."""
+    import shutil
+
+    from alsatian_pl.data import SearchDataModule
+    from alsatian_pl.halving import SuccessiveHalving
+    from alsatian_pl.store import BlockStore
+
+    shutil.copytree(zoo.store.root, tmp_path / "store")
+    store = BlockStore(tmp_path / "store")
+    g = torch.Generator().manual_seed(3)
+    for m in zoo.models:
+        dim = store.manifest(m).blocks[-1].out_shape[0]
+        store.put_head(m, {"fc.weight": torch.randn(7, dim, generator=g), "fc.bias": torch.randn(7, generator=g)})
+    data = SearchDataModule(num_items=300, image_size=32, seed=0)
+
+    def run(strategy):
+        return SuccessiveHalving(store, data, strategy=strategy, scorer=get_scorer(name, store=str(store.root)),
+                                 batch_size=32, device="cpu", progress=False).run(zoo.models)
+
+    a, s = run("alsatian"), run("shift")
+    assert [r.model for r in a.ranking] == [r.model for r in s.ranking]
+    for ra, rs in zip(a.ranking, s.ranking):
+        assert ra.eliminated_in_round == rs.eliminated_in_round and abs(ra.score - rs.score) <= 1e-5
