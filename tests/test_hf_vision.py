@@ -106,3 +106,44 @@ def test_the_family_splits_only_vision_encoders():
     bert = transformers.AutoConfig.for_model("bert", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                              intermediate_size=32, vocab_size=50)
     assert family_of(transformers.AutoModel.from_config(bert)).name == "bert"
+
+
+def _hub_layout(cache, repo, source, revision="0123abcd"):
+    """``source``'s files as huggingface_hub caches them: blobs, a snapshot of links, refs/main."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(revision)
+    snapshot = root / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (root / "blobs").mkdir()
+    for f in source.iterdir():
+        blob = root / "blobs" / f"blob-{f.name}"
+        blob.write_bytes(f.read_bytes())
+        (snapshot / f.name).symlink_to(blob)
+
+
+def test_model_ids_are_read_from_the_local_hub_cache(store, tmp_path):
+    write_folder(tmp_path / "src" / "a", "vit", num_labels=3, seed=1)
+    write_folder(tmp_path / "src" / "b", "convnext", num_labels=4, seed=2)
+    cache = tmp_path / "hub"
+    _hub_layout(cache, "org/tiny-vit", tmp_path / "src" / "a")
+    _hub_layout(cache, "org/tiny-convnext", tmp_path / "src" / "b")
+    spec = hf_dirs_spec(name="h", ids=["org/tiny-vit", "org/tiny-convnext"], cache_dir=str(cache))
+    zoo = spec.build(store, progress=False)
+    assert [m.rsplit("-", 2)[-2:] for m in zoo.models] == [["tiny", "vit"], ["tiny", "convnext"]]
+    assert [store.manifest(m).head.out_features for m in zoo.models] == [3, 4]
+    x = torch.randn(2, 3, 32, 32)
+    encoder = transformers.AutoModel.from_pretrained(tmp_path / "src" / "a").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(store.load_model(zoo.models[0])(x), hf_features(encoder, x), rtol=1e-5, atol=1e-5)
+    assert spec.build(store, progress=False).models == zoo.models  # reused
+
+
+def test_a_model_id_not_in_the_cache_says_what_was_looked_for(tmp_path):
+    from alsatian_pl.errors import ConfigError, StoreError
+
+    with pytest.raises(StoreError, match=r"1 Hugging Face model\(s\) are not in the hub cache.*org/absent.*"
+                                         r"refs/main.*huggingface-cli download org/absent"):
+        hf_dirs_spec(name="h", ids=["org/absent"], cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="exactly one of models.path"):
+        hf_dirs_spec(name="h", path=str(tmp_path), ids=["org/x"])

@@ -17,10 +17,11 @@ from ..blocks import hf_recipe, hf_vision_recipe
 from ..blocks._bert import load_encoder, model_dir
 from ..blocks._hf_vision import VISION_TYPES
 from ..checks import choice, text, whole
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..store import BlockStore, ModelManifest
 from ._checkpoints import read_state_dict
 from ._record import Zoo, cached_zoo, expect_kind, file_digests, zoo_id
+from ._timm_names import hub_cache
 from ._tokenizers import tokenizer_tag
 
 
@@ -93,14 +94,25 @@ class HFFolder:
     model; None or a folder of model folders (e.g. ``path``): each model folder's own, where it has one."""
 
     name: str
-    path: str
+    path: str | None
     pooling: str = "cls"
     max_length: int = 128
     tokenizer: str | None = None
     image_size: int | None = None  # vision models: the items' size (default: each model's config.image_size)
+    ids: tuple[str, ...] = ()  # instead of path: Hugging Face model ids read from the local hub cache
+    cache_dir: str | None = None  # the hub cache (None: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)
 
     def __post_init__(self) -> None:
         text("models.name", self.name)
+        ids = self.ids or ()
+        if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
+            raise ConfigError(f"models.ids must be a list of Hugging Face model ids (e.g. [google/vit-base-patch16-"
+                              f"224, sentence-transformers/all-MiniLM-L6-v2]), got {self.ids!r}")
+        object.__setattr__(self, "ids", tuple(ids))
+        if (self.path is None) == (not self.ids):
+            raise ConfigError("models=hf_dirs needs exactly one of models.path (a model folder, or a folder of them) "
+                              "and models.ids (model ids in the local Hugging Face cache)")
+        text("models.cache_dir", self.cache_dir, optional=True)
         choice("models.pooling", self.pooling, ("cls", "mean"))
         whole("models.max_length", self.max_length, at_least=2)
         text("models.tokenizer", self.tokenizer, optional=True)
@@ -110,7 +122,10 @@ class HFFolder:
 
     @property
     def dirs(self) -> list[Path]:
-        """The model folders, sorted; StoreError when there are none."""
+        """The model folders (sorted, or the cached snapshots of ``ids`` in their order); StoreError when there are
+        none, or naming every id that is not cached."""
+        if self.ids:
+            return cached_snapshots(self.ids, hub_cache(self.cache_dir))
         folder = Path(text("models.path", self.path)).expanduser()
         dirs = ([folder] if (folder / "config.json").is_file() else
                 sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else [])
@@ -127,18 +142,22 @@ class HFFolder:
         """Import the folders as a zoo (reused while their files' contents stay the same); blocks shared between the
         models are found by hash and stored once."""
         from ..data._text import _tokenizer_files
-        folder, dirs, tokenizer = Path(self.path).expanduser(), self.dirs, self.tokenizer
+        dirs, tokenizer = self.dirs, self.tokenizer
+        folder = hub_cache(self.cache_dir) if self.ids else Path(str(self.path)).expanduser()
         own = tokenizer is None or (model_dir(tokenizer).is_dir() and _tokenizer_files(model_dir(tokenizer)) is None)
         cfg = {"kind": "hf_dirs", "path": str(folder.resolve()), "pooling": self.pooling,
                "max_length": self.max_length, "tokenizer": tokenizer,
                "files": file_digests(folder, (f for d in dirs for f in sorted(d.rglob("*")) if f.is_file()))}
         if self.image_size is not None:  # only then: text zoos keep the ids they had
             cfg["image_size"] = self.image_size
+        if self.ids:
+            cfg["ids"] = list(self.ids)
         zid = zoo_id(self.name, cfg)
 
         def build():
-            for d in dirs:
-                model_name = f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', d.name)}"
+            for k, d in enumerate(dirs):
+                label = self.ids[k].split("/")[-1] if self.ids else d.name
+                model_name = f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', label)}"
                 import_hf_dir(store, model_name, d, pooling=self.pooling, max_length=self.max_length,
                               tokenizer=None if own else tokenizer, tags=[f"zoo:{self.name}"],
                               image_size=self.image_size)
@@ -153,12 +172,41 @@ def import_hf_folder(store: BlockStore, *, name: str, path: str, pooling: str = 
     return HFFolder(name, str(path), pooling, max_length, tokenizer).build(store, progress=progress)
 
 
-def hf_dirs_spec(*, name: str, path: str, pooling: str = "cls", max_length: int = 128, tokenizer: str | None = None,
-                 image_size: int | None = None, kind: str = "hf_dirs") -> HFFolder:
+def hf_dirs_spec(*, name: str, path: str | None = None, pooling: str = "cls", max_length: int = 128,
+                 tokenizer: str | None = None, image_size: int | None = None, ids: Sequence[str] | None = None,
+                 cache_dir: str | None = None, kind: str = "hf_dirs") -> HFFolder:
     """The ``models=hf_dirs`` config, validated: an :class:`HFFolder` of items of ``(2, max_length)`` tokens (text
-    encoders) or ``(3, image_size, image_size)`` images (vision encoders)."""
+    encoders) or ``(3, image_size, image_size)`` images (vision encoders); ``ids`` instead of ``path``: models in the
+    local hub cache."""
     expect_kind(kind, "hf_dirs", "alsatian_pl.zoo.hf_dirs_spec")
-    return HFFolder(name, path, pooling, max_length, tokenizer, image_size)
+    ids = tuple(ids) if isinstance(ids, Sequence) and not isinstance(ids, str) else (ids or ())
+    return HFFolder(name, path, pooling, max_length, tokenizer, image_size, ids, cache_dir)  # type: ignore[arg-type]
+
+
+def cached_snapshots(ids: Sequence[str], cache: Path) -> list[Path]:
+    """The cached main-revision folder of each model id (``models--<org>--<name>/snapshots/<refs/main>``, holding
+    config.json); one StoreError naming every id that is not cached and how to fetch it."""
+    found, missing = [], []
+    for repo in ids:
+        root = cache / f"models--{repo.replace('/', '--')}"
+        try:
+            revision = (root / "refs" / "main").read_text().strip()
+        except OSError:
+            revision = ""
+        snapshot = root / "snapshots" / revision
+        if revision and (snapshot / "config.json").is_file():
+            found.append(snapshot)
+        else:
+            missing.append((repo, root))
+    if missing:
+        repo, root = missing[0]
+        raise StoreError(
+            f"{len(missing)} Hugging Face model(s) are not in the hub cache at {cache} "
+            f"({', '.join(r for r, _ in missing)}); for {repo} alsatian-pl looked for {root / 'refs' / 'main'} and "
+            f"{root / 'snapshots' / '<revision>' / 'config.json'}. Nothing is downloaded at search time: on a machine "
+            f"with internet access run `huggingface-cli download {repo}` and copy its hub cache here, or point "
+            "models.cache_dir at a cache that holds them")
+    return found
 
 
 def hf_dirs_zoo(store: BlockStore, *, progress: bool = True, **options: Any) -> Zoo:
