@@ -589,8 +589,8 @@ class BlockStore:
         (self.models_dir / f"{name}.json").unlink(missing_ok=True)
 
     def damaged_blocks(self, manifest: ModelManifest) -> list[str]:
-        """The model's blocks whose files are missing or damaged, found cheaply: a file of the size its manifest
-        records counts as intact, one of another size is checked against its hash (another model of another recipe
+        """The model's blocks (and stored head) whose files are missing or damaged, found cheaply: a file of the size
+        its manifest records counts as intact, one of another size is checked against its hash (another model of another recipe
         may have written the same block); a damaged one is moved aside, so re-importing the model writes it again."""
         bad = []
         for b in manifest.blocks:
@@ -601,6 +601,13 @@ class BlockStore:
                 continue
             except (FileNotFoundError, CorruptBlockError):
                 bad.append(b.hash)
+        head = manifest.head
+        if head is not None:  # a head file of another size than recorded (or none): the model is re-imported too
+            try:
+                if self.head_path(head.hash).stat().st_size != head.nbytes:
+                    bad.append(head.hash)
+            except FileNotFoundError:
+                bad.append(head.hash)
         return bad
 
     UNLOCKED_TMP_S = 3600.0  # temporary files of writers that do not take the lock (tokenizers) must be this old

@@ -147,3 +147,17 @@ def test_a_checkpoint_that_does_not_fit_the_extractor_is_refused_in_one_message(
     message = str(info.value)
     assert "\n" not in message and all(w in message for w in words), message
     assert store.model_names() == []
+
+
+def test_a_missing_head_file_rebuilds_the_zoo(store, tmp_path):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    torch.save(_tuned(10, 1).state_dict(), folder / "cars.pth")
+    build = lambda: import_checkpoint_folder(store, name="mine", path=str(folder), arch="resnet18",  # noqa: E731
+                                             input_size=SIZE, progress=False)
+    (name,) = build().models
+    head = store.head_path(store.head_info(name).hash)
+    head.unlink()
+    with pytest.warns(UserWarning, match="misses 1 block file"):
+        build()
+    assert head.is_file() and store.read_head(name)[1].out_features == 10

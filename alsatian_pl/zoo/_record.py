@@ -61,7 +61,7 @@ class Zoo:
             except StoreError:
                 return _rebuilding(zoo_id, f"the manifest of its model {name} is missing, damaged or was edited")
             if damaged:
-                return _rebuilding(zoo_id, f"its model {name} misses {len(damaged)} block file(s) or has damaged ones")
+                return _rebuilding(zoo_id, f"its model {name} misses {len(damaged)} block or head file(s) or has damaged ones")
         return cls(store, zoo_id, models, recorded)
 
     def save(self) -> None:
