@@ -84,7 +84,7 @@ def test_a_block_damaged_in_place_is_named_once_then_healed(built, fresh_store, 
     assert status == 2
     line = one_error_line(err, h[:16], "does not match its content hash", "Run the same command again")
     assert "moved aside" in line and not store.has_block(h)
-    with pytest.warns(AlsatianWarning, match="misses 1 block file"):
+    with pytest.warns(AlsatianWarning, match="misses 1 block or head file"):
         status, err, ranking = _search(capsys, fresh_store)
     assert status == 0 and ranking == built[1] and store.verify() == []
 
