@@ -200,8 +200,11 @@ def test_an_unreadable_image_names_the_file_or_is_skipped_and_counted(tmp_path):
     for cache in (None, tmp_path / "cache"):
         with pytest.raises(DataError, match=f"{broken}.*skip_unreadable=true"):
             module(images, cache)
-    with pytest.warns(UserWarning, match="ignored 2 file"):
+    with pytest.warns(UserWarning) as warned:
         dm = module(images, tmp_path / "cache", skip_unreadable=True)
+    said = " ".join(str(w.message) for w in warned)
+    assert "ignored 2 file" in said and f"skipped 1 image(s) that cannot be read (dataset.skip_unreadable=true), " \
+                                        f"e.g. {broken}" in said
     prepared = dm.describe()["prepared"]
     assert prepared["skipped_unreadable"] == 1 and prepared["skipped_files"] == [str(broken)]
     assert prepared["ignored_files"] == 2 and dm.describe()["items"] == 35

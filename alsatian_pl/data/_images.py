@@ -80,7 +80,7 @@ def _pixels(image) -> np.ndarray:  # noqa: ANN001 - a PIL image
     """uint8 ``[H, W]`` / ``[H, W, 3]`` for 8-bit images without transparency (as PIL converts them), else the
     float32 :func:`intensities`."""
     if image.mode in _EIGHT_BIT and "transparency" not in image.info:
-        return np.asarray(image.convert("L" if image.mode in ("1", "L") else "RGB"))
+        return np.array(image.convert("L" if image.mode in ("1", "L") else "RGB"))  # writable, as torch wants
     return intensities(image)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -150,6 +151,9 @@ class SearchDataModule(LightningDataModule):
             bad |= unreadable
         targets = torch.from_numpy(labels[order])
         skipped = tuple(source.item_name(i) for i in sorted(bad)) if bad else ()
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} image(s) that cannot be read (dataset.skip_unreadable=true), e.g. "
+                          f"{skipped[0]}; results.json lists them under dataset.prepared", stacklevel=3)
         return _Prepared(rows, row_of, targets[:n], targets[n:], names, order, convert, decoded, skipped)
 
     def _prepared_by(self, source: Source, order: np.ndarray) -> tuple[Rows, Convert]:
