@@ -69,20 +69,35 @@ def main() -> None:
             subprocess.run(cmd, check=True, cwd=out, capture_output=True)
             runs[n].append(json.loads(path.read_text()))
             print(f"{n} process(es), run {rep}: {runs[n][-1]['wall_s']:.2f} s", flush=True)
-    report(runs, args.procs)
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    report(runs, args.procs, f"{args.strategy} on 35 {args.arch} models (Top Layers), {args.items} Fashion-MNIST items "
+           f"at 32 px, on {cores} CPU cores: 1 process with {cores} threads against {args.procs} Fabric DDP processes "
+           f"(gloo) with {max(1, cores // args.procs)} thread(s) each.")
 
 
-def report(runs: dict[int, list[dict]], procs: int) -> None:
+def report(runs: dict[int, list[dict]], procs: int, setup: str = "") -> None:
+    """Print the comparison and write it as BENCHMARKS.md's section (``bench/notes/distributed.md``)."""
     med = {n: sorted(r["wall_s"] for r in rs)[len(rs) // 2] for n, rs in runs.items()}
     one, many = runs[1][0], runs[procs][0]
     same = all([x["model"] for x in r["ranking"]] == [x["model"] for x in one["ranking"]] for r in runs[procs])
     d = many["distributed"]
-    print(f"wall: 1 process {med[1]:.2f} s, {procs} processes {med[procs]:.2f} s, ratio {med[1] / med[procs]:.2f}; "
-          f"rankings identical: {same}")
-    print(f"load balance (mean/max busy) {d['load_balance']:.2f}, predicted {d['predicted_balance']:.2f}")
+    lines = [f"wall: 1 process {med[1]:.2f} s, {procs} processes {med[procs]:.2f} s, ratio {med[1] / med[procs]:.2f}; "
+             f"rankings identical: {same}",
+             f"load balance (mean/max busy) {d['load_balance']:.2f}, predicted {d['predicted_balance']:.2f}"]
     for r in d["ranks"]:
-        print(f"  rank {r['rank']}: {len(r['models'])} models, busy {r['busy_s']:.2f} s, communication "
-              f"{r['timings_s'].get('communication', 0):.3f} s, {r['collectives']} all-gathers, {r['bytes_sent']} bytes sent")
+        lines.append(f"  rank {r['rank']}: {len(r['models'])} models, busy {r['busy_s']:.2f} s, communication "
+                     f"{r['timings_s'].get('communication', 0):.3f} s, {r['collectives']} all-gathers, "
+                     f"{r['bytes_sent']} bytes sent")
+    print("\n".join(lines))
+    walls = {n: ", ".join(f"{r['wall_s']:.1f}" for r in rs) for n, rs in runs.items()}
+    note = ["### Distributed search, measured (`python bench/run_distributed.py`)\n", setup + "\n",
+            f"Each run in a fresh process, order alternated; wall seconds per run: 1 process {walls[1]}; {procs} "
+            f"processes {walls[procs]}.\n", "```", *lines, "```", ""]
+    notes = ROOT / "bench" / "notes"
+    notes.mkdir(exist_ok=True)
+    (notes / "distributed.md").write_text("\n".join(note))
 
 
 if __name__ == "__main__":
