@@ -219,6 +219,8 @@ def note(s: dict) -> str:
                          f"{', '.join(f'{m}×{n}' for m, n in r['rounds'])} | {_mib(max(r['planned_peaks']))} | "
                          f"{_mib(r['peak_rss'])} | {_mib(r['footprint_rss'])} | {'✅' if ok else '❌'} | "
                          f"{r['held_bytes'] / 1024:.0f} KiB | `{r['winner']}` |")
+        if s.get("searches_note"):
+            lines += ["", s["searches_note"]]
         if any(r["peak_rss"] > parse_bytes(r["budget"]) + r["footprint_rss"] for r in s["searches"]):
             lines += ["", "❌: host memory grew past budget + footprint. Growth above the largest planned peak was "
                       + ", ".join(f"{_mib(r['peak_rss'] - r['footprint_rss'] - max(r['planned_peaks']))} at "

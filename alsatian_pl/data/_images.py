@@ -36,7 +36,10 @@ def prepare_image(file: Path, size: int) -> torch.Tensor:
     """uint8 ``[3, size, size]``: the image decoded as :func:`decode_image` does and resized (bilinear, antialiased,
     torchvision's resize): 8-bit images are resized as uint8, wider ones in float32 and then rounded; grey images
     repeat to three channels."""
-    pixels = torch.from_numpy(_decode(file, size, _pixels))
+    array = _decode(file, size, _pixels)
+    with warnings.catch_warnings():  # a read-only view of PIL's bytes (no copy): only read, resize makes new pixels
+        warnings.simplefilter("ignore", UserWarning)
+        pixels = torch.from_numpy(array)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
     return resize_pixels(pixels, size).expand(3, -1, -1)
 
@@ -65,7 +68,8 @@ def _decode(file: Path, size: int, read: Callable[[Any], np.ndarray]) -> np.ndar
                 if getattr(image, "n_frames", 1) > 1:
                     image.seek(0)
                 image.draft(None, (size, size))  # JPEG only: a reduced-scale decode, still >= size
-                if image.getexif().get(0x0112, 1) != 1:  # an EXIF orientation: turn it (a copy) as viewers do
+                exif = "exif" in image.info or image.format in ("TIFF", "MPO")  # else there is no orientation tag
+                if exif and image.getexif().get(0x0112, 1) != 1:  # an EXIF orientation: turn it as viewers do
                     image = ImageOps.exif_transpose(image)
                 return read(image)
     except DataError as exc:  # a mode decoded without a known scale: refused, not guessed
@@ -80,7 +84,8 @@ def _pixels(image) -> np.ndarray:  # noqa: ANN001 - a PIL image
     """uint8 ``[H, W]`` / ``[H, W, 3]`` for 8-bit images without transparency (as PIL converts them), else the
     float32 :func:`intensities`."""
     if image.mode in _EIGHT_BIT and "transparency" not in image.info:
-        return np.array(image.convert("L" if image.mode in ("1", "L") else "RGB"))  # writable, as torch wants
+        target = "L" if image.mode in ("1", "L") else "RGB"
+        return np.asarray(image if image.mode == target else image.convert(target))  # read-only: see prepare_image
     return intensities(image)
 
 
