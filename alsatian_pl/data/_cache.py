@@ -36,7 +36,7 @@ import torch
 
 from ..errors import AlsatianError, DataError, DiskError
 from ..io import os_error_message, read_json, write_json
-from ._sources import DISK_FAILURE, Decoded, ImageSource, RowWriter
+from ._sources import DISK_FAILURE, Decoded, ImageSource, RowWriter, pwrite_all, unreadable
 
 FORMAT = 1
 DECODER = "pil-draft/torchvision-bilinear-antialias/uint8-rgb/1"  # change it when prepared pixels would change
@@ -149,8 +149,7 @@ class DiskRows:
                     done += len(batch.positions)
                     progress(len(batch.positions))
                     if batch.errors and stop_on_error:
-                        raise DataError(next(iter(batch.errors.values())) + " (or set dataset.skip_unreadable=true "
-                                        "to skip files that cannot be read)")
+                        raise unreadable(next(iter(batch.errors.values())))
                     if done % _SAVE_EVERY < len(batch.positions):
                         self._save()
             finally:
@@ -181,11 +180,7 @@ class DiskRows:
 
     def _pwrite(self, block: np.ndarray, first_row: int) -> None:
         try:
-            view = memoryview(block).cast("B")
-            at = self.offset + first_row * self.row_bytes
-            while view:
-                written = os.pwrite(self._file(), view, at)
-                view, at = view[written:], at + written
+            pwrite_all(self._file(), block, self.offset + first_row * self.row_bytes)
         except OSError as exc:
             raise DiskError(f"cannot write prepared items: {os_error_message(exc, self.folder / 'items.npy')}") from None
 

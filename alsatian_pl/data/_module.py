@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..io import check_folder
 from ._cache import DiskRows
 from ._items import AsIs, Convert, Items, MemoryRows, Rows, ToIds, ToPixels
-from ._sources import DATASETS, DataSpec, ImageSource, Source, make_source
+from ._sources import DATASETS, DataSpec, ImageSource, Source, make_source, unreadable
 from ._text import TextSource, tokenizer_key
 from ._split import balanced_subset, chunk_bounds, stratified_split
 
@@ -144,11 +144,11 @@ class SearchDataModule(LightningDataModule):
                 rows, convert = self._prepared_by(source, order)
                 row_of, decoded = np.arange(len(order)), len(order)
                 break
-            rows, row_of, decoded, unreadable = self._images(source, order)
+            rows, row_of, decoded, failed = self._images(source, order)
             convert = self._pixels
-            if not unreadable:
+            if not failed:
                 break
-            bad |= unreadable
+            bad |= failed
         targets = torch.from_numpy(labels[order])
         skipped = tuple(source.item_name(i) for i in sorted(bad)) if bad else ()
         if skipped:
@@ -196,15 +196,14 @@ class SearchDataModule(LightningDataModule):
                 return rows, order, decoded, {int(i) for i in order if int(i) in rows.unreadable}
             size = self.spec.image_size
             pixels = torch.empty((len(order), 3, size, size), dtype=torch.uint8)
-            unreadable: set[int] = set()
+            failed: set[int] = set()
             for pos, batch, errors, _ in source.decode(order, self.num_workers):
                 pixels[torch.from_numpy(pos)] = batch
                 if errors and stop:
-                    raise DataError(next(iter(errors.values())) + " (or set dataset.skip_unreadable=true to skip "
-                                    "files that cannot be read)")
-                unreadable |= {int(order[p]) for p in errors}
+                    raise unreadable(next(iter(errors.values())))
+                failed |= {int(order[p]) for p in errors}
                 advance(len(pos))
-        return MemoryRows(pixels), np.arange(len(order)), len(order), unreadable
+        return MemoryRows(pixels), np.arange(len(order)), len(order), failed
 
     def setup_rounds(self, num_rounds: int) -> None:
         """Cut the training set into ``num_rounds`` chunks D1..Dl, each about twice the previous, together all of it.

@@ -58,6 +58,19 @@ class Decoded(NamedTuple):
     crcs: np.ndarray | None = None
 
 
+def pwrite_all(fd: int, array: np.ndarray, at: int) -> None:
+    """Write all of ``array``'s bytes (C-contiguous) at offset ``at`` of ``fd``, however many calls it takes."""
+    data = memoryview(array).cast("B")
+    while data:
+        written = os.pwrite(fd, data, at)
+        data, at = data[written:], at + written
+
+
+def unreadable(why: str) -> DataError:
+    """The error that stops a prepare at an image that cannot be decoded (``why`` names the file)."""
+    return DataError(f"{why} (or set dataset.skip_unreadable=true to skip files that cannot be read)")
+
+
 class RowWriter:
     """Writes decoded items straight into rows of a prepared-data file (in whichever process decodes them), so the
     pixels never travel between processes: ``writer(k, pixels)`` stores position ``k`` and returns its CRC-32."""
@@ -70,10 +83,7 @@ class RowWriter:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY)
         array = np.ascontiguousarray(pixels.numpy())
-        data, at = memoryview(array).cast("B"), self.offset + int(self.rows[k]) * self.row_bytes
-        while data:
-            written = os.pwrite(self._fd, data, at)
-            data, at = data[written:], at + written
+        pwrite_all(self._fd, array, self.offset + int(self.rows[k]) * self.row_bytes)
         return zlib.crc32(array)
 
     def __getstate__(self) -> dict:
