@@ -46,6 +46,18 @@ def make_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.Sequential
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), num_classes))
 
 
+def own_storage(module: nn.Module) -> None:
+    """Replace every parameter and buffer of ``module`` by a copy with storage of its own (same values, same
+    ``requires_grad``)."""
+    for m in module.modules():
+        for n, p in m._parameters.items():
+            if p is not None:
+                m._parameters[n] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for n, b in m._buffers.items():
+            if b is not None:
+                m._buffers[n] = b.clone()
+
+
 class FinetuneModule(L.LightningModule):
     """``backbone`` (the stored blocks, an ``nn.Sequential``) → ``head`` (linear); ``None`` until :meth:`install`.
 
@@ -70,7 +82,10 @@ class FinetuneModule(L.LightningModule):
     # -- installation
     def install(self, backbone: nn.Sequential, head: nn.Module, num_classes: int,
                 provenance: dict[str, Any] | None = None) -> None:
-        """Put the blocks and the head in place, add accuracy metrics and apply the freezing rule."""
+        """Put the blocks and the head in place, add accuracy metrics and apply the freezing rule. Each tensor of
+        the backbone gets storage of its own (the store loads a block's tensors as views of one buffer, which share
+        one autograd version counter, so a BatchNorm statistic updated in place would fail the weights' backward)."""
+        own_storage(backbone)
         self.backbone, self.head = backbone, head
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

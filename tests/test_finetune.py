@@ -112,3 +112,31 @@ def test_module_without_callback_says_what_is_missing():
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ConfigError, match="FinetuneCallback"):
         trainer.fit(FinetuneModule(), data)
+
+
+def test_trained_blocks_with_batchnorm_train_on_stored_weights(zoo):
+    """A stored block's tensors are views of one buffer; training a block that holds BatchNorm must still work (its
+    running statistics are updated in place during the forward pass) and leave the store's copy untouched."""
+    from alsatian_pl.finetune import make_head
+    from torch import nn
+
+    store, name = zoo.store, zoo.models[0]
+    backbone = store.load_model(name)
+    with_bn = [i for i, b in enumerate(backbone) if any(isinstance(m, nn.BatchNorm2d) for m in b.modules())]
+    train_blocks = len(backbone) - with_bn[-1]  # the last block with BatchNorm trains
+    module = FinetuneModule(train_blocks=train_blocks)
+    module.install(backbone, make_head(store.manifest(name).blocks[-1].out_shape, 3), 3)
+    module.train()
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(module(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    stored = store.load_model(name)  # a fresh copy: what the store holds
+    changed = [not torch.equal(a, b) for a, b in zip(module.backbone[with_bn[-1]].state_dict().values(),
+                                                     stored[with_bn[-1]].state_dict().values())]
+    assert any(changed)  # the block trained (weights and running statistics moved)
+    assert all(torch.equal(a, b) for a, b in zip(module.backbone[0].state_dict().values(),
+                                                 stored[0].state_dict().values()))  # a frozen block did not
