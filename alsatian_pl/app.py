@@ -50,10 +50,10 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
     logger = make_logger(cfg.get("logger"), output_dir)
     searcher = _call(instantiate(cfg.search), "search", store=store, data=data, logger=logger)
     size = expected_size(spec, store)
-    data.setup(num_rounds=searcher.strategy.num_rounds(size, searcher.result_size))
+    searcher.strategy.cut_rounds(data, size, searcher.result_size)
     zoo = spec.build(store, progress=searcher.progress)
     if len(zoo.models) != size:  # a where filter kept fewer models than the zoos hold
-        data.setup_rounds(searcher.strategy.num_rounds(len(zoo.models), searcher.result_size))
+        searcher.strategy.cut_rounds(data, len(zoo.models), searcher.result_size)
     result, rank = _run(searcher, zoo.models, getattr(searcher, "launch_options", SINGLE_PROCESS))
     if rank != 0:
         return result, None

@@ -40,6 +40,7 @@ from .units import parse_bytes
 from .distributed import SINGLE, Group
 from .plan.partition import Assignment, lpt, subtree_parts
 from .reuse import FeatureCache, SearchCheckpoint, fingerprint, items_key
+from .schedule import Schedule
 from .weights import WeightCache
 from .zoo import model_tokenizer
 
@@ -192,7 +193,8 @@ class SuccessiveHalving:
     ``feature_cache``: a folder keeping models' features across searches (at most ``feature_cache_bytes``);
     ``checkpoint_dir``: each finished round is saved there, and ``resume`` continues from the last one saved;
     ``logger``: a Lightning logger that gets each round's metrics; ``group``: the ranks of a distributed search
-    (each runs the subtrees assigned to it).
+    (each runs the subtrees assigned to it). ``min_class_items`` and ``noise_margin``: the opt-in robust
+    successive-halving schedule (:mod:`alsatian_pl.schedule`, which states their cost; None: the paper's schedule).
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -203,15 +205,23 @@ class SuccessiveHalving:
                  prefetch: bool | str | None = "auto", device_capacity: int | str | None = "auto",
                  feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB",
                  checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None,
-                 group: Group | None = None):
+                 group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None):
         _check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
                        channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
                        feature_cache=feature_cache, checkpoint_dir=checkpoint_dir,
                        sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
                               "device_capacity": device_capacity})
+        schedule = Schedule(min_class_items, noise_margin)
         self.store, self.data = store, data
         self.strategy = get_strategy(strategy)
+        if not schedule.is_paper:  # the knobs set the schedule; else the strategy keeps its own (the paper's)
+            self.strategy = self.strategy.scheduled(schedule)
+        self.schedule = self.strategy.schedule
         self.scorer = _scorer(scorer, scorer_kwargs, seed)
+        if self.schedule.noise_margin is not None and not self.scorer.reports_stderr:
+            warnings.warn(f"search.noise_margin={self.schedule.noise_margin:g} keeps nobody extra with scorer "
+                          f"{self.scorer.name!r}: its scores carry no standard error (linear and knn do)",
+                          AlsatianWarning, stacklevel=2)
         self.result_size, self.batch_size = result_size, batch_size
         self.cache_budget = _bytes(cache_budget)
         self.device = resolve_device(device)
@@ -262,14 +272,20 @@ class SuccessiveHalving:
         result.resumed_from_round = first or None
         if self.logger is not None:
             self.logger.log_hyperparams({"strategy": self.strategy.name, "models": len(manifests),
-                                         "scorer": self.scorer.name, "result_size": self.result_size})
+                                         "scorer": self.scorer.name, "result_size": self.result_size,
+                                         **({} if self.schedule.is_paper else self.schedule.options())})
             self.logger.finalize("success")
         return result
 
     def _start(self, manifests: dict[str, ModelManifest], stats: SearchStats) -> SearchState:
         """Cut the data into the strategy's rounds, group the models by input and build their task trees."""
-        rounds = self.strategy.num_rounds(len(manifests), self.result_size)
-        self.data.setup(num_rounds=rounds)
+        rounds = self.strategy.cut_rounds(self.data, len(manifests), self.result_size)
+        asked = self.strategy.num_rounds(len(manifests), self.result_size)
+        if rounds < asked:
+            warnings.warn(f"search.min_class_items={self.schedule.min_class_items}: the doubling chunks use up all "
+                          f"{sum(self.data.chunk_sizes)} training items after {rounds} of the {asked} rounds: the "
+                          f"search runs only those (chunk sizes {self.data.chunk_sizes}; the last cuts straight to "
+                          f"result_size={self.result_size})", AlsatianWarning, stacklevel=3)
         groups = self._groups(manifests)
         with stats.phase("planning"):
             for g in groups:
@@ -373,19 +389,20 @@ class SuccessiveHalving:
             return {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
 
     def _prune(self, state: SearchState, engine: Engine, scores: dict[str, ProxyScore]) -> None:
-        """Keep the better part (the strategy's count), report the round, and drop the rest's features, tree paths
-        and weights."""
+        """Keep the better part (the strategy's survivors and, with a noise margin, the models within it), report
+        the round, and drop the rest's features, tree paths and weights."""
         r, order = state.round, rank(scores, self.scorer.higher_is_better)
-        keep = self.strategy.survivors(order, r, state.rounds, self.result_size)
-        dropped = order[keep:]
-        state.reports.append(self._report(state, engine, keep))
+        alive = self.strategy.keep(order, scores, r, state.rounds, self.result_size, self.scorer.higher_is_better)
+        going_on = set(alive)
+        dropped = [m for m in order if m not in going_on]
+        state.reports.append(self._report(state, engine, len(alive)))
         for m in dropped:
             state.eliminated[m] = (r, scores[m])
         state.features.drop(dropped)
         with engine.stats.phase("planning"):
             for tree in state.trees:
                 tree.prune([m for m in dropped if m in tree])
-        state.alive, state.scores = order[:keep], scores
+        state.alive, state.scores = alive, scores
         engine.weights.retain(self.strategy.weight_keys(state.trees))
         self._log(state, engine, scores)
 
@@ -425,11 +442,13 @@ class SuccessiveHalving:
         if self.checkpoint_dir is None:
             return None
         x, y = self.data.train_items()
-        key = fingerprint([self.strategy.name, [(n, m.hashes) for n, m in manifests.items()],
-                           type(self.scorer).__name__, vars(self.scorer), self.result_size, self.batch_size,
-                           self.device.type, self.channels_last, x.key, items_key(y),
-                           self.data.test_items()[0].key, self.data.chunk_sizes])
-        return SearchCheckpoint(self.checkpoint_dir / f"search-{key}.safetensors", key)
+        parts = [self.strategy.name, [(n, m.hashes) for n, m in manifests.items()],
+                 type(self.scorer).__name__, vars(self.scorer), self.result_size, self.batch_size,
+                 self.device.type, self.channels_last, x.key, items_key(y), self.data.test_items()[0].key]
+        # the paper's schedule keeps the key it always had; the robust knobs are part of the key when set
+        schedule = [] if self.schedule.is_paper else [self.schedule.options()]
+        key = fingerprint([*parts, self.data.chunk_sizes, *schedule])
+        return SearchCheckpoint(self.checkpoint_dir / f"search-{key}.safetensors", key, family=fingerprint(parts))
 
     def _save(self, state: SearchState, engine: Engine, checkpoint: SearchCheckpoint | None) -> None:
         """Write the state after the round just finished (atomically; the previous round's file is replaced)."""
@@ -440,7 +459,7 @@ class SuccessiveHalving:
                 "scores": {m: [p.score, p.test_loss] for m, p in state.scores.items()},
                 "eliminated": {m: [r, p.score, p.test_loss] for m, (r, p) in state.eliminated.items()},
                 "reports": [asdict(r) for r in state.reports], "timings": s.timings, "counts": dict(s.counts),
-                "block_seconds": s.block_seconds, "block_items": s.block_items}
+                "block_seconds": s.block_seconds, "block_items": s.block_items, "schedule": self.schedule.options()}
         labels = {f"labels/{i}": y for i, y in enumerate(state.labels)}
         with s.phase("checkpoint"):
             checkpoint.save(meta, {**state.features.state(), **labels, "labels/test": state.test_labels})
@@ -450,7 +469,8 @@ class SuccessiveHalving:
         saved = checkpoint.load() if checkpoint is not None and self.resume else None
         if saved is None:
             if self.resume:
-                warnings.warn("search.resume=true but no saved round matches this search: starting from round 1")
+                warnings.warn("search.resume=true but no saved round matches this search: starting from round 1"
+                              + _other_schedules(checkpoint))
             return 0
         meta, tensors = saved
         state.alive, state.reports = list(meta["alive"]), [RoundReport(**r) for r in meta["reports"]]
@@ -552,6 +572,17 @@ def _ranks_summary(state: SearchState, ranks: list[dict[str, Any]]) -> dict[str,
                        "predicted_cost_per_item": state.assignment.loads[i], "timings_s": r["timings_s"],
                        "cache": r["cache"], "memory": r["memory"], "bytes_sent": r["bytes_sent"],
                        "collectives": r["collectives"]} for i, (b, r) in enumerate(zip(busy, ranks))]}
+
+
+def _other_schedules(checkpoint: SearchCheckpoint | None) -> str:
+    """Where the rounds of this search saved under another schedule are, and how to continue them (or nothing)."""
+    others = [] if checkpoint is None else checkpoint.siblings()
+    if not others:
+        return ""
+    path, state = others[0]
+    saved = Schedule(**state.get("schedule", {})).options()
+    knobs = ", ".join(f"search.{k}={'null' if v is None else v}" for k, v in saved.items())
+    return f" ({path} holds rounds of this search run with {knobs}: resume with those values to continue it)"
 
 
 def _interrupted(state: SearchState, checkpoint: SearchCheckpoint | None) -> SearchInterrupted:

@@ -105,9 +105,11 @@ class SearchCheckpoint:
 
     path: Path
     fingerprint: str
+    family: str = ""  # the fingerprint without the schedule: the same search run with other schedule knobs
 
     def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        payload = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "state": json.dumps(meta)}
+        payload = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "family": self.family,
+                   "state": json.dumps(meta)}
         _atomic_write(self.path, st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                                          metadata=payload))
 
@@ -129,6 +131,20 @@ class SearchCheckpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def siblings(self) -> list[tuple[Path, dict[str, Any]]]:
+        """``(path, saved state)`` of the other saved searches of this family (the same search, another schedule)."""
+        from safetensors import safe_open
+        found = []
+        for path in sorted(self.path.parent.glob("search-*.safetensors")) if self.family else []:
+            try:
+                with safe_open(path, framework="pt") as f:
+                    meta = f.metadata() or {}
+                if meta.get("family") == self.family and meta.get("fingerprint") != self.fingerprint:
+                    found.append((path, json.loads(meta["state"])))
+            except (SafetensorError, OSError, RuntimeError, ValueError, KeyError):
+                continue  # unreadable, or not a saved search: not a sibling
+        return found
 
 
 def fingerprint(parts: Iterable[Any]) -> str:

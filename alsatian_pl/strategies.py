@@ -8,19 +8,23 @@ runs, which items each round pushes, how its task tree is built and which steps 
 - ``base``: every model on the full training data, one model after another, no halving.
 
 Register another with ``@STRATEGIES.register("name")`` on a :class:`Strategy` subclass (an instance is made per
-search).
+search). The successive-halving schedule (rounds, chunk sizes, survivors) is not a strategy's own: every strategy
+delegates it to its :class:`~alsatian_pl.schedule.Schedule` (the paper's unless the search sets the robust knobs), so
+the strategies still differ in their plan only.
 """
 
 from __future__ import annotations
 
-import math
+import copy
 from typing import Hashable, Iterable, Mapping, Sequence
 
 import torch
 
-from .data import Items, SearchDataModule, num_rounds
+from .data import Items, SearchDataModule
 from .plan import BlockSpec, TaskTree
 from .registry import Registry
+from .schedule import PAPER, Schedule
+from .score import ProxyScore
 
 STRATEGIES: Registry[type["Strategy"]] = Registry("search strategy")
 
@@ -31,10 +35,24 @@ class Strategy:
 
     name = ""
     shares_prefixes = True
+    schedule: Schedule = PAPER  # the successive-halving schedule; a search sets its own (:meth:`scheduled`)
+
+    def scheduled(self, schedule: Schedule) -> "Strategy":
+        """A copy of this strategy that follows ``schedule`` (this one is left as it is)."""
+        twin = copy.copy(self)
+        twin.schedule = schedule
+        return twin
 
     def num_rounds(self, num_models: int, result_size: int) -> int:
         """Rounds of the search over ``num_models`` candidates returning ``result_size`` models."""
-        return num_rounds(num_models, result_size)
+        return self.schedule.num_rounds(num_models, result_size)
+
+    def cut_rounds(self, data: SearchDataModule, num_models: int, result_size: int) -> int:
+        """Cut ``data`` into the chunks of this strategy's rounds (the schedule's sizes); the rounds the search runs
+        (fewer than :meth:`num_rounds` where the schedule merged away chunks the data cannot fill)."""
+        data.setup(num_rounds=self.num_rounds(num_models, result_size),
+                   min_class_items=self.schedule.min_class_items)
+        return len(data.chunk_sizes)
 
     def round_items(self, data: SearchDataModule, r: int, tokenizer: str | None = None
                     ) -> tuple[Items, torch.Tensor]:
@@ -43,7 +61,14 @@ class Strategy:
 
     def survivors(self, ranked: Sequence[str], r: int, rounds: int, result_size: int) -> int:
         """How many of the ranked models go on after round ``r``: the better half, the result in the last round."""
-        return result_size if r == rounds - 1 else max(result_size, math.ceil(len(ranked) / 2))
+        return self.schedule.halving(len(ranked), r, rounds, result_size)
+
+    def keep(self, ranked: Sequence[str], scores: Mapping[str, ProxyScore], r: int, rounds: int, result_size: int,
+             higher_is_better: bool) -> list[str]:
+        """The models that go on after round ``r``, best first: the first :meth:`survivors` of ``ranked`` and, with
+        the schedule's noise margin, the later ones within it (never in the last round)."""
+        return self.schedule.keep(ranked, scores, self.survivors(ranked, r, rounds, result_size),
+                                  final=r == rounds - 1, higher_is_better=higher_is_better)
 
     def make_tree(self, models: Mapping[str, Sequence[BlockSpec]]) -> TaskTree:
         """The task tree of ``models`` (their blocks in order)."""

@@ -25,7 +25,7 @@ from ._cache import DiskRows
 from ._items import AsIs, Convert, Items, MemoryRows, Rows, ToIds, ToPixels
 from ._sources import DATASETS, DataSpec, ImageSource, Source, make_source, unreadable
 from ._text import TextSource, tokenizer_key
-from ._split import balanced_subset, chunk_bounds, stratified_split
+from ._split import balanced_subset, chunk_bounds, class_prefix, stratified_split
 
 
 @dataclass
@@ -115,6 +115,7 @@ class SearchDataModule(LightningDataModule):
         self.batch_size = 64
         self._data: _Prepared | None = None
         self._rounds = 1
+        self._min_first: int | None = None  # the robust schedule's least |D1| (None: the paper's chunks)
         self.prepare_seconds = 0.0  # wall time spent preparing items (decode/resize or tokenise, or opening the cache)
         self._text: TextSource | None = None  # kept to tokenise again for other tokenizers
         self._inputs: dict[str, MemoryRows] = {}  # tokenizer key -> its token ids, rows in the order of row_of
@@ -124,22 +125,23 @@ class SearchDataModule(LightningDataModule):
 
     # -- preparation
 
-    def setup(self, stage: str | None = None, num_rounds: int | None = None) -> None:
+    def setup(self, stage: str | None = None, num_rounds: int | None = None,
+              min_class_items: int | None = None) -> None:
         """Prepare the items (once per data module); with ``num_rounds`` also cut the chunks (:meth:`setup_rounds`)."""
         if self._data is None:
             start = time.perf_counter()
-            self._data = self._prepare(num_rounds)
+            self._data = self._prepare(num_rounds, min_class_items)
             self.prepare_seconds += time.perf_counter() - start
         if num_rounds is not None:
-            self.setup_rounds(num_rounds)
+            self.setup_rounds(num_rounds, min_class_items)
 
-    def _prepare(self, num_rounds: int | None) -> _Prepared:
+    def _prepare(self, num_rounds: int | None, min_class_items: int | None = None) -> _Prepared:
         source = make_source(self.spec)
         labels, names = np.asarray(source.labels, dtype=np.int64), list(source.class_names)
         self.notes = dict(source.notes)
         bad: set[int] = set()
         while True:  # an unreadable file skipped: select again without it
-            n, order = self._select(labels, names, bad, num_rounds)
+            n, order = self._select(labels, names, bad, num_rounds, min_class_items)
             if not isinstance(source, ImageSource):  # text, or a source that prepares its items itself
                 rows, convert = self._prepared_by(source, order)
                 row_of, decoded = np.arange(len(order)), len(order)
@@ -166,8 +168,8 @@ class SearchDataModule(LightningDataModule):
             return rows, self._ids
         return MemoryRows(source.prepare(order)), AsIs()
 
-    def _select(self, labels: np.ndarray, names: list[str], bad: set[int], num_rounds: int | None
-                ) -> tuple[int, np.ndarray]:
+    def _select(self, labels: np.ndarray, names: list[str], bad: set[int], num_rounds: int | None,
+                min_class_items: int | None = None) -> tuple[int, np.ndarray]:
         """``(training items, source indices of the training items in round-robin order and then the test items)``
         of the seeded subset and split, leaving out ``bad`` items."""
         spec = self.spec
@@ -182,7 +184,7 @@ class SearchDataModule(LightningDataModule):
                        names, spec)
         train, test = stratified_split(labels[keep], spec.test_fraction, rng)
         if num_rounds is not None:  # fail before the expensive part
-            _check_rounds(len(train), len(names), num_rounds, spec)
+            _check_rounds(len(train), len(names), num_rounds, spec, min_class_items)
         return len(train), keep[np.concatenate([train, test])]
 
     def _images(self, source: ImageSource, order: np.ndarray) -> tuple[Rows, np.ndarray, int, set[int]]:
@@ -205,14 +207,18 @@ class SearchDataModule(LightningDataModule):
                 advance(len(pos))
         return MemoryRows(pixels), np.arange(len(order)), len(order), failed
 
-    def setup_rounds(self, num_rounds: int) -> None:
+    def setup_rounds(self, num_rounds: int, min_class_items: int | None = None) -> None:
         """Cut the training set into ``num_rounds`` chunks D1..Dl, each about twice the previous, together all of it.
 
         D1 must hold one item per class: needs at least ``num_classes * (2**num_rounds - 1)`` training items.
+        ``min_class_items`` (the robust schedule, None: the paper's chunks): D1 holds at least that many items of
+        every class (all of a class that has fewer), later chunks double until the items run out, and the chunks that
+        would be empty are merged away, so there may be fewer chunks than ``num_rounds`` (:func:`chunk_bounds`).
         """
         data = self._prepared()
-        _check_rounds(len(data.train_y), len(data.class_names), num_rounds, self.spec)
+        _check_rounds(len(data.train_y), len(data.class_names), num_rounds, self.spec, min_class_items)
         self._rounds = num_rounds
+        self._min_first = None if min_class_items is None else class_prefix(data.train_y.numpy(), min_class_items)
 
     def _prepared(self) -> _Prepared:
         if self._data is None:
@@ -260,7 +266,7 @@ class SearchDataModule(LightningDataModule):
         return [b - a for a, b in zip(bounds, bounds[1:])]
 
     def _bounds(self) -> list[int]:
-        return chunk_bounds(len(self._prepared().train_y), self._rounds)
+        return chunk_bounds(len(self._prepared().train_y), self._rounds, self._min_first)
 
     @property
     def item_bytes(self) -> int:
@@ -379,10 +385,16 @@ def _check_classes(counts: np.ndarray, available: np.ndarray, names: list[str], 
                         f"{len(small)} class(es) have fewer: {listed}; {fix}")
 
 
-def _check_rounds(num_train: int, num_classes: int, rounds: int, spec: DataSpec) -> None:
-    """A positive number of rounds whose first chunk D1 = round(num_train / (2**rounds - 1)) holds every class."""
+def _check_rounds(num_train: int, num_classes: int, rounds: int, spec: DataSpec,
+                  min_class_items: int | None = None) -> None:
+    """A positive number of rounds whose first chunk D1 = round(num_train / (2**rounds - 1)) holds every class (with
+    ``min_class_items`` D1 holds at least one item of every class by construction)."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise DataError(f"the number of rounds must be a positive integer, got {rounds!r}")
+    if min_class_items is not None:
+        whole("search.min_class_items", min_class_items, hint=" (training items of every class in D1), or null",
+              error=DataError)
+        return
     needed = num_classes * (2**rounds - 1)
     if num_train < needed:
         total = math.ceil((needed + num_classes) / (1 - spec.test_fraction))
@@ -391,4 +403,5 @@ def _check_rounds(num_train: int, num_classes: int, rounds: int, spec: DataSpec)
             f"need at least {needed} training items ({num_classes} classes x (2^{rounds} - 1)), but dataset "
             f"{spec.name!r} has {num_train} (test_fraction={spec.test_fraction}). Use at least {total} items "
             "(num_items, or more images), or fewer rounds (rounds = ceil(log2(models / result size)): search fewer "
-            "models or ask for a larger result)")
+            "models or ask for a larger result), or set search.min_class_items (e.g. 5: D1 then holds 5 items of every "
+            "class, and the rounds the data cannot fill are merged away)")

@@ -55,11 +55,28 @@ def stratified_split(labels: np.ndarray, test_fraction: float,
     return perm[train][np.lexsort((shuffled[train], rank[train]))], np.sort(perm[~train])
 
 
-def chunk_bounds(num_train: int, rounds: int) -> list[int]:
+def chunk_bounds(num_train: int, rounds: int, min_first: int | None = None) -> list[int]:
     """Boundaries ``0 = b0 <= ... <= b_rounds = num_train`` of chunks D1..Dl, each within one item of its ideal size
-    (so ``|D_{i+1}| = 2|D_i|`` up to rounding).
+    (so ``|D_{i+1}| = 2|D_i|`` up to rounding): the paper's chunks.
 
     ``b_i = round(num_train * (2**i - 1) / (2**rounds - 1))``, rounded half up with exact integers.
+
+    ``min_first`` (the robust schedule's ``min_class_items``, as items: :func:`class_prefix`): when it is above the
+    paper's |D1|, ``|D1| = min(min_first, num_train)`` instead and every later chunk doubles the one before until the
+    items run out: ``b_i = min(num_train, |D1| * (2**i - 1))`` for ``i < rounds``, ``b_rounds = num_train``. The chunk
+    where they run out is smaller than double; the chunks after it would be empty and are merged away (the bounds are
+    then strictly increasing and there may be fewer than ``rounds`` chunks: the search runs that many rounds). Each
+    bound is at least the paper's bound of the same round, so every round trains on at least the paper's items.
     """
     total = 2**rounds - 1
-    return [(2 * num_train * (2**i - 1) + total) // (2 * total) for i in range(rounds + 1)]
+    paper = [(2 * num_train * (2**i - 1) + total) // (2 * total) for i in range(rounds + 1)]
+    if min_first is None or paper[1] >= min_first:
+        return paper
+    first = min(min_first, num_train)
+    return sorted({min(num_train, first * (2**i - 1)) for i in range(rounds)} | {num_train})
+
+
+def class_prefix(train_labels: np.ndarray, min_class_items: int) -> int:
+    """Items in the shortest prefix of the round-robin training order (:func:`stratified_split`) that holds
+    ``min(min_class_items, n_c)`` items of every class ``c`` (``n_c``: its training items): ``sum_c min(k, n_c)``."""
+    return int(np.minimum(np.bincount(np.asarray(train_labels, dtype=np.int64)), min_class_items).sum())

@@ -19,11 +19,12 @@ from typing import TypeVar
 
 from ..errors import ConfigError
 from ..registry import Registry
-from ._base import ProxyScore, ProxyScorer, check_inputs, rank
+from ._base import ProxyScore, ProxyScorer, binomial_stderr, check_inputs, rank
 
 __all__ = ["ProxyScore", "ProxyScorer", "LinearProbes", "LinearScorer", "KNNScorer", "LogMEScorer", "HScorer",
            "RegularizedHScorer", "GBCScorer", "TransRateScorer", "TransferabilityScorer",
-           "SCORERS", "register_scorer", "get_scorer", "available_scorers", "rank", "check_inputs"]
+           "SCORERS", "register_scorer", "get_scorer", "available_scorers", "rank", "check_inputs",
+           "binomial_stderr"]
 
 SCORERS: Registry[type[ProxyScorer]] = Registry("proxy scorer", plural="scorers")
 _S = TypeVar("_S", bound=type[ProxyScorer])

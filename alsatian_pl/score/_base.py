@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -18,10 +18,16 @@ from ..errors import ConfigError, DataError
 @dataclass(frozen=True)
 class ProxyScore:
     """A model's proxy score and its test loss, the first tie-breaker in :func:`rank` (lower is better; each scorer
-    says what it is: the linear probe's mean test cross-entropy, for instance)."""
+    says what it is: the linear probe's mean test cross-entropy, for instance).
+
+    ``stderr``: the score's standard error, where the scorer can estimate it (None otherwise; the test-accuracy
+    scorers give the binomial one, :func:`binomial_stderr`); the schedule's ``noise_margin`` reads it. Not compared:
+    two scores are equal when score and test loss are.
+    """
 
     score: float
     test_loss: float
+    stderr: float | None = field(default=None, compare=False)
 
 
 class ProxyScorer:
@@ -29,11 +35,20 @@ class ProxyScorer:
 
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
+    reports_stderr: ClassVar[bool] = False  # whether its scores carry a standard error (ProxyScore.stderr)
 
     def score(self, train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor],
               test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         """One score per model id: ``train[m]`` is [N, D_m] (same N items for every model), ``test[m]`` is [T, D_m]."""
         raise NotImplementedError
+
+
+def binomial_stderr(accuracy: float, num_test: int) -> float | None:
+    """The standard error ``sqrt(p (1 - p) / n)`` of a test accuracy ``p`` over ``n`` test items (None if not finite)."""
+    if not (math.isfinite(accuracy) and num_test > 0):
+        return None
+    p = min(max(accuracy, 0.0), 1.0)
+    return math.sqrt(p * (1 - p) / num_test)
 
 
 def rank(scores: Mapping[str, ProxyScore], higher_is_better: bool) -> list[str]:

@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from . import register_scorer
-from ._base import ProxyScore, ProxyScorer, _check_option, _is_int, check_inputs
+from ._base import ProxyScore, ProxyScorer, _check_option, _is_int, binomial_stderr, check_inputs
 
 
 @register_scorer("knn")
@@ -19,9 +19,11 @@ class KNNScorer(ProxyScorer):
 
     Vote ties go to the class whose voters are more similar in sum; ``test_loss`` is the cross-entropy of the
     Laplace-smoothed vote shares. ``seed`` is accepted for a uniform interface and unused (kNN is deterministic).
+    A score is a test accuracy, so it carries the binomial standard error over the test items (``ProxyScore.stderr``).
     """
 
     higher_is_better = True
+    reports_stderr = True
 
     def __init__(self, *, k: int = 5, seed: int = 0, chunk_items: int = 4096):
         _check_option("k", k, _is_int(k, 1), "an integer >= 1")
@@ -48,5 +50,5 @@ class KNNScorer(ProxyScorer):
             target = test_labels.to(a.device, torch.long)
             accuracy = multiclass_accuracy(key, target, num_classes=num_classes, average="micro")
             loss = F.nll_loss(((votes + 1) / (k + num_classes)).log(), target)
-            out[m] = ProxyScore(float(accuracy), float(loss))
+            out[m] = ProxyScore(float(accuracy), float(loss), binomial_stderr(float(accuracy), len(target)))
         return out

@@ -13,7 +13,7 @@ from torch.utils.data import RandomSampler
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from . import register_scorer
-from ._base import ProxyScore, ProxyScorer, _check_option, _is_int, _model_chunks, check_inputs
+from ._base import ProxyScore, ProxyScorer, _check_option, _is_int, _model_chunks, binomial_stderr, check_inputs
 from ..errors import ConfigError
 
 
@@ -155,10 +155,12 @@ class LinearScorer(ProxyScorer):
 
     ``standardize`` scales each model's features by its own train mean/std, so lr 0.1 means the same for every
     model whatever its feature scale. Models are grouped by feature dim and trained together in chunks of at most
-    ``max_chunk_bytes`` of stacked features (chunking never changes a score).
+    ``max_chunk_bytes`` of stacked features (chunking never changes a score). A score is a test accuracy, so it
+    carries the binomial standard error over the test items (``ProxyScore.stderr``).
     """
 
     higher_is_better = True
+    reports_stderr = True
 
     def __init__(self, *, epochs: int = 100, lr: float = 0.1, momentum: float = 0.0, batch_size: int = 64,
                  seed: int = 0, standardize: bool = True, max_chunk_bytes: int = 256 * 2**20):
@@ -202,6 +204,7 @@ class LinearScorer(ProxyScorer):
         probes.to(device).fit(x, train_labels.to(device, torch.long), epochs=self.epochs, batch_size=self.batch_size,
                               generator=torch.Generator().manual_seed(self.seed))
         accuracy, loss = probes.evaluate(xt, test_labels.to(device, torch.long))
-        return {m: ProxyScore(a, l) for m, a, l in zip(ids, accuracy.tolist(), loss.tolist())}
+        return {m: ProxyScore(a, l, binomial_stderr(a, t))
+                for m, a, l in zip(ids, accuracy.tolist(), loss.tolist())}
 
 

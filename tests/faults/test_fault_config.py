@@ -50,6 +50,8 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "search.feature_cache_bytes": ["lots"],
     "search.checkpoint_dir": [FILE],
     "search.resume": ["abc"],
+    "search.min_class_items": ["abc", "0", "-1", "1.5", "[1]"],
+    "search.noise_margin": ["abc", "-1", "nan", "inf", "[1]"],
     "search.progress": ["abc"],
     "search.devices": ["abc", "0", "1.5"],
     "search.num_nodes": ["abc", "0"],
