@@ -366,6 +366,9 @@ def _paper_scale(c: dict[str, Any] | None, rel: Path) -> list[str]:
     if "peak_rss_bytes" in c:
         out.append("| peak host RSS MiB | " + " | ".join(_mib0(c["peak_rss_bytes"][s])
                                                       for s in ("base", "shift", "alsatian")) + " |")
+        before = c.get("rss_before_search_bytes") or {}
+        out.append("| RSS before the search MiB | " + " | ".join(_mib0(before.get(s))
+                                                              for s in ("base", "shift", "alsatian")) + " |")
     out += [f"| inference s | " + " | ".join(_s(c["breakdown_s"][s]["inference"]) for s in ("base", "shift",
                                                                                           "alsatian")) + " |",
             f"| position in order | " + " | ".join(", ".join(str(o.index(s) + 1) for o in c["orders"])
