@@ -31,7 +31,7 @@ from alsatian_pl.data._sources import FASHION_MNIST_DIR  # noqa: E402
 from alsatian_pl.errors import BudgetTooSmallError  # noqa: E402
 from alsatian_pl.halving import SuccessiveHalving, block_specs  # noqa: E402
 from alsatian_pl.plan import RoundMemory, TaskTree, plan_round  # noqa: E402
-from alsatian_pl.resources import peak_rss, resolve_device, rss_now  # noqa: E402,F401  (rss_now: worker.py)
+from alsatian_pl.resources import peak_rss, resolve_device, rss_now  # noqa: E402
 from alsatian_pl.strategies import get_strategy  # noqa: E402
 from alsatian_pl.weights import place_block  # noqa: E402
 from alsatian_pl.store import BlockStore, ModelManifest  # noqa: E402
@@ -162,13 +162,15 @@ def run_search(store_root: Path, models: Sequence[str], data: dict[str, Any], st
                                  device=settings.device, cache_budget=budget, seed=settings.seed, progress=False,
                                  **extra)
     load_before = os.getloadavg()[0]
+    rss_before = rss_now()
     meter = CpuMeter()
     t0 = time.perf_counter()
     result = searcher.run(list(models))
     wall = time.perf_counter() - t0
     out = result.to_json()
     out.update(wall_s=wall, cache_budget=budget, dataset=dm.describe(), device=str(searcher.device),
-               loadavg_1m_before=load_before, loadavg_1m_after=os.getloadavg()[0], cpu=meter.read())
+               loadavg_1m_before=load_before, loadavg_1m_after=os.getloadavg()[0], cpu=meter.read(),
+               rss_before_search_bytes=rss_before)
     del searcher, dm, store, result
     gc.collect()
     return out
@@ -179,6 +181,123 @@ def alive_per_round(result: dict[str, Any]) -> list[list[str]]:
     rounds = len(result["rounds"])
     return [[r["model"] for r in result["ranking"]
              if r["eliminated_in_round"] is None or r["eliminated_in_round"] >= k] for k in range(rounds)]
+
+
+# ---------------------------------------------------------------------------------------------------- page cache
+def zoo_block_files(store_root: Path, models: Sequence[str]) -> list[Path]:
+    """The block files ``models`` read (each distinct block once)."""
+    store = BlockStore(store_root)
+    hashes = dict.fromkeys(h for m in models for h in store.manifest(m).hashes)
+    return [store.block_path(h) for h in hashes]
+
+
+def store_block_files(store_root: Path) -> list[Path]:
+    """Every block file of the store (``blocks/<h[:2]>/<hash>.safetensors``)."""
+    return sorted(p for p in (Path(store_root) / "blocks").glob("*/*") if p.is_file())
+
+
+def evict(paths: Sequence[Path]) -> None:
+    """Drop ``paths`` from the OS page cache, without root: ``fdatasync`` (only clean pages can be dropped, and a
+    freshly built zoo's may still be dirty), then ``posix_fadvise(POSIX_FADV_DONTNEED)``. Pages another process
+    keeps mapped stay resident; :func:`resident_bytes` says what the eviction achieved."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            try:
+                os.fdatasync(fd)
+            except OSError:
+                pass
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm(paths: Sequence[Path], chunk: int = 16 * 2**20) -> None:
+    """Read every byte of ``paths`` once, so they sit in the OS page cache."""
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        _LIBC = libc
+    return _LIBC
+
+
+def resident_bytes(paths: Sequence[Path]) -> tuple[int, int] | None:
+    """(bytes of ``paths`` in the OS page cache, their total size), by ``mincore`` over a read-only shared mapping
+    of each file (mapping touches no page); None where mincore cannot be called (not Linux, no libc)."""
+    import mmap
+    import numpy as np
+    try:
+        libc = _libc()
+    except (OSError, AttributeError):
+        return None
+    page = mmap.PAGESIZE
+    failed = 2**64 - 1 if sys.maxsize > 2**32 else 2**32 - 1
+    resident = total = 0
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            total += size
+            if size == 0:
+                continue
+            addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr is None or addr == failed:
+                return None
+            try:
+                vec = np.zeros((size + page - 1) // page, dtype=np.uint8)
+                if libc.mincore(addr, size, vec.ctypes.data) != 0:
+                    return None
+                pages = vec & 1
+                resident += int(pages[:-1].sum()) * page + (size - (len(vec) - 1) * page) * int(pages[-1])
+            finally:
+                libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+    return resident, total
+
+
+def set_page_cache(store_root: Path, models: Sequence[str], state: str) -> dict[str, Any]:
+    """Put the OS page cache in ``state`` for a search of ``models``: *cold* evicts every block file of the store
+    (:func:`evict`), *warm* reads the models' block files once (:func:`warm`). Returns the state, what was done, and
+    the share of the models' block bytes resident afterwards (measured with mincore, None where unavailable)."""
+    if state not in ("cold", "warm"):
+        raise ValueError(f"page cache state must be cold or warm, got {state!r}")
+    files = zoo_block_files(store_root, models)
+    t0 = time.perf_counter()
+    if state == "cold":
+        evict(store_block_files(store_root))
+    else:
+        warm(files)
+    seconds = time.perf_counter() - t0
+    measured = resident_bytes(files)
+    out: dict[str, Any] = {"state": state, "files": len(files), "seconds": seconds,
+                           "how": ("posix_fadvise(POSIX_FADV_DONTNEED) on every block file of the store"
+                                   if state == "cold" else "every block file of the models read once")}
+    if measured is None:
+        out.update(bytes=sum(f.stat().st_size for f in files), resident_bytes=None, resident_fraction=None)
+    else:
+        res, total = measured
+        out.update(bytes=total, resident_bytes=res, resident_fraction=res / total if total else 1.0)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- calibration

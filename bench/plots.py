@@ -175,6 +175,8 @@ def fig16(plt, f16: dict[str, Any], path: Path) -> Path:
 
 
 def scaling(plt, sc: dict[str, Any], path: Path) -> Path:
+    if any("page_cache" in r for kind in ("models", "items") for r in sc[kind]):
+        return scaling_cold_warm(plt, sc, path)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, kind, xlabel in ((axes[0], "models", "models"), (axes[1], "items", "items")):
         rows = sorted(sc[kind], key=lambda r: r[kind])
@@ -197,6 +199,52 @@ def scaling(plt, sc: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"Scaling: alsatian, {sc['arch']} {DIST_LABELS[sc['distribution']]}, {_size(sc)}",
                  fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def scaling_cold_warm(plt, sc: dict[str, Any], path: Path) -> Path:
+    """Scaling rows measured cold and warm: total time per state (top) and time per distinct block x item
+    (bottom), growing models (left) and items (right)."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), squeeze=False)
+    styles = {"cold": ("o-", "#1f77b4"), "warm": ("s--", "#d62728")}
+    for col, kind in enumerate(("models", "items")):
+        top, bottom = axes[0, col], axes[1, col]
+        if not sc[kind]:
+            top.set_visible(False)
+            bottom.set_visible(False)
+            continue
+        for state in sc.get("page_cache_states", ["cold", "warm"]):
+            rows = sorted((r for r in sc[kind] if r["page_cache"] == state), key=lambda r: r[kind])
+            if not rows:
+                continue
+            xs = [r[kind] for r in rows]
+            style, color = styles.get(state, ("o-", "black"))
+            top.plot(xs, [r["time_s"] for r in rows], style, color=color, label=f"{state}: total")
+            top.plot(xs, [r["breakdown_s"]["prepare_model"] for r in rows], ":", color=color,
+                     label=f"{state}: prepare model")
+            bottom.plot(xs, [r["us_per_block_item"] for r in rows], style, color=color, label=state)
+            for x, r in zip(xs, rows):
+                top.annotate(f"{r['time_s']:.1f}s" + (f"\n{r['items']} it." if kind == "models" else ""),
+                             (x, r["time_s"]), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6)
+        ticks = sorted({r[kind] for r in sc[kind]})
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([str(x) for x in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel(kind)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        top.set_ylabel("alsatian search time (s)")
+        bottom.set_ylabel("µs per distinct block × item")
+        bottom.set_ylim(bottom=0)
+        fixed = "items as labelled" if kind == "models" else f"{sc[kind][0]['models']} models"
+        top.set_title(f"growing {kind} ({fixed})", fontsize=9)
+    fig.suptitle(f"Scaling: alsatian, {sc['arch']} {DIST_LABELS[sc['distribution']]}, {_size(sc)}, page cache "
+                 "cold and warm", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -91,20 +91,10 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
           "of the three rotates from cell to cell). Times are the search's `timings_s.total` in seconds; "
           "speedups are ratios of times from the same invocation (base time / alsatian time). "
           "The bound is the least time any exact method needs under the same schedule (see *Lower bound*).\n")
-        w("| architecture | distribution | items | base s | shift s | alsatian s | bound s | base/alsatian | "
-          "shift/alsatian | alsatian/bound | ceiling base/bound, shift/bound | checks |")
-        w("|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|")
-        for c in cells:
-            t = {x["what"]: x for x in c["targets"]}
-            sp = c["speedup"]
-            base_col = _target(t["base/alsatian"]) if "base/alsatian" in t else f"{sp['base_over_alsatian']:.2f}"
-            shift_col = _target(t["shift/alsatian"]) if "shift/alsatian" in t else f"{sp['shift_over_alsatian']:.2f}"
-            w(f"| {c['arch']} ({_size(c)}) | {DIST_LABELS[c['distribution']]} | {c['items']} | "
-              f"{_s(c['time_s']['base'])} | {_s(c['time_s']['shift'])} | {_s(c['time_s']['alsatian'])} | "
-              f"{_s(c['bound']['bound_s'])} | "
-              f"{base_col} | {shift_col} | "
-              f"{_target(t['alsatian/bound'])} | {c['time_s']['base'] / c['bound']['bound_s']:.1f}, "
-              f"{c['time_s']['shift'] / c['bound']['bound_s']:.1f} | {_checks(c)} |")
+        rss = _has_rss(cells)
+        if rss:
+            w(_RSS_NOTE + "\n")
+        out += _targets_table(cells, rss)
         w("")
         w("Targets (2-core CPU, 35 models): Top Layers base/alsatian ≥ 16 and shift/alsatian ≥ 5; Top 25% "
           "base/alsatian ≥ 10; Top 50% base/alsatian ≥ 6; alsatian/bound ≤ 1.2 in every cell. The *ceiling* is "
@@ -122,31 +112,14 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
         w("Seconds per phase (`timings_s`); *other* is the rest of the total (driver bookkeeping, feature "
           "concatenation, ranking). *Other processes*: CPU cores that other processes kept busy during that "
           "search (0 on a quiet machine).\n")
-        w("| architecture | distribution | strategy | prepare data | prepare model | inference | proxy scoring | "
-          "planning | other | total | position in order | other processes (cores) |")
-        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-        for c in cells:
-            for s in ("base", "shift", "alsatian"):
-                b = c["breakdown_s"][s]
-                rest = b["total"] - sum(b[p] for p in PHASES)
-                pos = ", ".join(str(o.index(s) + 1) for o in c["orders"])
-                cores = c.get("other_cores", {}).get(s)
-                w(f"| {c['arch']} | {DIST_LABELS[c['distribution']]} | {s} | "
-                  + " | ".join(_s(b[p]) for p in PHASES) + f" | {_s(rest)} | {_s(b['total'])} | {pos} | "
-                  + (", ".join(f"{x:.2f}" for x in cores) if cores else "—") + " |")
+        out += _breakdown_table(cells, rss)
         w("")
         w(f"![figure 11]({(rel / 'fig11.png').as_posix()})\n")
         missed = [c for c in cells if not all(t["met"] for t in c["targets"])]
         w("### Where the time goes where a target is missed\n")
         if not missed:
             w("Every target is met.\n")
-        for c in missed:
-            w(f"**{c['arch']} {DIST_LABELS[c['distribution']]}** — missed: "
-              + ", ".join(f"{t['what']} {t['measured']:.2f} (target {t['kind']} {t['target']:g})"
-                          for t in c["targets"] if not t["met"]) + ".\n")
-            for line in _explain(c):
-                w(f"- {line}")
-            w("")
+        out += _missed(missed)
 
         w("## Lower bound\n")
         w("For each alsatian run: per successive-halving round, every distinct task-tree edge of the surviving "
@@ -170,17 +143,7 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
           "prediction). Caveat: a round with fewer items than a batch (the first rounds of a small search) runs "
           "smaller batches, whose per-item cost is higher than at the calibrated batch size; the bound does not "
           "credit that, so it is slightly strict there.\n")
-        w("| architecture | distribution | bound inference s | proxy scoring s | bound s | alsatian s | "
-          "alsatian/bound | alsatian inference / bound inference | alsatian/bound (executor costs) | "
-          "base inference measured/predicted | shift measured/predicted | calibration s |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for c in cells:
-            b, p = c["bound"], c["prediction"]
-            w(f"| {c['arch']} | {DIST_LABELS[c['distribution']]} | {_s(b['inference_s'])} | "
-              f"{_s(b['proxy_scoring_s'])} | {_s(b['bound_s'])} | {_s(b['alsatian_s'])} | {b['ratio']:.2f} | "
-              f"{b['inference_ratio']:.2f} | {b['ratio_exec']:.2f} | "
-              f"{p['base']['measured_over_predicted']:.2f} | {p['shift']['measured_over_predicted']:.2f} | "
-              f"{c['calibration']['seconds']:.1f} |")
+        out += _bound_table(cells)
         w("")
 
     f16 = summary.get("fig16")
@@ -232,8 +195,12 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
         w("")
         w(f"![figure 16]({(rel / 'fig16.png').as_posix()})\n")
 
+    out += _paper_scale(summary.get("paper_scale"), rel)
+
     sc = summary.get("scaling")
-    if sc and (sc["models"] or sc["items"]):
+    if sc and any("page_cache" in r for kind in ("models", "items") for r in sc[kind]):
+        out += _scaling_cold_warm(sc, rel)
+    elif sc and (sc["models"] or sc["items"]):
         w("## Scaling\n")
         w(f"Alsatian alone, {sc['arch']} ({_size(sc)}), Top Layers zoos (a zoo of n models is the first "
           "n models of the same seeded generation). A row marked *fig10* reuses that cell's alsatian run.\n")
@@ -271,7 +238,8 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
       "part of every strategy's time alike. Input sizes are reduced from the paper's 224 px to fit a 2-core CPU "
       "(CNNs 32 px, the ViT 64 px with its 16 px patches); item counts are per architecture (see the tables). "
       "Figure 17 (text): all-MiniLM-L6-v2 (the BERT architecture, 6 layers, real weights) on Rotten Tomatoes "
-      "reviews at 32 tokens; `--archs bert_base` runs the paper's 12-layer bert-base, about 6x the work per item.")
+      "reviews at 32 tokens; `--archs bert_base` runs the paper's 12-layer bert-base, about 6x the work per item."
+      + (" The *paper-scale cell* runs ResNet-18 at the paper's 224 px." if _ok(summary.get("paper_scale")) else ""))
     w("- The calibration pass runs right before a cell's searches, so the OS page cache, the block skeletons and "
       "the kernels are warm for all three strategies alike (the paper starts cold).")
     w("- No timed assertions anywhere: a missed target is reported here, not failed. Correctness problems print a "
@@ -281,6 +249,196 @@ def render(summary: dict[str, Any], results_dir: Path, md_dir: Path) -> str:
     w("")
     out += side_benchmarks()
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------- cell tables
+_RSS_NOTE = ("*Peak RSS*: the search's peak host resident memory (`memory.peak_host_rss_bytes`: VmHWM, reset when "
+             "the search starts), in MiB, base / shift / alsatian. The cells run one after another in the benchmark "
+             "process, so it includes what that process already held when the search started "
+             "(`rss_before_search_bytes` in the cell's JSON).")
+
+
+def _ok(c: dict[str, Any] | None) -> bool:
+    return bool(c) and "error" not in c
+
+
+def _has_rss(cells: list[dict[str, Any]]) -> bool:
+    """Whether the cells record their searches' peak host RSS (results written before that do not)."""
+    return bool(cells) and all("peak_rss_bytes" in c for c in cells)
+
+
+def _mib0(n: float | None) -> str:
+    return "—" if n is None else f"{n / 2**20:,.0f}"
+
+
+def _targets_table(cells: list[dict[str, Any]], rss: bool) -> list[str]:
+    out = ["| architecture | distribution | items | base s | shift s | alsatian s | "
+           + ("peak RSS MiB (base / shift / alsatian) | " if rss else "")
+           + "bound s | base/alsatian | shift/alsatian | alsatian/bound | ceiling base/bound, shift/bound | checks |",
+           "|---|---|---:|---:|---:|---:|" + ("---:|" if rss else "") + "---:|---|---|---|---|---|"]
+    for c in cells:
+        t = {x["what"]: x for x in c["targets"]}
+        sp = c["speedup"]
+        base_col = _target(t["base/alsatian"]) if "base/alsatian" in t else f"{sp['base_over_alsatian']:.2f}"
+        shift_col = _target(t["shift/alsatian"]) if "shift/alsatian" in t else f"{sp['shift_over_alsatian']:.2f}"
+        rss_col = (" / ".join(_mib0(c["peak_rss_bytes"][s]) for s in ("base", "shift", "alsatian")) + " | "
+                   if rss else "")
+        out.append(f"| {c['arch']} ({_size(c)}) | {DIST_LABELS[c['distribution']]} | {c['items']} | "
+                   f"{_s(c['time_s']['base'])} | {_s(c['time_s']['shift'])} | {_s(c['time_s']['alsatian'])} | "
+                   f"{rss_col}{_s(c['bound']['bound_s'])} | "
+                   f"{base_col} | {shift_col} | "
+                   f"{_target(t['alsatian/bound'])} | {c['time_s']['base'] / c['bound']['bound_s']:.1f}, "
+                   f"{c['time_s']['shift'] / c['bound']['bound_s']:.1f} | {_checks(c)} |")
+    return out
+
+
+def _breakdown_table(cells: list[dict[str, Any]], rss: bool) -> list[str]:
+    out = ["| architecture | distribution | strategy | prepare data | prepare model | inference | proxy scoring | "
+           "planning | other | total | " + ("peak RSS MiB | " if rss else "")
+           + "position in order | other processes (cores) |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if rss else "") + "---|---:|"]
+    for c in cells:
+        for s in ("base", "shift", "alsatian"):
+            b = c["breakdown_s"][s]
+            rest = b["total"] - sum(b[p] for p in PHASES)
+            pos = ", ".join(str(o.index(s) + 1) for o in c["orders"])
+            cores = c.get("other_cores", {}).get(s)
+            out.append(f"| {c['arch']} | {DIST_LABELS[c['distribution']]} | {s} | "
+                       + " | ".join(_s(b[p]) for p in PHASES) + f" | {_s(rest)} | {_s(b['total'])} | "
+                       + (f"{_mib0(c['peak_rss_bytes'][s])} | " if rss else "") + f"{pos} | "
+                       + (", ".join(f"{x:.2f}" for x in cores) if cores else "—") + " |")
+    return out
+
+
+def _missed(missed: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for c in missed:
+        out.append(f"**{c['arch']} {DIST_LABELS[c['distribution']]}** — missed: "
+                   + ", ".join(f"{t['what']} {t['measured']:.2f} (target {t['kind']} {t['target']:g})"
+                               for t in c["targets"] if not t["met"]) + ".\n")
+        out += [f"- {line}" for line in _explain(c)]
+        out.append("")
+    return out
+
+
+def _bound_table(cells: list[dict[str, Any]]) -> list[str]:
+    out = ["| architecture | distribution | bound inference s | proxy scoring s | bound s | alsatian s | "
+           "alsatian/bound | alsatian inference / bound inference | alsatian/bound (executor costs) | "
+           "base inference measured/predicted | shift measured/predicted | calibration s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cells:
+        b, p = c["bound"], c["prediction"]
+        out.append(f"| {c['arch']} | {DIST_LABELS[c['distribution']]} | {_s(b['inference_s'])} | "
+                   f"{_s(b['proxy_scoring_s'])} | {_s(b['bound_s'])} | {_s(b['alsatian_s'])} | {b['ratio']:.2f} | "
+                   f"{b['inference_ratio']:.2f} | {b['ratio_exec']:.2f} | "
+                   f"{p['base']['measured_over_predicted']:.2f} | {p['shift']['measured_over_predicted']:.2f} | "
+                   f"{c['calibration']['seconds']:.1f} |")
+    return out
+
+
+def _paper_scale(c: dict[str, Any] | None, rel: Path) -> list[str]:
+    """The paper-scale cell's section (results without one: nothing)."""
+    if not c:
+        return []
+    out = ["## Paper-scale cell (224 px)\n"]
+    if "error" in c:
+        return out + [f"> **The paper-scale cell failed**: {c['error']}\n"]
+    rs, rounds = c.get("result_size", 1), len(c["rounds"])
+    need = c.get("min_items_result_size_1")
+    out.append(
+        f"{c['num_models']} {c['timm']} models (seeded random init, block files shared with the 32-px zoo) at the "
+        f"paper's {_size(c)} input, {DIST_LABELS[c['distribution']]}, {c['items']} Fashion-MNIST items: base, shift "
+        "and alsatian in the same invocation, their order continuing the rotation of the cells above; the same "
+        f"calibration pass ({c.get('calibration_repeats', c['calibration']['repeats'])} batches per block), lower "
+        "bound and checks. "
+        + (f"Result size {rs} ({rounds} halving rounds): {c['num_models']} models halved down to one model take "
+           f"more rounds, which need at least {need} items (the first chunk holds one item per class); the cell "
+           "keeps fewer items so that base (every model on every item, one round, whatever the result size) stays "
+           "within minutes on 2 cores, and takes the smallest result size those items allow. "
+           if rs != 1 and need else "")
+        + "*Ceiling*: base's (shift's) time over alsatian's lower bound, the speedup an exact method running at "
+        "the bound would reach.\n")
+    t = {x["what"]: x for x in c["targets"]}
+    sp = c["speedup"]
+    b = c["bound"]
+    out += ["| | base | shift | alsatian |", "|---|---:|---:|---:|",
+            f"| time s | {_s(c['time_s']['base'])} | {_s(c['time_s']['shift'])} | {_s(c['time_s']['alsatian'])} |"]
+    if "peak_rss_bytes" in c:
+        out.append("| peak host RSS MiB | " + " | ".join(_mib0(c["peak_rss_bytes"][s])
+                                                      for s in ("base", "shift", "alsatian")) + " |")
+        before = c.get("rss_before_search_bytes") or {}
+        out.append("| RSS before the search MiB | " + " | ".join(_mib0(before.get(s))
+                                                              for s in ("base", "shift", "alsatian")) + " |")
+    out += [f"| inference s | " + " | ".join(_s(c["breakdown_s"][s]["inference"]) for s in ("base", "shift",
+                                                                                          "alsatian")) + " |",
+            f"| position in order | " + " | ".join(", ".join(str(o.index(s) + 1) for o in c["orders"])
+                                                 for s in ("base", "shift", "alsatian")) + " |", ""]
+    out += ["| measured | target | ceiling (over alsatian's bound) |", "|---|---|---|",
+            f"| base/alsatian {sp['base_over_alsatian']:.2f} | "
+            + (f"≥ {t['base/alsatian']['target']:g} {'✅' if t['base/alsatian']['met'] else '❌'}"
+               if "base/alsatian" in t else "—")
+            + f" | base/bound {c['time_s']['base'] / b['bound_s']:.1f} |",
+            f"| shift/alsatian {sp['shift_over_alsatian']:.2f} | "
+            + (f"≥ {t['shift/alsatian']['target']:g} {'✅' if t['shift/alsatian']['met'] else '❌'}"
+               if "shift/alsatian" in t else "—")
+            + f" | shift/bound {c['time_s']['shift'] / b['bound_s']:.1f} |",
+            f"| alsatian/bound {b['ratio']:.2f} (bound {_s(b['bound_s'])} s) | "
+            f"≤ {t['alsatian/bound']['target']:g} {'✅' if t['alsatian/bound']['met'] else '❌'} | — |", ""]
+    out.append(f"Checks: {_checks(c)}. Calibration {c['calibration']['seconds']:.1f} s "
+               f"({c['calibration']['distinct_blocks']} distinct blocks, {c['calibration']['tree_edges']} tree "
+               f"edges); base's inference measured/predicted {c['prediction']['base']['measured_over_predicted']:.2f}"
+               f", shift's {c['prediction']['shift']['measured_over_predicted']:.2f}. Raw results: "
+               f"[`{(rel / 'paper_scale').as_posix()}`]({(rel / 'paper_scale').as_posix()}).\n")
+    out += _breakdown_table([c], "peak_rss_bytes" in c)
+    out.append("")
+    if not all(x["met"] for x in c["targets"]):
+        out += ["Where the time goes:\n"] + _missed([c])
+    return out
+
+
+def _scaling_cold_warm(sc: dict[str, Any], rel: Path) -> list[str]:
+    """The scaling section of results that measure every row cold and warm."""
+    w_ = []
+    w = w_.append
+    w("## Scaling\n")
+    w(f"Alsatian alone, {sc['arch']} ({_size(sc)}), Top Layers zoos (a zoo of n models is the first n models of the "
+      "same seeded generation). Every row is measured "
+      + " and ".join(sc.get("page_cache_states", ["cold", "warm"])) + " (the two alternate in order from row to "
+      "row): *cold* — every block file of the store dropped from the OS page cache just before the search "
+      "(`fdatasync`, then `posix_fadvise(POSIX_FADV_DONTNEED)`, no root needed); *warm* — the zoo's block files read "
+      "once just before it. *Resident* is the share of the zoo's block bytes in the page cache right before the "
+      "search, measured with `mincore`. The prepared items (the data set's cache) stay warm in both. "
+      "*Distinct blocks*: the zoo's; *µs per block·item* = time / (distinct blocks × items), flat if the time "
+      "grows linearly in distinct blocks × items and falling if it grows less. *Peak RSS*: the search's VmHWM "
+      "(reset at its start) in the benchmark process; *RSS before*: that process's resident memory when the search "
+      "started.\n")
+    w("| growing | models | items | page cache | resident | block MiB | distinct blocks | rounds | time s | "
+      "µs per block·item | prepare data | prepare model | inference | proxy scoring | planning | peak RSS MiB | "
+      "RSS before MiB | source |")
+    w("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for kind in ("models", "items"):
+        for r in sorted(sc[kind], key=lambda r: (r[kind], r["page_cache"])):
+            res = "—" if r.get("resident_fraction") is None else f"{100 * r['resident_fraction']:.0f}%"
+            w(f"| {kind} | {r['models']} | {r['items']} | {r['page_cache']} | {res} | {_mib0(r.get('block_bytes'))} | "
+              f"{r['distinct_blocks']} | {r['rounds']} | {_s(r['time_s'])} | {_s(r['us_per_block_item'])} | "
+              + " | ".join(_s(r["breakdown_s"][p]) for p in PHASES)
+              + f" | {_mib0(r.get('peak_rss_bytes'))} | {_mib0(r.get('rss_before_search_bytes'))} | {r['source']} |")
+    w("")
+    for state in sc.get("page_cache_states", ["cold", "warm"]):
+        for kind in ("models", "items"):
+            rows = sorted((r for r in sc[kind] if r["page_cache"] == state), key=lambda r: r[kind])
+            if len(rows) < 2:
+                continue
+            lo, hi = rows[0], rows[-1]
+            w(f"- {state}, growing {kind}: from {lo[kind]} to {hi[kind]} {kind}, distinct blocks × items grows "
+              f"{hi['block_items'] / lo['block_items']:.1f}× and the time {hi['time_s'] / lo['time_s']:.1f}×; "
+              "µs per "
+              f"block·item {_s(lo['us_per_block_item'])} → {_s(hi['us_per_block_item'])}.")
+    w("")
+    for note in sc.get("notes", []):
+        w(f"*Note:* {note}\n")
+    w(f"![scaling]({(rel / 'scaling.png').as_posix()})\n")
+    return w_
 
 
 NOTES = Path(__file__).resolve().parent / "notes"

@@ -2,6 +2,7 @@
 
     python bench/run.py --mode quick     # < 5 min on 2 cores: checks a change
     python bench/run.py --mode full      # < 45 min on 2 cores: the numbers in BENCHMARKS.md
+    python bench/run.py --mode full --only paper_scale     # one experiment alone (fig10, fig16, paper_scale, scaling)
 
 Experiments (paper §6.1, §6.4):
   fig10/fig11  35 synthetic models per architecture and distribution; base, shift and alsatian in one invocation on
@@ -9,7 +10,10 @@ Experiments (paper §6.1, §6.4):
                speedups, alsatian's time over its lower bound, and correctness checks (identical rankings).
   fig16        alsatian under an ample, a tight and a very tight cache budget (derived from the ample run's planned
                peaks), each in its own process: time, peak host memory, identical ranking.
-  scaling      alsatian's time as the number of models and of items grows.
+  paper_scale  one cell at the paper's input size (full mode): 35 ResNet-18 models at 224 px, Top Layers, base,
+               shift and alsatian as in fig10 (same rotation, calibration, bound and checks).
+  scaling      alsatian's time as the number of models (up to 300 in full mode) and of items grows, each row measured
+               with the store's block files cold (evicted from the OS page cache) and warm (read once before).
   storage      logical vs physical store bytes of every zoo.
 
 Results: bench/results/<mode>-<timestamp>/ (one JSON per search, a JSON per cell and summary.json, PNG plots) and
@@ -55,6 +59,8 @@ class Plan:
     scaling_models_items: int
     scaling_items: list[int]
     calibration_repeats: int = 5
+    paper_scale: "PaperScale | None" = None   # the 224-px cell (full mode)
+    scaling_page_cache: tuple[str, ...] = ("cold", "warm")  # page-cache states each scaling row is measured in
     notes: list[str] = field(default_factory=list)
 
 
@@ -70,6 +76,38 @@ MINILM = H.Arch("minilm", "all-MiniLM-L6-v2", image_size=32, items=400, checkpoi
 BERT_BASE = H.Arch("bert_base", "bert-base", image_size=32, items=200, builder="hf", dataset="rotten_tomatoes",
                    classes=2, tokenizer="all-MiniLM-L6-v2", pooling="cls")
 ALL_ARCHS = (RESNET18, RESNET152, EFFNET, VIT, MINILM, BERT_BASE)
+EXPERIMENTS = ("fig10", "fig16", "paper_scale", "scaling")
+
+
+@dataclass
+class PaperScale:
+    """The paper-scale cell: the paper's 224-px input on a zoo that fits a 2-core CPU.
+
+    ResNet-18 (timm ``resnet18``, seeded random init like the other CNN cells; its block files are the 32-px zoo's,
+    so it adds no disk), 35 models, Top Layers. 35 models need 6 halving rounds down to one model, and 6 rounds need
+    at least ``H.min_items(35)`` = 800 Fashion-MNIST items (D1 holds one item per class); at 224 px base would take
+    ~10-15 min on 2 cores there (35 x 800 x 20-33 ms per model and item). So the cell keeps few items and, where
+    they are too few for result size 1, uses the smallest result size they allow (``result_size`` None): 256 items
+    -> result size 3, 4 rounds. Base (every model on every item, one round) does not depend on the result size;
+    shift and alsatian stop two rounds earlier than at result size 1.
+    """
+
+    arch: H.Arch
+    distribution: str = "top_layers"
+    num_models: int = 35
+    result_size: int | None = None   # None: the smallest result size the items allow (at least the settings')
+    calibration_repeats: int = 3     # batches per block in the calibration pass (fig10 cells: 5); 224 px is slow
+
+    def resolved_result_size(self, at_least: int = 1) -> int:
+        if self.result_size is not None:
+            return self.result_size
+        r = max(1, at_least)
+        while r < self.num_models and H.min_items(self.num_models, r, classes=self.arch.classes) > self.arch.items:
+            r += 1
+        return r
+
+
+PAPER_RESNET18 = H.Arch("resnet18_224", "resnet18", image_size=224, items=256)
 
 
 def preset(mode: str) -> Plan:
@@ -81,8 +119,8 @@ def preset(mode: str) -> Plan:
     if mode == "full":
         return Plan("full", [RESNET18, RESNET152, EFFNET, VIT, MINILM], ["top50", "top25", "top_layers"],
                     num_models=35, repeats=1, settings=H.SearchSettings(), fig16=("vit_tiny", "top50"),
-                    scaling_arch="resnet18", scaling_models=[10, 35, 100], scaling_models_items=2000,
-                    scaling_items=[1000, 2000, 4000, 8000])
+                    scaling_arch="resnet18", scaling_models=[10, 35, 100, 300], scaling_models_items=2000,
+                    scaling_items=[1000, 2000, 4000, 8000], paper_scale=PaperScale(PAPER_RESNET18))
     raise SystemExit(f"unknown mode {mode!r}")
 
 
@@ -124,6 +162,9 @@ def build_zoos(plan: Plan, store: Path, log: Log) -> dict[tuple[str, str, int], 
     by_key = {a.key: a for a in plan.archs}
     if plan.fig16 is not None:
         wanted.append((by_key[plan.fig16[0]], plan.fig16[1], plan.num_models))
+    if plan.paper_scale is not None:
+        ps = plan.paper_scale
+        wanted.append((ps.arch, ps.distribution, ps.num_models))
     scaling = by_key.get(plan.scaling_arch, RESNET18 if plan.scaling_arch == "resnet18" else None)
     if scaling is not None and (plan.scaling_models or plan.scaling_items):
         wanted += [(scaling, "top_layers", n) for n in plan.scaling_models]
@@ -161,12 +202,12 @@ def run_fig10(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> list[
 
 
 def run_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, counter: int, out: Path,
-             log: Log) -> dict[str, Any]:
+             log: Log, folder: str = "fig10") -> dict[str, Any]:
     data = arch.data_kwargs(seed=plan.settings.seed)
     tag = f"{arch.key}-{dist}"
     log(f"cell {tag}: {plan.num_models} models, {arch.items} {arch.dataset} items at {arch.size_label}; calibrating")
     cal = H.calibrate(store, zoo["models"], data, plan.settings, repeats=plan.calibration_repeats)
-    H.write_json(out / "fig10" / f"{tag}-calibration.json", cal)
+    H.write_json(out / folder / f"{tag}-calibration.json", cal)
     mean_model = sum(cal["model_per_item_s"].values()) / len(cal["model_per_item_s"])
     log(f"  calibration: {cal['distinct_blocks']} distinct blocks, {cal['tree_edges']} tree edges, "
         f"{mean_model * 1e3:.2f} ms/item per model, tree {cal['tree_per_item_s'] * 1e3:.2f} ms/item "
@@ -179,17 +220,19 @@ def run_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, counte
         for pos, strategy in enumerate(order):
             res = H.run_search(store, zoo["models"], data, strategy, plan.settings)
             res.update(cell=tag, repeat=rep, position=pos, order=list(order))
-            H.write_json(out / "fig10" / f"{tag}-{strategy}-r{rep}.json", res)
+            H.write_json(out / folder / f"{tag}-{strategy}-r{rep}.json", res)
             runs[strategy].append(res)
             t = res["timings_s"]
             log(f"  {strategy:<8} {t['total']:7.2f}s  (data {t['prepare_data']:.2f}, model "
                 f"{t['prepare_model']:.2f}, inference {t['inference']:.2f}, scoring {t['proxy_scoring']:.2f}, "
-                f"planning {t['planning']:.2f}; other processes {res['cpu']['other_cores']:.2f} cores)")
-    return summarize_cell(plan, store, arch, dist, zoo, cal, runs, orders, out, log)
+                f"planning {t['planning']:.2f}; peak RSS {res['memory']['peak_host_rss_bytes'] / 2**20:.0f} MiB; "
+                f"other processes {res['cpu']['other_cores']:.2f} cores)")
+    return summarize_cell(plan, store, arch, dist, zoo, cal, runs, orders, out, log, folder)
 
 
 def summarize_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, cal: dict,
-                   runs: dict[str, list[dict[str, Any]]], orders: list, out: Path, log: Log) -> dict[str, Any]:
+                   runs: dict[str, list[dict[str, Any]]], orders: list, out: Path, log: Log,
+                   folder: str = "fig10") -> dict[str, Any]:
     tag = f"{arch.key}-{dist}"
     time_s = {s: _median([r["timings_s"]["total"] for r in runs[s]]) for s in H.STRATEGIES}
     breakdown = {s: {p: _median([r["timings_s"][p] for r in runs[s]]) for p in (*H.PHASES, "total")}
@@ -225,6 +268,12 @@ def summarize_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, 
             "num_models": plan.num_models, "zoo": zoo["zoo"], "orders": orders,
             "repeats": plan.repeats, "time_s": time_s, "breakdown_s": breakdown,
             "wall_s": {s: _median([r["wall_s"] for r in runs[s]]) for s in H.STRATEGIES},
+            # peak host RSS of the search (VmHWM, reset when it starts) and the RSS right before it; median over runs
+            "peak_rss_bytes": {s: _median([r["memory"]["peak_host_rss_bytes"] for r in runs[s]])
+                               for s in H.STRATEGIES},
+            "rss_before_search_bytes": {s: _median([r.get("rss_before_search_bytes", 0) for r in runs[s]])
+                                        for s in H.STRATEGIES},
+            "result_size": plan.settings.result_size,
             "speedup": speedup, "bound": bound, "bound_ratios": [b["ratio"] for b in bounds],
             "calibration": {**{k: cal[k] for k in ("batch", "repeats", "seconds", "distinct_blocks", "tree_edges",
                                                     "tree_per_item_s")},
@@ -237,7 +286,7 @@ def summarize_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, 
                                           "distinct_blocks", "planned_peak_bytes", "observed_peak_bytes")}
                        for r in als["rounds"]],
             "other_cores": {s: [r["cpu"]["other_cores"] for r in runs[s]] for s in H.STRATEGIES}}
-    H.write_json(out / "fig10" / f"{tag}.json", cell)
+    H.write_json(out / folder / f"{tag}.json", cell)
     met = " ".join(f"{t['what']} {t['measured']:.2f} ({'ok' if t['met'] else 'MISSED'} {t['kind']}{t['target']})"
                    for t in targets)
     log(f"  => {met}; exact (identical rankings, same scores): {'ok' if cell['exact_ok'] else 'FAILED'}; "
@@ -345,13 +394,52 @@ def run_fig16(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[
     return fig16
 
 
-def run_scaling(plan: Plan, store: Path, zoos: dict, cells: list[dict[str, Any]], out: Path,
-                log: Log) -> dict[str, Any]:
+def run_paper_scale(plan: Plan, store: Path, zoos: dict, counter: int, out: Path, log: Log) -> dict[str, Any] | None:
+    """The paper-scale cell (:class:`PaperScale`): base, shift and alsatian as a fig10 cell, its order continuing the
+    fig10 rotation, written under ``paper_scale/``."""
+    ps = plan.paper_scale
+    if ps is None:
+        return None
+    rs = ps.resolved_result_size(plan.settings.result_size)
+    sub = replace(plan, num_models=ps.num_models, settings=replace(plan.settings, result_size=rs),
+                  calibration_repeats=ps.calibration_repeats)
+    need = H.min_items(ps.num_models, rs, classes=ps.arch.classes)
+    tag = f"{ps.arch.key}-{ps.distribution}"
+    log(f"paper-scale cell {tag}: {ps.num_models} models, {ps.arch.items} items at {ps.arch.size_label}, result size "
+        f"{rs} (result size 1 needs {H.min_items(ps.num_models, 1, classes=ps.arch.classes)} items)")
+    if ps.arch.items < need:
+        msg = f"{ps.arch.items} items are too few for {ps.num_models} models at result size {rs} (at least {need})"
+        H.loud(f"paper-scale cell: {msg}")
+        return {"cell": tag, "arch": ps.arch.key, "distribution": ps.distribution, "error": msg}
+    try:
+        cell = run_cell(sub, store, ps.arch, ps.distribution, zoos[(ps.arch.key, ps.distribution, ps.num_models)],
+                        counter, out, log, folder="paper_scale")
+    except Exception as exc:  # noqa: BLE001 - recorded; the rest of the benchmark goes on
+        H.loud(f"paper-scale cell {tag} failed: {type(exc).__name__}: {exc}")
+        return {"cell": tag, "arch": ps.arch.key, "distribution": ps.distribution,
+                "error": f"{type(exc).__name__}: {exc}"}
+    cell.update(paper_scale=True, min_items_result_size_1=H.min_items(ps.num_models, 1, classes=ps.arch.classes),
+                calibration_repeats=ps.calibration_repeats)
+    H.write_json(out / "paper_scale" / f"{tag}.json", cell)
+    return cell
+
+
+def scaling_items_for(plan: Plan, n_models: int, classes: int = 10) -> int:
+    """Items of a growing-models row: the plan's, raised to the fewest a search over ``n_models`` accepts
+    (300 models: 9 rounds, 6,400 items)."""
+    return max(plan.scaling_models_items, H.min_items(n_models, plan.settings.result_size, classes=classes))
+
+
+def run_scaling(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[str, Any]:
+    """Alsatian alone on growing zoos and item counts; every row measured once per page-cache state
+    (``plan.scaling_page_cache``: cold, the store's block files evicted; warm, the zoo's read once), the two
+    alternating in order from row to row, the page cache's state measured (mincore) right before each search."""
     arch = next((a for a in plan.archs if a.key == plan.scaling_arch), RESNET18)
     results: dict[str, list[dict[str, Any]]] = {"models": [], "items": []}
     notes: list[str] = []
-    reusable = {(c["arch"], c["distribution"], c["num_models"], c["items"]): c for c in cells if "error" not in c}
-    done: dict[tuple[int, int], dict[str, Any]] = {}
+    done: dict[tuple[int, int, str], dict[str, Any]] = {}
+    states = tuple(plan.scaling_page_cache)
+    counter = [0]
 
     def one(kind: str, n_models: int, items: int) -> None:
         ok, why = H.items_available(items, arch.dataset)
@@ -359,38 +447,70 @@ def run_scaling(plan: Plan, store: Path, zoos: dict, cells: list[dict[str, Any]]
             notes.append(why)
             log(f"scaling {kind}: {why}")
             return
-        if items < H.min_items(n_models, classes=arch.classes):
-            need = H.min_items(n_models, classes=arch.classes)
+        if items < H.min_items(n_models, plan.settings.result_size, classes=arch.classes):
+            need = H.min_items(n_models, plan.settings.result_size, classes=arch.classes)
             note = f"{n_models} models need at least {need} items; {items} skipped"
             notes.append(note)
             log(f"scaling {kind}: {note}")
             return
         zoo = zoos[(arch.key, "top_layers", n_models)]
-        cell = reusable.get((arch.key, "top_layers", n_models, items))
-        if cell is not None:
-            import json
-            r = json.loads((out / "fig10" / f"{cell['cell']}-alsatian-r0.json").read_text())
-            source = f"fig10 {cell['cell']}"
-        elif (n_models, items) in done:
-            r, source = done[(n_models, items)], "scaling (same run as above)"
-        else:
-            r = H.run_search(store, zoo["models"], arch.data_kwargs(items, plan.settings.seed),
-                             "alsatian", plan.settings)
-            H.write_json(out / "scaling" / f"{n_models}models-{items}items.json", r)
-            source = "run"
-        done[(n_models, items)] = r
-        row = {"models": n_models, "items": items, "time_s": r["timings_s"]["total"],
-               "breakdown_s": {p: r["timings_s"][p] for p in H.PHASES}, "rounds": len(r["rounds"]),
-               "source": source}
-        results[kind].append(row)
-        log(f"scaling {kind}: {n_models} models, {items} items: {row['time_s']:.2f}s ({source})")
+        order = states if counter[0] % 2 == 0 else states[::-1]
+        counter[0] += 1
+        for pos, state in enumerate(order):
+            key = (n_models, items, state)
+            if key in done:
+                r, source = done[key], "same run as above"
+            else:
+                try:
+                    pc = H.set_page_cache(store, zoo["models"], state)
+                    r = H.run_search(store, zoo["models"], arch.data_kwargs(items, plan.settings.seed), "alsatian",
+                                     plan.settings)
+                except Exception as exc:  # noqa: BLE001 - one failed row must not lose the run
+                    note = f"{n_models} models, {items} items, {state}: failed: {type(exc).__name__}: {exc}"
+                    H.loud(f"scaling {note}")
+                    notes.append(note)
+                    continue
+                r.update(page_cache=pc, position=pos, order=list(order))
+                H.write_json(out / "scaling" / f"{n_models}models-{items}items-{state}.json", r)
+                done[key], source = r, "run"
+            pc = r["page_cache"]
+            blocks = zoo["distinct_blocks"]
+            row = {"models": n_models, "items": items, "page_cache": state,
+                   "resident_fraction": pc.get("resident_fraction"), "block_bytes": pc.get("bytes"),
+                   "distinct_blocks": blocks, "block_items": blocks * items,
+                   "time_s": r["timings_s"]["total"],
+                   "us_per_block_item": 1e6 * r["timings_s"]["total"] / (blocks * items),
+                   "breakdown_s": {p: r["timings_s"][p] for p in H.PHASES}, "rounds": len(r["rounds"]),
+                   "blocks_read": r["cache"]["blocks_read"],
+                   "peak_rss_bytes": r["memory"]["peak_host_rss_bytes"],
+                   "rss_before_search_bytes": r.get("rss_before_search_bytes"),
+                   "position": r.get("position"), "other_cores": r.get("cpu", {}).get("other_cores"),
+                   "source": source}
+            results[kind].append(row)
+            res = "?" if row["resident_fraction"] is None else f"{100 * row['resident_fraction']:.0f}%"
+            log(f"scaling {kind}: {n_models} models, {items} items, {state} ({res} of {blocks} blocks' "
+                f"{(row['block_bytes'] or 0) / 2**20:.0f} MiB resident): {row['time_s']:.2f}s, "
+                f"{row['us_per_block_item']:.2f} us per block-item, peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB "
+                f"({source})")
 
+    # One untimed search first (2 models of the smallest zoo, the fewest items): the first row must not pay the
+    # process's one-off costs (kernel selection, first-touch of fresh memory) when scaling runs alone (--only).
+    first = min(n for (key, dist, n) in zoos if key == arch.key and dist == "top_layers")
+    warmup_items = H.min_items(2, plan.settings.result_size, classes=arch.classes)
+    log(f"scaling: untimed warm-up search (2 models, {warmup_items} items)")
+    H.run_search(store, zoos[(arch.key, "top_layers", first)]["models"][:2],
+                 arch.data_kwargs(warmup_items, plan.settings.seed), "alsatian", plan.settings)
     for n in plan.scaling_models:
-        one("models", n, plan.scaling_models_items)
+        items = scaling_items_for(plan, n, arch.classes)
+        if items != plan.scaling_models_items:
+            notes.append(f"{n} models need at least {items} items ({H.num_rounds(n, plan.settings.result_size)} "
+                         f"rounds, one item per class in the first chunk): that row runs on {items} items instead "
+                         f"of {plan.scaling_models_items}")
+        one("models", n, items)
     for items in plan.scaling_items:
         one("items", plan.num_models, items)
     scaling = {"arch": arch.key, "timm": arch.arch, "distribution": "top_layers", "image_size": arch.image_size,
-               "size_label": arch.size_label,
+               "size_label": arch.size_label, "page_cache_states": list(states),
                **results, "notes": notes}
     H.write_json(out / "scaling" / "scaling.json", scaling)
     return scaling
@@ -411,12 +531,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=int, help="models per zoo (default 35, as in the paper)")
     parser.add_argument("--scaling-models", help="comma-separated model counts of the scaling runs")
     parser.add_argument("--scaling-items", help="comma-separated item counts of the scaling runs")
+    parser.add_argument("--scaling-models-items", type=int, help="items of the growing-models scaling rows (raised "
+                                                                 "where a model count needs more)")
     parser.add_argument("--repeats", type=int, help="runs per strategy and cell (median reported)")
     parser.add_argument("--epochs", type=int, help="linear-probe epochs (same for all strategies; default 100)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core); on a "
                                                     "busy machine 1 avoids OpenMP threads waiting for each other")
-    parser.add_argument("--skip", default="", help="comma-separated experiments to skip: fig10, fig16, scaling")
+    parser.add_argument("--skip", default="", help="comma-separated experiments to skip: fig10, fig16, "
+                                                   "paper_scale, scaling")
+    parser.add_argument("--only", help="comma-separated experiments to run, the others skipped (fig10, fig16, "
+                                       "paper_scale, scaling); paper_scale runs in quick mode too when named here")
+    parser.add_argument("--paper-items", type=int, help=f"items of the paper-scale cell (default "
+                                                        f"{PAPER_RESNET18.items})")
+    parser.add_argument("--paper-models", type=int, help="models of the paper-scale cell (default 35)")
+    parser.add_argument("--paper-result-size", type=int, help="result size of the paper-scale cell (default: the "
+                                                              "smallest its items allow)")
+    parser.add_argument("--scaling-cache", help="comma-separated page-cache states of every scaling row: cold "
+                                                "(block files evicted), warm (read once before); default cold,warm")
     parser.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
                         help="write BENCHMARKS.md at the repository root (default: yes for full, no for quick)")
     args = parser.parse_args(argv)
@@ -439,6 +571,8 @@ def main(argv: list[str] | None = None) -> None:
         plan.scaling_models = [int(x) for x in args.scaling_models.split(",")]
     if args.scaling_items:
         plan.scaling_items = [int(x) for x in args.scaling_items.split(",")]
+    if args.scaling_models_items:
+        plan.scaling_models_items = args.scaling_models_items
     if args.repeats:
         plan.repeats = args.repeats
     if args.epochs:
@@ -447,6 +581,29 @@ def main(argv: list[str] | None = None) -> None:
     plan.settings.threads = args.threads
     plan.settings.apply_threads()
     skip = set(filter(None, args.skip.split(",")))
+    if args.only:
+        only = set(filter(None, args.only.split(",")))
+        if only - set(EXPERIMENTS):
+            raise SystemExit(f"--only: unknown experiment(s) {', '.join(sorted(only - set(EXPERIMENTS)))}; use "
+                             f"{', '.join(EXPERIMENTS)}")
+        skip |= set(EXPERIMENTS) - only
+        if "paper_scale" in only and plan.paper_scale is None:
+            plan.paper_scale = PaperScale(PAPER_RESNET18)
+    if skip - set(EXPERIMENTS):
+        raise SystemExit(f"--skip: unknown experiment(s) {', '.join(sorted(skip - set(EXPERIMENTS)))}")
+    if plan.paper_scale is not None:
+        if args.paper_items:
+            plan.paper_scale.arch = replace(plan.paper_scale.arch, items=args.paper_items)
+        if args.paper_models:
+            plan.paper_scale.num_models = args.paper_models
+        if args.paper_result_size:
+            plan.paper_scale.result_size = args.paper_result_size
+    if args.scaling_cache:
+        plan.scaling_page_cache = tuple(filter(None, args.scaling_cache.split(",")))
+        if set(plan.scaling_page_cache) - {"cold", "warm"} or not plan.scaling_page_cache:
+            raise SystemExit("--scaling-cache: use cold, warm or cold,warm")
+    if "paper_scale" in skip:
+        plan.paper_scale = None
     if "fig16" in skip:
         plan.fig16 = None
     if "scaling" in skip:
@@ -471,7 +628,11 @@ def main(argv: list[str] | None = None) -> None:
                  "num_models": plan.num_models, "repeats": plan.repeats, "settings": asdict(plan.settings),
                  "fig16": plan.fig16, "scaling_arch": plan.scaling_arch, "scaling_models": plan.scaling_models,
                  "scaling_models_items": plan.scaling_models_items, "scaling_items": plan.scaling_items,
-                 "calibration_repeats": plan.calibration_repeats, "calibration_warmup": H.CALIBRATION_WARMUP}}
+                 "calibration_repeats": plan.calibration_repeats, "calibration_warmup": H.CALIBRATION_WARMUP,
+                 "paper_scale": None if plan.paper_scale is None else {
+                     **asdict(plan.paper_scale),
+                     "resolved_result_size": plan.paper_scale.resolved_result_size(plan.settings.result_size)},
+                 "scaling_page_cache": list(plan.scaling_page_cache)}}
     m = meta["machine"]
     log(f"{plan.mode} benchmark -> {out}")
     log(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
@@ -493,8 +654,8 @@ def main(argv: list[str] | None = None) -> None:
     H.write_json(out / "storage.json", storage)
     cells = [] if "fig10" in skip else run_fig10(plan, args.store, zoos, out, log)
     fig16 = run_fig16(plan, args.store, zoos, out, log)
-    scaling = run_scaling(plan, args.store, zoos, cells, out, log) if (plan.scaling_models or plan.scaling_items) \
-        else None
+    paper = run_paper_scale(plan, args.store, zoos, sum(plan.repeats for c in cells), out, log)
+    scaling = run_scaling(plan, args.store, zoos, out, log) if (plan.scaling_models or plan.scaling_items) else None
 
     meta["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     meta["wall_s"] = log_elapsed = time.perf_counter() - log.t0
@@ -505,7 +666,8 @@ def main(argv: list[str] | None = None) -> None:
     if meta["cpu"]["other_cores"] > 0.25:
         H.loud(f"other processes used {meta['cpu']['other_cores']:.2f} of {m['cores']} cores on average during "
                "this run: timings are noisy")
-    summary = {"meta": meta, "cells": cells, "fig16": fig16, "scaling": scaling, "storage": storage,
+    summary = {"meta": meta, "cells": cells, "fig16": fig16, "paper_scale": paper, "scaling": scaling,
+               "storage": storage,
                "targets": {"speedup": TARGETS, "bound": BOUND_TARGET}}
     H.write_json(out / "summary.json", summary)
     H.write_json(out / "meta.json", meta)
@@ -520,8 +682,9 @@ def main(argv: list[str] | None = None) -> None:
         (H.ROOT / "BENCHMARKS.md").write_text(report.render(summary, out, H.ROOT))
     log(f"report: {out / 'BENCHMARKS.md'}{' and BENCHMARKS.md' if publish else ''}; "
         f"total {log_elapsed:.0f}s")
-    inexact = [c["cell"] for c in cells if "error" in c or not c.get("exact_ok")]
-    winners = [c["cell"] for c in cells if "error" not in c and c.get("exact_ok") and not c.get("winner_ok")]
+    checked = cells + ([paper] if paper else [])
+    inexact = [c["cell"] for c in checked if "error" in c or not c.get("exact_ok")]
+    winners = [c["cell"] for c in checked if "error" not in c and c.get("exact_ok") and not c.get("winner_ok")]
     if inexact or (fig16 and not fig16.get("ok", True)):
         H.loud(f"CORRECTNESS checks failed (see the cells' JSON and BENCHMARKS.md): {', '.join(inexact)}"
                f"{' fig16' if fig16 and not fig16.get('ok', True) else ''}")
