@@ -32,8 +32,8 @@ from .io import check_folder
 from .execute import Executor
 from .features import FeatureStore
 from .plan import BlockSpec, InferenceStep, RoundMemory, RoundPlan, TaskTree, plan_round
-from .resources import (device_capacity, peak_accelerator_bytes, peak_rss, reset_peak_memory,
-                        resolve_device)
+from .resources import (device_capacity, peak_accelerator_bytes, peak_rss, release_free_memory,
+                        reset_peak_memory, resolve_device)
 from .score import ProxyScore, ProxyScorer, get_scorer, rank
 from .stats import SearchStats
 from .store import BlockStore, ModelManifest
@@ -399,6 +399,7 @@ class SuccessiveHalving:
         engine.executor.run_round(plan, inputs, state.features.write)
         state.runs.append((plan, engine.cache.peak))
         engine.cache.reserve(0)
+        release_free_memory()
 
     def _score(self, state: SearchState, engine: Engine) -> dict[str, ProxyScore]:
         """Proxy scores of the survivors on all training items so far and the test items (each rank scores its own
@@ -414,6 +415,7 @@ class SuccessiveHalving:
                                        state.test_labels, self.data.num_classes) if mine else {}
         state.scoring = (memory.scoring_peak, engine.cache.peak)
         engine.cache.reserve(0)
+        release_free_memory()
         with engine.stats.phase("communication"):
             return {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
 

@@ -4,7 +4,10 @@ piece of code allocates (on the meta device: from shapes alone)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -76,6 +79,25 @@ def peak_rss() -> int:
 def rss_now() -> int:
     """Current resident set size of this process in bytes (0 where unknown)."""
     return _status("VmRSS") or 0
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    """glibc, where this process runs on it (None elsewhere)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the host memory the allocator keeps from freed tensors back to the OS (glibc ``malloc_trim``; a no-op
+    elsewhere), so that a search phase does not start above what it holds. Called between a round's phases: freed
+    activations of one phase would otherwise stay resident under the next phase's peak."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def peak_accelerator_bytes(device: torch.device) -> int:
