@@ -1,6 +1,6 @@
 """The cache service (paper §4.3): holds task-tree node outputs between plan steps and accounts every byte exactly
-as the planner does (resident + intermediates + running weights), in up to three tiers: the compute device, host
-memory (on an accelerator, beyond ``device_capacity``) and, with a ``spill_dir``, disk."""
+as the planner does (resident + intermediates + the running step's weights and activations), in up to three tiers:
+the compute device, host memory (on an accelerator, beyond ``device_capacity``) and, with a ``spill_dir``, disk."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class CacheService:
     """Node outputs by node id, and the bytes the memory model counts.
 
     ``reserve`` holds the round's resident bytes, ``put``/``release`` the intermediates, ``hold_weights`` the weights
-    of the running step; ``peak`` is the largest total since :meth:`reset_peak`. An output that would take the
+    and one batch's activations of the running step (or the scoring phase's working set); ``peak`` is the largest total since :meth:`reset_peak`. An output that would take the
     device tier past ``device_capacity`` bytes goes to ``host`` memory instead (the executor moves each batch back
     as it reads it). With a ``spill_dir`` and a ``capacity``, least-recently-used outputs are written to disk
     (safetensors) whenever memory would exceed ``capacity``, and read back when a step needs them.
@@ -133,7 +133,8 @@ class CacheService:
 
     @contextmanager
     def hold_weights(self, nbytes: int) -> Iterator[None]:
-        """Count ``nbytes`` of running weights for the duration of the ``with`` body."""
+        """Count ``nbytes`` held only while a step runs (its weights and activations) or the round is scored (the
+        scorer's working set), for the duration of the ``with`` body."""
         self.weights += nbytes
         self._bump()
         try:

@@ -15,7 +15,7 @@ import torch
 
 from .cache import CacheService
 from .errors import AlsatianError
-from .plan import InferenceStep, ReleaseStep, RoundPlan, ScoreStep, TaskTree
+from .plan import InferenceStep, ReleaseStep, RoundPlan, ScoreStep, Step, TaskTree
 from .stats import SearchStats
 from .weights import WeightCache, readahead_windows
 
@@ -39,31 +39,36 @@ class Executor:
                 raise AlsatianError("internal error: the plan left intermediates in the cache")
 
     def _run_partition(self, plan: RoundPlan, part: torch.Tensor, start: int, sink: FeatureSink) -> None:
-        leaf: tuple[int, torch.Tensor] | None = None  # the last step's uncached output: a model's features
         ahead = self._ahead([s for s in plan.steps if isinstance(s, InferenceStep)])
-        for step in plan.steps:
+        written: set[tuple[str, int]] = set()  # (model, node): features a leaf step wrote batch by batch
+        for i, step in enumerate(plan.steps):
             if isinstance(step, InferenceStep):
                 next(ahead)
-                leaf = self._run_step(step, part)
+                readers = [] if step.cache_output else _readers(plan.steps, i)
+                self._run_step(step, part, start, readers, sink)
+                written.update((m, step.output) for m in readers)
             elif isinstance(step, ScoreStep):
-                feats = leaf[1] if leaf is not None and leaf[0] == step.features else self.cache.get(step.features)
-                sink(step.model, start, feats)
+                if (step.model, step.features) not in written:  # a cached node's output is the model's features
+                    sink(step.model, start, self.cache.get(step.features))
             elif isinstance(step, ReleaseStep):
                 self.cache.release(step.node)
             else:  # pragma: no cover - the planner emits only these three kinds
                 raise TypeError(f"unknown plan step {step!r}")
 
-    def _run_step(self, step: InferenceStep, part: torch.Tensor) -> tuple[int, torch.Tensor] | None:
-        """Run one inference step; its output goes to the cache (returns None) or is returned as a leaf."""
+    def _run_step(self, step: InferenceStep, part: torch.Tensor, start: int, readers: list[str],
+                  sink: FeatureSink) -> None:
+        """Run one inference step: its output goes to the cache (``cache_output``), else it is the features of the
+        ``readers`` and goes to ``sink`` batch by batch (never held whole)."""
         x = part if step.input == TaskTree.ROOT else self.cache.get(step.input)
         cached_out = step.blocks[-1].out_bytes * len(x) if step.cache_output else 0
-        self.cache.make_room(step.weight_bytes + cached_out, keep=(step.input,))
-        with self.cache.hold_weights(step.weight_bytes):  # input, output and weights held together
-            out = self._infer(step, x)
+        self.cache.make_room(step.running_bytes + cached_out, keep=(step.input,))
+        with self.cache.hold_weights(step.running_bytes):  # input, output, weights and activations held together
+            def write(s: int, y: torch.Tensor) -> None:
+                for model in readers:
+                    sink(model, start + s, y)
+            out = self._infer(step, x, None if step.cache_output else write)
             if step.cache_output:
                 self.cache.put(step.output, out)
-                return None
-        return step.output, out
 
     def _ahead(self, steps: list[InferenceStep]) -> Iterator[None]:
         """Before each inference step: start reading the weights of the steps ahead (a prefetch thread loads the next
@@ -79,8 +84,10 @@ class Executor:
                         self.weights.advise(self.weight_key(b.hash, s.models), b.hash)
             yield
 
-    def _infer(self, step: InferenceStep, x: torch.Tensor) -> torch.Tensor:
-        """The step's blocks applied to ``x`` batch by batch, into one output tensor on the device."""
+    def _infer(self, step: InferenceStep, x: torch.Tensor,
+               write: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor | None:
+        """The step's blocks applied to ``x`` batch by batch, into one output tensor on the device (with ``write``:
+        each batch's output handed to ``write(first item, batch)`` instead; returns None)."""
         with self.stats.phase("prepare_model"):
             blocks = [self.weights.get(self.weight_key(b.hash, step.models), b.hash) for b in step.blocks]
         with self.stats.phase("inference"), torch.inference_mode():
@@ -92,6 +99,9 @@ class Executor:
                     y = y.contiguous(memory_format=torch.channels_last)
                 for block in blocks:
                     y = block(y)
+                if write is not None:
+                    write(s, y)
+                    continue
                 if out is None:
                     out = torch.empty((len(x), *y.shape[1:]), dtype=y.dtype, device=self.device,
                                       memory_format=_layout(y))
@@ -99,8 +109,18 @@ class Executor:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             self.stats.blocks_ran(((b.hash, b.cost) for b in step.blocks), time.perf_counter() - t0, len(x))
-        assert out is not None
         return out
+
+
+def _readers(steps: tuple[Step, ...], i: int) -> list[str]:
+    """The models whose features step ``i``'s output is: the score steps right after it that read it."""
+    out = steps[i].output  # type: ignore[union-attr]
+    readers = []
+    for step in steps[i + 1:]:
+        if not isinstance(step, ScoreStep) or step.features != out:
+            break
+        readers.append(step.model)
+    return readers
 
 
 def _layout(y: torch.Tensor) -> torch.memory_format:

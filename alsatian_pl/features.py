@@ -13,7 +13,10 @@ from .plan import RoundMemory
 
 
 class FeatureStore:
-    """Features by model. ``feature_bytes`` gives each model's bytes per item (its last block's output)."""
+    """Features by model. ``feature_bytes`` gives each model's bytes per item (its last block's output).
+
+    Each model's training features are kept as one tensor (the chunks so far, joined as each round closes, one model
+    at a time), so the scorer reads them without a copy of every survivor's features."""
 
     def __init__(self, feature_bytes: Mapping[str, int]):
         self.feature_bytes = dict(feature_bytes)
@@ -28,10 +31,21 @@ class FeatureStore:
         """The models whose features are kept (not dropped)."""
         return list(self._train)
 
-    def memory(self, *, new_items: int, data_bytes: int, input_bytes: int = 0) -> RoundMemory:
-        """The round's resident bytes if ``new_items`` items of every kept model's features are pushed now."""
-        return RoundMemory.of_round(data_bytes=data_bytes, feature_bytes={m: self.feature_bytes[m] for m in self._train},
-                                    kept_items=self.kept_items, new_items=new_items, input_bytes=input_bytes)
+    def memory(self, *, new_items: int, data_bytes: int, input_bytes: int = 0, scoring_bytes: int = 0) -> RoundMemory:
+        """The round's resident bytes if ``new_items`` items of every kept model's features are pushed now; the
+        scoring phase's working set is ``scoring_bytes`` (the scorer's) or joining one model's chunks as the round
+        closes (:meth:`close_bytes`), whichever is larger."""
+        feature_bytes = {m: self.feature_bytes[m] for m in self._train}
+        scoring = max(scoring_bytes, self.close_bytes(new_items))
+        return RoundMemory.of_round(data_bytes=data_bytes, feature_bytes=feature_bytes, kept_items=self.kept_items,
+                                    new_items=new_items, input_bytes=input_bytes, scoring_bytes=scoring)
+
+    def close_bytes(self, new_items: int) -> int:
+        """What :meth:`close_round` allocates at most, after a round of ``new_items``: one model's features joined
+        (and its test rows copied out of the first round's buffer); nothing in the first round."""
+        if not self.kept_items:
+            return 0
+        return max((self.feature_bytes[m] for m in self._train), default=0) * (self.kept_items + new_items)
 
     def open_round(self, new_train: int, new_test: int = 0) -> None:
         """Expect ``new_train`` training items (then ``new_test`` test items) of features from every model."""
@@ -52,16 +66,25 @@ class FeatureStore:
         missing = [m for m in self._train if m not in self._buffers]
         if missing:
             raise RuntimeError(f"internal error: no features were computed for {len(missing)} model(s): {missing[:3]}")
-        for m, buf in self._buffers.items():
-            self._train[m].append(buf[:self._new])
-            if self._rows > self._new:
+        for m, buf in list(self._buffers.items()):
+            del self._buffers[m]
+            if self._rows > self._new:  # the first round: the test rows share the buffer with the training rows
                 self._test[m] = buf[self._new:]
+            old = self._train[m]
+            if not old:
+                self._train[m] = [buf[:self._new]]
+                continue
+            test = self._test.get(m)
+            if test is not None and test.untyped_storage().data_ptr() == old[0].untyped_storage().data_ptr():
+                self._test[m] = test.clone()  # its own memory, so that the first round's buffer can go
+            self._train[m] = [torch.cat([*old, buf[:self._new]])]
+            del old, buf
         self.kept_items += self._rows
         self._buffers = {}
 
     def train(self, models: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Each model's features of every training item so far, in chunk order."""
-        return {m: torch.cat(self._train[m]) for m in models}
+        """Each model's features of every training item so far, in chunk order (the tensor kept: no copy)."""
+        return {m: _joined(self._train[m]) for m in models}
 
     def test(self, models: Iterable[str]) -> dict[str, torch.Tensor]:
         return {m: self._test[m] for m in models}
@@ -85,10 +108,20 @@ class FeatureStore:
             m = name.split("/train/")[0]
             if m in self._train:
                 self._train[m].append(tensors[name].to(device))
+        self._train = {m: [_joined(chunks)] if chunks else [] for m, chunks in self._train.items()}
         self._test = {m: tensors[f"{m}/test"].to(device) for m in self._train if f"{m}/test" in tensors}
         self.kept_items = kept_items
+
+    def held_bytes(self) -> int:
+        """Bytes of every feature tensor held now: the kept features and this round's buffers."""
+        return self.kept_bytes() + sum(tensor_bytes(t) for t in self._buffers.values())
 
     def kept_bytes(self) -> int:
         """Bytes of the features kept now (what :meth:`memory` counts as ``kept``)."""
         return (sum(tensor_bytes(t) for chunks in self._train.values() for t in chunks)
                 + sum(tensor_bytes(t) for t in self._test.values()))
+
+
+def _joined(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor of ``chunks`` in order (the one chunk itself, not a copy)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)

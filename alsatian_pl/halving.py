@@ -9,6 +9,7 @@ of each round, the tree and the weight keys; the loop below is the same for all 
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections import Counter
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .blocks import activation_bytes
 from .cache import CacheService, tensor_bytes
 from .data import Items, SearchDataModule
 from .checks import flag, text, whole
@@ -30,8 +32,8 @@ from .io import check_folder
 from .execute import Executor
 from .features import FeatureStore
 from .plan import BlockSpec, InferenceStep, RoundMemory, RoundPlan, TaskTree, plan_round
-from .resources import (device_capacity, peak_accelerator_bytes, peak_rss, reset_peak_memory,
-                        resolve_device)
+from .resources import (device_capacity, peak_accelerator_bytes, peak_rss, release_free_memory,
+                        reset_peak_memory, resolve_device)
 from .score import ProxyScore, ProxyScorer, get_scorer, rank
 from .stats import SearchStats
 from .store import BlockStore, ModelManifest
@@ -67,6 +69,7 @@ class RoundReport:
     observed_peak_bytes: int
     kept: int
     groups: int = 1  # tokenizer groups planned and run this round (each on its own prepared inputs)
+    scoring_peak_bytes: int = 0  # of the peaks: the scoring phase's (planned; kept features + scorer's working set)
 
 
 @dataclass
@@ -135,6 +138,8 @@ class SearchState:
     counts_before: Counter[str] = field(default_factory=Counter)  # the search's counters when the round opened
     inputs_key: str = ""  # content hash of the running group's inputs (feature-cache key part)
     assignment: Assignment | None = None  # which models each rank runs (a distributed search)
+    feature_dims: dict[str, int] = field(default_factory=dict)  # each model's feature dim, as the scorer sees it
+    scoring: tuple[int, int] = (0, 0)  # the round's scoring phase: planned and observed peak bytes
 
     @property
     def trees(self) -> list[TaskTree]:
@@ -148,6 +153,7 @@ class SearchState:
         """Start round ``r``, whose new training items have ``labels`` (plus the test items in round 1); ``counts``:
         the search's counters now."""
         self.round, self.new_items, self.runs, self.counts_before = r, len(labels), [], counts
+        self.scoring = (0, 0)
         self.labels.append(labels)
         self.features.open_round(len(labels), len(self.test_labels) if r == 0 else 0)
 
@@ -168,9 +174,23 @@ class Engine:
     features: FeatureCache | None = None  # the persistent feature cache, when the search has one
 
 
-def block_specs(manifest: ModelManifest) -> list[BlockSpec]:
-    """What the planner needs of a model's blocks: hash, output bytes per item, weight bytes, relative cost."""
-    return [BlockSpec(b.hash, b.out_bytes, b.nbytes, float(max(b.params, 1))) for b in manifest.blocks]
+def block_specs(manifest: ModelManifest, batch_size: int | None = None) -> list[BlockSpec]:
+    """What the planner needs of a model's blocks: hash, output bytes per item, weight bytes, relative cost, and
+    with ``batch_size`` the activations of one batch (:func:`~alsatian_pl.blocks.activation_bytes`)."""
+    work = [0] * len(manifest.blocks) if batch_size is None else _activations(manifest, batch_size)
+    return [BlockSpec(b.hash, b.out_bytes, b.nbytes, float(max(b.params, 1)), w) for b, w in zip(manifest.blocks, work)]
+
+
+def _activations(manifest: ModelManifest, batch_size: int) -> list[int]:
+    """Each block's activations over one batch, from its shapes; where the blocks cannot run on the meta device,
+    a stand-in of three batch outputs per block (its output and two intermediates of that size)."""
+    try:
+        work = list(activation_bytes(manifest.recipe, tuple(manifest.input_size), batch_size))
+        if len(work) == len(manifest.blocks):
+            return work
+    except Exception:  # noqa: BLE001 - an estimate must not stop the search
+        pass
+    return [3 * batch_size * b.out_bytes for b in manifest.blocks]
 
 
 def assemble_ranking(state: SearchState, higher_is_better: bool) -> list[RankedModel]:
@@ -289,10 +309,11 @@ class SuccessiveHalving:
         groups = self._groups(manifests)
         with stats.phase("planning"):
             for g in groups:
-                g.specs = {m: block_specs(manifests[m]) for m in g.models}
+                g.specs = {m: block_specs(manifests[m], self.batch_size) for m in g.models}
                 g.tree = self.strategy.make_tree(g.specs)
         features = FeatureStore({n: m.blocks[-1].out_bytes for n, m in manifests.items()})
         state = SearchState(rounds, groups, features, list(manifests), self.data.test_items()[1])
+        state.feature_dims = {n: math.prod(m.blocks[-1].out_shape) for n, m in manifests.items()}
         if self.group.world_size > 1:
             self._partition(state)
         return state
@@ -314,12 +335,28 @@ class SuccessiveHalving:
         x_new = self.strategy.round_items(self.data, state.round, group.tokenizer)[0]
         return x_new + self.data.test_items(group.tokenizer)[0] if state.round == 0 else x_new
 
-    def _memory(self, state: SearchState, inputs: Items) -> RoundMemory:
-        """Resident while the group runs: what the data module holds in memory, the batch of inputs in flight, every
-        survivor's kept features and the buffers reserved for every survivor's new features (earlier groups have
-        filled theirs)."""
+    def _memory(self, state: SearchState, inputs: Items | None = None) -> RoundMemory:
+        """Resident while the group runs: what the data module holds in memory, the batch of inputs in flight (with
+        the executor's channels-last copy of an image batch), every survivor's kept features and the buffers
+        reserved for every survivor's new features (earlier groups have filled theirs); and the working set of
+        scoring the round (:meth:`_scoring_bytes`)."""
+        in_flight = 0
+        if inputs is not None:
+            in_flight = inputs.batch_bytes(self.batch_size)
+            if self.channels_last and len(inputs.shape) == 4:
+                in_flight += min(self.batch_size, len(inputs)) * inputs.dtype.itemsize * math.prod(inputs.shape[1:])
         return state.features.memory(new_items=state.round_items, data_bytes=self.data.held_bytes,
-                                     input_bytes=inputs.batch_bytes(self.batch_size))
+                                     input_bytes=in_flight, scoring_bytes=self._scoring_bytes(state))
+
+    def _scoring_bytes(self, state: SearchState) -> int:
+        """What scoring this round's survivors takes beyond their features: the scorer's working set
+        (``ProxyScorer.working_bytes``) and the joined training labels."""
+        mine = {m: state.feature_dims[m] for m in state.alive if m in state.features.models}
+        if not mine:
+            return 0
+        train_rows = sum(len(y) for y in state.labels)
+        return 8 * train_rows + self.scorer.working_bytes(train_rows, len(state.test_labels), mine,
+                                                          self.data.num_classes)
 
     def _reuse(self, state: SearchState, engine: Engine, group: TokenizerGroup, inputs: Items) -> TaskTree:
         """With a feature cache: the cached features of this round go straight to the feature store, and the tree of
@@ -357,7 +394,9 @@ class SuccessiveHalving:
         with engine.stats.phase("planning"):
             plan = plan_round(tree, num_items=len(inputs), batch_size=self.batch_size,
                               budget=None if self.spill_dir else self.cache_budget, resident_bytes=memory)
-        weight_room = RoundMemory.weight_capacity(self.cache_budget, plan.peak_bytes)
+        if self.spill_dir is not None:  # spilling cannot make scoring fit
+            memory.check_scoring(self.cache_budget)
+        weight_room = RoundMemory.weight_capacity(self.cache_budget, plan.round_peak_bytes)
         engine.weights.shrink(weight_room)
         engine.cache.device_capacity = self._device_capacity(memory, plan, weight_room)
         return plan
@@ -376,15 +415,23 @@ class SuccessiveHalving:
         engine.executor.run_round(plan, inputs, state.features.write)
         state.runs.append((plan, engine.cache.peak))
         engine.cache.reserve(0)
+        release_free_memory()
 
     def _score(self, state: SearchState, engine: Engine) -> dict[str, ProxyScore]:
         """Proxy scores of the survivors on all training items so far and the test items (each rank scores its own
         models; the scores of all ranks are gathered)."""
-        state.features.close_round()
+        memory = self._memory(state)
+        memory.check_scoring(self.cache_budget)
+        engine.cache.reserve(self.data.held_bytes + state.features.held_bytes())
+        engine.cache.reset_peak()
         mine = [m for m in state.alive if m in state.features.models]
-        with engine.stats.phase("proxy_scoring"):
+        with engine.stats.phase("proxy_scoring"), engine.cache.hold_weights(memory.scoring):
+            state.features.close_round()
             scores = self.scorer.score(state.features.train(mine), torch.cat(state.labels), state.features.test(mine),
                                        state.test_labels, self.data.num_classes) if mine else {}
+        state.scoring = (memory.scoring_peak, engine.cache.peak)
+        engine.cache.reserve(0)
+        release_free_memory()
         with engine.stats.phase("communication"):
             return {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
 
@@ -429,12 +476,14 @@ class SuccessiveHalving:
         since = engine.stats.since
         mine = (max((p.partitions for p in plans), default=0), since(state.counts_before, "inference_steps"),
                 since(state.counts_before, "block_runs"), frozenset().union(*(t.distinct_blocks() for t in state.trees)),
-                max((p.peak_bytes for p in plans), default=0), max(peaks, default=0), len(plans))
+                max([state.scoring[0], *(p.round_peak_bytes for p in plans)]), max([state.scoring[1], *peaks]),
+                len(plans), state.scoring[0])
         with engine.stats.phase("communication"):
             ranks = self.group.all_gather(mine)  # every rank's part of the round; peaks and partitions are per rank
         return RoundReport(state.round, len(state.alive), state.round_items, max(r[0] for r in ranks),
                            sum(r[1] for r in ranks), sum(r[2] for r in ranks), len(frozenset().union(*(r[3] for r in ranks))),
-                           max(r[4] for r in ranks), max(r[5] for r in ranks), keep, max(r[6] for r in ranks))
+                           max(r[4] for r in ranks), max(r[5] for r in ranks), keep, max(r[6] for r in ranks),
+                           max(r[7] for r in ranks))
 
     # ------------------------------------------------------------------------------------------------- resume
     def _checkpoint(self, manifests: dict[str, ModelManifest]) -> SearchCheckpoint | None:

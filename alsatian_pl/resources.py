@@ -1,11 +1,19 @@
 """The machine a search runs on: the compute device, its free memory, and this process's host memory (Linux
-``/proc``), for the search driver and the benchmarks alike."""
+``/proc``), for the search driver and the benchmarks alike; and :class:`TensorPeak`, the peak bytes of the tensors a
+piece of code allocates (on the meta device: from shapes alone)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
+from functools import lru_cache
+from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from .errors import ConfigError
 
@@ -73,6 +81,64 @@ def rss_now() -> int:
     return _status("VmRSS") or 0
 
 
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    """glibc, where this process runs on it (None elsewhere)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the host memory the allocator keeps from freed tensors back to the OS (glibc ``malloc_trim``; a no-op
+    elsewhere), so that a search phase does not start above what it holds. Called between a round's phases: freed
+    activations of one phase would otherwise stay resident under the next phase's peak."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def peak_accelerator_bytes(device: torch.device) -> int:
     """Peak accelerator memory allocated since :func:`reset_peak_memory` (0 on the CPU)."""
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
+class TensorPeak(TorchDispatchMode):
+    """``with TensorPeak() as p: ...``: ``p.peak`` is the most bytes that tensors allocated inside the block held at
+    once (storages of op outputs that alias no input, counted until they are freed); ``p.live`` what is still held.
+
+    Exact at the granularity of tensor ops, on any device, the meta device included (where it costs no memory):
+    tensors that existed before (inputs, weights) and views or in-place results of them count 0; scratch memory a
+    kernel allocates and frees inside one op (a BLAS or LAPACK workspace) is not seen.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.live = self.peak = 0
+
+    def __exit__(self, *exc: Any) -> Any:
+        self._sweep()
+        return super().__exit__(*exc)
+
+    def _sweep(self) -> None:
+        """Forget what died since the last op."""
+        for key, (ref, nbytes) in list(self._held.items()):
+            if ref.expired():
+                del self._held[key]
+                self.live -= nbytes
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self._sweep()
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                if storage._cdata not in inputs and storage._cdata not in self._held:
+                    self._held[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())
+                    self.live += storage.nbytes()
+        self.peak = max(self.peak, self.live)
+        return out

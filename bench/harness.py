@@ -6,6 +6,7 @@ Nothing here asserts on a time: timings are recorded and reported as ratios from
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
 import json
@@ -368,11 +369,14 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
             "tree_per_item_s": sum(cost[n.block.hash] for n in tree.nodes() if n.block is not None)}
 
 
-def _tree_of(store_root: Path, models: Sequence[str]) -> tuple[TaskTree, dict[str, ModelManifest]]:
-    """Alsatian's task tree of ``models``, as the search builds it, and their manifests."""
+def _tree_of(store_root: Path, models: Sequence[str],
+             batch_size: int | None = None) -> tuple[TaskTree, dict[str, ModelManifest]]:
+    """Alsatian's task tree of ``models``, as the search builds it (with ``batch_size``: its blocks' activations of
+    one batch too), and their manifests."""
     store = BlockStore(store_root)
     manifests = {m: store.manifest(m) for m in models}
-    return get_strategy("alsatian").make_tree({m: block_specs(man) for m, man in manifests.items()}), manifests
+    specs = {m: block_specs(man, batch_size) for m, man in manifests.items()}
+    return get_strategy("alsatian").make_tree(specs), manifests
 
 
 def lower_bound(store_root: Path, models: Sequence[str], result: dict[str, Any], per_item: dict[str, float],
@@ -539,24 +543,30 @@ def ru_maxrss() -> int:
 
 # ---------------------------------------------------------------------------------------------------- cache budgets
 def round_residents(store_root: Path, models: Sequence[str], result: dict[str, Any],
-                    batch_size: int) -> list[RoundMemory]:
+                    batch_size: int, channels_last: bool = True) -> list[RoundMemory]:
     """What each round of ``result`` held resident, by the package's memory model (:class:`RoundMemory`): the data
-    held in memory, the batch of inputs in flight, the survivors' kept features and their new features' buffers."""
+    held in memory, the batch of inputs in flight (with the executor's channels-last copy of an image batch), the
+    survivors' kept features and their new features' buffers; and the scoring working set, taken from the round's
+    reported scoring peak."""
     in_flight = result["dataset"]["in_flight_item_bytes"]
+    if channels_last and "max_length" not in result["dataset"]:  # images: float32 [3, S, S] copied channels-last
+        in_flight += 4 * 3 * result["dataset"]["image_size"] ** 2
     store = BlockStore(store_root)
     feat = {m: store.manifest(m).blocks[-1].out_bytes for m in models}
     test_items = result["dataset"]["test_size"]
     residents, kept_items = [], 0
     for k, (alive, rep) in enumerate(zip(alive_per_round(result), result["rounds"])):
-        residents.append(RoundMemory.of_round(data_bytes=result["dataset"]["held_bytes"],
-                                              feature_bytes={m: feat[m] for m in alive}, kept_items=kept_items,
-                                              new_items=rep["items"], input_bytes=min(batch_size, rep["items"]) * in_flight))
+        memory = RoundMemory.of_round(data_bytes=result["dataset"]["held_bytes"],
+                                      feature_bytes={m: feat[m] for m in alive}, kept_items=kept_items,
+                                      new_items=rep["items"], input_bytes=min(batch_size, rep["items"]) * in_flight)
+        scoring = rep.get("scoring_peak_bytes", 0) - (memory.scoring_peak - memory.scoring)
+        residents.append(dataclasses.replace(memory, scoring=max(0, scoring)))
         kept_items += rep["items"]
     return residents
 
 
 def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any], batch_size: int,
-                   fractions: Sequence[float] = (0.5, 0.1)) -> dict[str, Any]:
+                   fractions: Sequence[float] = (0.5, 0.1), channels_last: bool = True) -> dict[str, Any]:
     """Tight cache budgets from an ample run's planned peaks, replanning each round offline.
 
     ``floor`` is the smallest budget with which every round still plans (one batch per partition in the hardest
@@ -564,15 +574,15 @@ def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any
     is ``floor + f * (peak - floor)``, so every budget below the peak forces at least one round to split its data.
     The offline replanning is checked against the ample run's planned peaks first.
     """
-    residents = round_residents(store_root, models, ample, batch_size)
+    residents = round_residents(store_root, models, ample, batch_size, channels_last)
     alive = alive_per_round(ample)
     planned = [r["planned_peak_bytes"] for r in ample["rounds"]]
     replanned, needed, trees = [], [], []
     for k, rep in enumerate(ample["rounds"]):
-        t, _ = _tree_of(store_root, alive[k])
+        t, _ = _tree_of(store_root, alive[k], batch_size)
         trees.append(t)
         replanned.append(plan_round(t, num_items=rep["items"], batch_size=batch_size, budget=None,
-                                    resident_bytes=residents[k]).peak_bytes)
+                                    resident_bytes=residents[k]).round_peak_bytes)
         try:
             plan_round(t, num_items=rep["items"], batch_size=batch_size, budget=0, resident_bytes=residents[k])
             needed.append(0)

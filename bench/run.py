@@ -337,7 +337,8 @@ def run_fig16(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[
         H.loud(f"fig16 footprint run failed: {small['error']}")
     else:
         log(f"  footprint: host memory grows by {footprint['growth_bytes'] / 2**20:.1f} MiB")
-    derived = H.derive_budgets(store, zoo["models"], runs["ample"], plan.settings.batch_size)
+    derived = H.derive_budgets(store, zoo["models"], runs["ample"], plan.settings.batch_size,
+                               channels_last=plan.settings.channels_last and H._HAS_CHANNELS_LAST)
     if not derived["replan_matches"]:
         H.loud("fig16: offline replanning does not reproduce the ample run's planned peaks "
                f"({derived['replanned_peaks']} vs {derived['planned_peaks']}); derived budgets may be off")

@@ -86,16 +86,45 @@ def test_planned_and_observed_peaks_agree(results):
             assert rep.observed_peak_bytes == rep.planned_peak_bytes
 
 
-def test_a_tight_budget_splits_rounds_and_keeps_the_results(results, zoo, data):
-    ample = results["alsatian"]
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """The tiny zoo's models at 64 px, where running a round (activations, intermediates) takes more than scoring
+    it (at 32 px scoring the features takes the most, and no partitioning can lower that): zoo, data, ample run."""
+    from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
+
+    store = BlockStore(tmp_path_factory.mktemp("store64"))
+    zoo = build_synthetic_zoo(store, ZooConfig("tiny64", "mobilenetv3_small_050", num_models=6, distribution="top25",
+                                               seed=1, input_size=(3, 64, 64)), progress=False)
+    dm = SearchDataModule(num_items=300, image_size=64, seed=0)
+    dm.setup()
+    return zoo, dm, _search(zoo, dm)
+
+
+def test_a_tight_budget_splits_rounds_and_keeps_the_results(wide):
+    zoo, data, ample = wide
+    assert max(r.scoring_peak_bytes for r in ample.rounds) < max(r.planned_peak_bytes for r in ample.rounds)
     budget = max(r.planned_peak_bytes for r in ample.rounds) - 1
     tight = _search(zoo, data, cache_budget=budget)
     assert any(r.partitions > 1 for r in tight.rounds)
-    assert all(r.observed_peak_bytes <= budget for r in tight.rounds)
+    assert all(r.observed_peak_bytes == r.planned_peak_bytes <= budget for r in tight.rounds)
     assert _scores(tight) == _scores(ample)
     with pytest.raises(BudgetTooSmallError, match="Raise the cache budget") as err:
         _search(zoo, data, cache_budget=1024)
     assert err.value.needed > 1024
+
+
+def test_a_budget_below_the_scoring_peak_is_refused_before_the_round_runs(results, zoo, data):
+    """At 32 px scoring takes the most (kept features, the probes' stacked copies): a budget below it is refused
+    at planning, naming the scorer's share, however the data would be split."""
+    ample = results["alsatian"]
+    peak = max(r.scoring_peak_bytes for r in ample.rounds)
+    assert peak == max(r.planned_peak_bytes for r in ample.rounds)
+    with pytest.raises(BudgetTooSmallError, match="scoring its features needs .* for the scorer's working") as err:
+        _search(zoo, data, cache_budget=peak - 1)
+    assert err.value.needed == peak
+    within = _search(zoo, data, cache_budget=peak)
+    assert _scores(within) == _scores(ample)
+    assert all(r.scoring_peak_bytes <= r.observed_peak_bytes == r.planned_peak_bytes <= peak for r in within.rounds)
 
 
 def test_bad_search_arguments(zoo, data):
@@ -158,15 +187,16 @@ def test_cli_unknown_config_key_is_refused(tmp_path):
     assert proc.returncode != 0 and "cache_budgt" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_spill_mode_keeps_results_and_the_budget(results, zoo, data, tmp_path):
-    ample = results["alsatian"]
+def test_spill_mode_keeps_results_and_the_budget(wide, tmp_path):
+    zoo, data, ample = wide
     budget = max(r.planned_peak_bytes for r in ample.rounds)
     spilled = _search(zoo, data, cache_budget=budget, spill_dir=tmp_path / "spill")
     assert all(r.partitions == 1 and r.observed_peak_bytes <= budget for r in spilled.rounds)
     assert _scores(spilled) == _scores(ample)
     assert not list((tmp_path / "spill").rglob("*"))  # nothing left behind
+    scoring = max(r.scoring_peak_bytes for r in ample.rounds)  # fits, but a step's input and output do not
     with pytest.raises(BudgetTooSmallError, match="even with spilling"):
-        _search(zoo, data, cache_budget=budget // 2, spill_dir=tmp_path / "spill")
+        _search(zoo, data, cache_budget=scoring + 1, spill_dir=tmp_path / "spill")
     assert not list((tmp_path / "spill").rglob("*"))
 
 

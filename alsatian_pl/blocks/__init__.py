@@ -10,11 +10,12 @@ hidden state). Every recipe names a builder in :data:`BUILDERS`; :func:`skeleton
 from __future__ import annotations
 
 from ._registry import FAMILIES, BlockFamily, families, family_of, register_family, split_model
-from ._recipes import (BUILDERS, build_model, hf_recipe, hf_vision_recipe, register_builder, skeleton, skeleton_family,
-                       timm_recipe)
+from ._recipes import (BUILDERS, activation_bytes, build_model, hf_recipe, hf_vision_recipe, register_builder, skeleton,
+                       skeleton_family, timm_recipe)
 from . import _resnet, _efficientnet, _vit, _mobilenetv3, _bert, _hf_vision  # noqa: F401  (built-in families)
 from ._generic import check_split, generic_split  # registered last: the fallback for any other timm model
 
 __all__ = ["BlockFamily", "FAMILIES", "families", "family_of", "register_family", "split_model",
            "check_split", "generic_split",
-           "BUILDERS", "register_builder", "build_model", "timm_recipe", "hf_recipe", "hf_vision_recipe", "skeleton", "skeleton_family"]
+           "BUILDERS", "register_builder", "build_model", "timm_recipe", "hf_recipe", "hf_vision_recipe", "skeleton", "skeleton_family",
+           "activation_bytes"]

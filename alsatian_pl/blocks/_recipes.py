@@ -83,3 +83,26 @@ def _skeleton(recipe_json: str) -> tuple[str, tuple[nn.Module, ...]]:
         model = build_model(json.loads(recipe_json)).eval()
     family = family_of(model)
     return family.name, tuple(family.split(model))
+
+
+def activation_bytes(recipe: dict[str, Any], input_size: tuple[int, ...], batch_size: int) -> tuple[int, ...]:
+    """Per block of the recipe's model: the most bytes its forward pass over one batch of ``batch_size`` items of
+    ``input_size`` holds at once beyond its input (its activations, its output included), from the blocks on the
+    meta device (shapes only: no weights, no memory). Scratch memory a kernel takes within one op is not included."""
+    return _activations(json.dumps(recipe, sort_keys=True), tuple(input_size), int(batch_size))
+
+
+@lru_cache(maxsize=64)
+def _activations(recipe_json: str, input_size: tuple[int, ...], batch_size: int) -> tuple[int, ...]:
+    from ..resources import TensorPeak
+
+    recipe = json.loads(recipe_json)
+    x = torch.empty((batch_size, *input_size), device="meta", dtype=getattr(torch, recipe.get("input_dtype", "float32")))
+    out = []
+    with torch.inference_mode():
+        for block in skeleton(recipe):
+            with TensorPeak() as peak:
+                y = block(x)
+            out.append(peak.peak)
+            x = y
+    return tuple(out)

@@ -2,7 +2,8 @@
 
 Memory model (shared with the executor, see docs/ARCHITECTURE.md): ``resident_bytes`` are held
 throughout; an inference step from node u to node v holds mem(u)*items (u cached, unless u is the
-root) + mem(v)*items + the weight bytes of its blocks; afterwards v stays cached until its
+root) + mem(v)*items + the weight bytes of its blocks + the activations of one batch through them
+(``step_work_bytes``: per step, not per item, like the weights); afterwards v stays cached until its
 ReleaseStep, which comes right after the inference step of v's last child (and its score steps).
 A node without children only holds features: they go straight into the caller's reserved buffers
 (part of ``resident_bytes``), are read by the score steps right after the inference step, are never
@@ -25,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 from ..errors import BudgetTooSmallError
 from ..units import format_bytes
 from .memory import RoundMemory
-from .steps import InferenceStep, ReleaseStep, ScoreStep, Step
+from .steps import InferenceStep, ReleaseStep, ScoreStep, Step, step_work_bytes
 from .tree import BlockSpec, TaskTree
 
 ROOT = TaskTree.ROOT
@@ -63,6 +64,10 @@ class StepTree:
     def weight(self) -> dict[int, int]:
         """Weight bytes of the blocks on the edge into each node."""
         return {v: sum(b.weight_bytes for b in chain) for v, chain in self.blocks.items()}
+
+    def work(self, batch_size: int) -> dict[int, int]:
+        """One batch's activations through the blocks on the edge into each node (:func:`step_work_bytes`)."""
+        return {v: step_work_bytes(chain, batch_size) for v, chain in self.blocks.items()}
 
 
 @dataclass(frozen=True)
@@ -132,19 +137,23 @@ def min_cache_requirements(children: Mapping[int, Sequence[int]], mem: Mapping[i
     return Requirements(order, need, accumulated, propagated, adjusted, need[root])
 
 
-def emit_steps(step_tree: StepTree, order: Mapping[int, Sequence[int]] | None = None) -> tuple[Step, ...]:
-    """Plan steps of a depth-first traversal visiting children in ``order`` (default: the canonical order).
+def emit_steps(step_tree: StepTree, order: Mapping[int, Sequence[int]] | None = None,
+               work: Mapping[int, int] | None = None) -> tuple[Step, ...]:
+    """Plan steps of a depth-first traversal visiting children in ``order`` (default: the canonical order);
+    ``work``: each inference step's activation bytes (:meth:`StepTree.work`; default 0).
 
     After each inference step: the score steps of the models it completes, then the release of the
     input node if this was its last child. Leaves are never cached, so never released.
     """
     order = step_tree.children if order is None else order
+    work = work or {}
     steps: list[Step] = []
     stack = list(reversed(order.get(ROOT, ())))
     while stack:
         v = stack.pop()
         u = step_tree.parent[v]
-        steps.append(InferenceStep(step_tree.blocks[v], u, v, step_tree.models[v], bool(step_tree.children[v])))
+        steps.append(InferenceStep(step_tree.blocks[v], u, v, step_tree.models[v], bool(step_tree.children[v]),
+                                   work.get(v, 0)))
         steps.extend(ScoreStep(model, v) for model in step_tree.ends[v])
         if u != ROOT and order[u][-1] == v:
             steps.append(ReleaseStep(u))
@@ -162,6 +171,12 @@ class RoundPlan:
     num_items: int
     peak_bytes: int  # expected peak of one (the largest) partition, resident_bytes included
     resident_bytes: int
+    scoring_peak_bytes: int = 0  # expected peak of scoring the round afterwards (RoundMemory.scoring_peak)
+
+    @property
+    def round_peak_bytes(self) -> int:
+        """The round's expected peak: running the plan or scoring its features, whichever holds more."""
+        return max(self.peak_bytes, self.scoring_peak_bytes)
 
     @property
     def models(self) -> frozenset[str]:
@@ -178,10 +193,12 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
                resident_bytes: int | RoundMemory = 0) -> RoundPlan:
     """DFS+ plan of ``tree`` over ``num_items`` items, split into the fewest partitions that fit ``budget``.
 
-    ``resident_bytes``: held throughout (a :class:`RoundMemory` also names its parts in the budget error).
+    ``resident_bytes``: held throughout (a :class:`RoundMemory` also names its parts in the budget error, and its
+    ``scoring`` part gives the plan's ``scoring_peak_bytes``, which must fit the budget too). Each step also holds
+    its blocks' weights and one batch's activations (``BlockSpec.work_bytes`` at ``batch_size``).
 
     Partitions are whole batches (except the last) and as even as possible. Raises BudgetTooSmallError
-    (with ``needed``, the smallest budget for one batch) if even one batch does not fit.
+    (with ``needed``, the smallest budget for one batch and for scoring) if even one batch does not fit.
     """
     memory = resident_bytes if isinstance(resident_bytes, RoundMemory) else RoundMemory(data=resident_bytes)
     resident_bytes = memory.resident
@@ -190,10 +207,11 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
     if resident_bytes < 0 or (budget is not None and budget < 0):
         raise ValueError("resident_bytes and budget must not be negative")
     step_tree = StepTree.of(tree)
-    weight = step_tree.weight()
+    work = step_tree.work(batch_size)
+    running = {v: w + work[v] for v, w in step_tree.weight().items()}  # held while the step into v runs
 
     def requirements(items: int) -> Requirements:
-        return min_cache_requirements(step_tree.children, step_tree.mem(items), weight, count_leaves=False)
+        return min_cache_requirements(step_tree.children, step_tree.mem(items), running, count_leaves=False)
 
     batches = -(-num_items // batch_size)
     req, per_partition = requirements(num_items), batches
@@ -201,7 +219,9 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
         one_batch = min(batch_size, num_items)
         needed = resident_bytes + requirements(one_batch).peak
         if needed > budget:
-            raise BudgetTooSmallError(_too_small_message(budget, needed, memory, one_batch), needed=needed)
+            largest = max(work.values(), default=0)
+            raise BudgetTooSmallError(_too_small_message(budget, needed, memory, one_batch, largest),
+                                      needed=max(needed, memory.scoring_peak))
         lo, hi = 1, batches - 1  # the largest number of batches per partition that fits: lo fits, hi+1 does not
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -211,19 +231,25 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
                 hi = mid - 1
         per_partition = -(-batches // -(-batches // lo))  # same partition count, sizes as even as possible
         req = requirements(min(per_partition * batch_size, num_items))
+    memory.check_scoring(budget)
     partition_items = min(per_partition * batch_size, num_items)
-    return RoundPlan(steps=emit_steps(step_tree, req.order), partitions=-(-num_items // partition_items),
+    return RoundPlan(steps=emit_steps(step_tree, req.order, work), partitions=-(-num_items // partition_items),
                      partition_items=partition_items, num_items=num_items,
-                     peak_bytes=resident_bytes + req.peak, resident_bytes=resident_bytes)
+                     peak_bytes=resident_bytes + req.peak, resident_bytes=resident_bytes,
+                     scoring_peak_bytes=memory.scoring_peak)
 
 
-def _too_small_message(budget: int, needed: int, memory: RoundMemory, one_batch: int) -> str:
+def _too_small_message(budget: int, needed: int, memory: RoundMemory, one_batch: int, work: int) -> str:
     resident = memory.resident
     text = (f"The cache budget {format_bytes(budget)} is too small for this round: even one batch of {one_batch} "
             f"items needs {format_bytes(needed)} ({needed} bytes) = {format_bytes(resident)} resident "
-            f"({memory.describe()}) + {format_bytes(needed - resident)} for intermediate outputs and block weights. ")
+            f"({memory.describe()}) + {format_bytes(needed - resident)} for intermediate outputs, block weights and "
+            f"activations (the largest step's activations of one batch: {format_bytes(work)}). ")
     if resident > budget:
         text += "The resident data alone exceeds the budget. "
+    if memory.scoring_peak > needed:
+        needed = memory.scoring_peak
+        text += f"Scoring the round's features afterwards needs {format_bytes(needed)}. "
     return text + f"Raise the cache budget to at least {format_bytes(needed)}, or lower the batch size."
 
 
@@ -251,7 +277,7 @@ def simulate(plan_steps: Iterable[Step], tree_or_node_mem: TaskTree | Mapping[in
             if step.output in cache:
                 raise ValueError(f"{step}: output node {step.output} is already in the cache")
             out = per_item[step.output] * num_items
-            peak = max(peak, held + out + step.weight_bytes)
+            peak = max(peak, held + out + step.running_bytes)
             if step.cache_output:
                 cache[step.output], held, leaf = out, held + out, None
             else:

@@ -19,11 +19,28 @@ class InferenceStep:
     output: int
     models: frozenset[str]
     cache_output: bool = True
+    work_bytes: int = 0  # the activations of one batch, the most its blocks hold at once (see step_work_bytes)
 
     @property
     def weight_bytes(self) -> int:
         """Bytes of the step's block weights, held while it runs."""
         return sum(b.weight_bytes for b in self.blocks)
+
+    @property
+    def running_bytes(self) -> int:
+        """Bytes held only while the step runs: its block weights and one batch's activations."""
+        return self.weight_bytes + self.work_bytes
+
+
+def step_work_bytes(blocks: tuple[BlockSpec, ...], batch_size: int) -> int:
+    """The most one batch's activations take while ``blocks`` run one after the other: block k's own
+    ``work_bytes`` plus its input, the batch output of block k-1 (the step's own input is counted elsewhere: a cached
+    node, or the batch of inputs in flight). Blocks without activations (``work_bytes`` 0 throughout, as a planner
+    given only outputs and weights sees them) hold none."""
+    if not any(b.work_bytes for b in blocks):
+        return 0
+    return max((b.work_bytes + (batch_size * blocks[k - 1].out_bytes if k else 0) for k, b in enumerate(blocks)),
+               default=0)
 
 
 @dataclass(frozen=True)

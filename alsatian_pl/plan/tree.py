@@ -13,18 +13,21 @@ from typing import Hashable, Iterable, Iterator, Sequence
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """What the planner knows of one block: its content hash, per-item output bytes, weight bytes and relative cost."""
+    """What the planner knows of one block: its content hash, per-item output bytes, weight bytes, relative cost, and
+    ``work_bytes``: what running it on one batch allocates beyond its input (its activations and the batch's
+    output, at the search's batch size; see ``blocks.activation_bytes``)."""
 
     hash: str
     out_bytes: int
     weight_bytes: int = 0
     cost: float = 1.0
+    work_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not self.hash:
             raise ValueError("a block hash must be a non-empty string")
-        if self.out_bytes < 0 or self.weight_bytes < 0 or self.cost < 0:
-            raise ValueError(f"block {self.hash}: out_bytes, weight_bytes and cost must not be negative")
+        if self.out_bytes < 0 or self.weight_bytes < 0 or self.cost < 0 or self.work_bytes < 0:
+            raise ValueError(f"block {self.hash}: out_bytes, weight_bytes, cost and work_bytes must not be negative")
 
 
 @dataclass(frozen=True)

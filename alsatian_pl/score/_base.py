@@ -42,6 +42,15 @@ class ProxyScorer:
         """One score per model id: ``train[m]`` is [N, D_m] (same N items for every model), ``test[m]`` is [T, D_m]."""
         raise NotImplementedError
 
+    def working_bytes(self, train_rows: int, test_rows: int, dims: Mapping[str, int], num_classes: int) -> int:
+        """At least the bytes :meth:`score` holds at once beyond its inputs, for ``train_rows`` and ``test_rows``
+        items of the models ``dims`` (model id -> feature dim): the search's memory model counts them while it
+        scores. The default is generous (four float64 copies of every model's features, Gram matrices, per-class
+        tensors); a scorer that knows its buffers says so more tightly."""
+        rows, k = train_rows + test_rows, max(train_rows, test_rows)
+        grams = sum(min(k, d) ** 2 for d in dims.values())
+        return 8 * (4 * rows * sum(dims.values()) + 3 * grams + rows * num_classes * (len(dims) + 2))
+
 
 def binomial_stderr(accuracy: float, num_test: int) -> float | None:
     """The standard error ``sqrt(p (1 - p) / n)`` of a test accuracy ``p`` over ``n`` test items (None if not finite)."""

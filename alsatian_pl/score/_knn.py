@@ -30,6 +30,12 @@ class KNNScorer(ProxyScorer):
         _check_option("chunk_items", chunk_items, _is_int(chunk_items, 1), "an integer >= 1")
         self.k, self.seed, self.chunk_items = k, seed, chunk_items
 
+    def working_bytes(self, train_rows: int, test_rows: int, dims: Mapping[str, int], num_classes: int) -> int:
+        """One model at a time: its normalised features, a chunk's similarities and top-k, the vote tensors."""
+        n, t, c = train_rows, test_rows, num_classes
+        chunk, d = min(self.chunk_items, t), max(dims.values(), default=0)
+        return 8 * (n + t) * d + 8 * chunk * n + 40 * chunk * min(self.k, n) + 64 * t * c + 4 * max(n, t) * d
+
     def score(self, train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor],
               test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         """kNN test accuracy (score) and smoothed-vote cross-entropy of each model, computed per model."""

@@ -143,10 +143,12 @@ class LinearProbes(L.LightningModule):
         loss is taken row-wise over [M·T, C] so a head's loss never depends on M (see :func:`_dlogits`)."""
         logits = self.forward(x)
         target = y.expand(logits.shape[0], -1)
-        accuracy = multiclass_accuracy(logits, target, num_classes=logits.shape[1], average="micro",
-                                       multidim_average="samplewise")
-        loss = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten(), reduction="none")  # row-wise
-        return accuracy, loss.view_as(target).double().mean(1)
+        accuracy, loss = logits.new_empty(len(logits)), logits.new_empty(target.shape)
+        for h in range(len(logits)):  # head by head: torchmetrics' one-hot copies are [T, C], not [M, T, C]
+            accuracy[h:h + 1] = multiclass_accuracy(logits[h:h + 1], target[h:h + 1], num_classes=logits.shape[1],
+                                                    average="micro", multidim_average="samplewise")
+            loss[h] = F.cross_entropy(logits[h].T.contiguous(), y, reduction="none")  # row-wise
+        return accuracy, loss.double().mean(1)
 
 
 @register_scorer("linear")
@@ -184,6 +186,31 @@ class LinearScorer(ProxyScorer):
             out.update(self._score_chunk(ids, train, train_labels, test, test_labels, num_classes))
         return {m: out[m] for m in train}
 
+    def working_bytes(self, train_rows: int, test_rows: int, dims: Mapping[str, int], num_classes: int) -> int:
+        """The largest chunk's stacked features and its probes' training or evaluation buffers (or the input
+        checks' masks, if larger); see :func:`_chunk_bytes`."""
+        n, t = train_rows, test_rows
+        shapes = {m: torch.empty(0, d, device="meta") for m, d in dims.items()}
+        chunks = [(max(2, len(ids)), dims[ids[0]]) for ids in _model_chunks(shapes, n + t, self.max_chunk_bytes, 4)]
+        checks = max(n, t) * max(dims.values(), default=0)  # torch.isfinite's bool mask, one model at a time
+        return max([checks, *(self._chunk_bytes(h, d, n, t, num_classes) for h, d in chunks)])
+
+    def _chunk_bytes(self, h: int, d: int, n: int, t: int, c: int) -> int:
+        """Bytes of one chunk of ``h`` heads of dim ``d``: the stacked train and test features, one model's float32
+        copy and statistics, the heads, then the larger of training (labels' one-hot, epoch order, and the primal's
+        batch and logits or the dual's Gram, its transposed copy and coefficients; momentum buffers) and evaluation
+        (logits, per head torchmetrics' one-hot copies and the loss's contiguous copy and log-softmax)."""
+        b = min(self.batch_size, n)
+        stacked = 4 * (h * d * (n + t) + (n + t) * d + 4 * d) + 4 * (2 * h * c * d + c * d + 2 * h * c)
+        steps = 3 * 4 * h * c * b + 4 * h * c
+        if _dual_is_cheaper(n, d, c, self.epochs):
+            fit = 2 * 4 * h * n * n + 2 * 4 * h * c * n + 4 * b * h * n + steps + (2 * 4 * h * c * n if self.momentum else 0)
+        else:
+            fit = 4 * b * h * d + steps + (2 * 4 * h * c * d if self.momentum else 0)
+        fit += 12 * n * c + 8 * n
+        evaluate = 4 * h * c * t + 8 * h * t + 4 * h + 40 * t * c
+        return stacked + max(fit, evaluate)
+
     def _score_chunk(self, ids: list[str], train: Mapping[str, Tensor], train_labels: Tensor,
                      test: Mapping[str, Tensor], test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         device, (n, dim), t = train[ids[0]].device, train[ids[0]].shape, len(test_labels)
@@ -195,11 +222,13 @@ class LinearScorer(ProxyScorer):
         x[:, len(ids):], xt[len(ids):] = 0, 0
         for j, m in enumerate(ids):
             a, b = train[m].to(device, torch.float32), test[m].to(device, torch.float32)
-            if self.standardize:  # per model, from its own train features only
+            if self.standardize:  # per model, from its own train features only; (a - mean) / std written in place
                 mean, std = a.mean(0), a.std(0, correction=0)
                 std = torch.where(std > 1e-6, std, torch.ones_like(std))
-                a, b = (a - mean) / std, (b - mean) / std
-            x[:, j], xt[j] = a, b
+                torch.sub(a, mean, out=x[:, j]).div_(std)
+                torch.sub(b, mean, out=xt[j]).div_(std)
+            else:
+                x[:, j], xt[j] = a, b
         probes = LinearProbes(heads, dim, num_classes, lr=self.lr, momentum=self.momentum, seed=self.seed)
         probes.to(device).fit(x, train_labels.to(device, torch.long), epochs=self.epochs, batch_size=self.batch_size,
                               generator=torch.Generator().manual_seed(self.seed))

@@ -87,6 +87,14 @@ class SourceHeadScorer(ProxyScorer):
         probs = logits.softmax(1)
         return torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).double() if self.hard else probs
 
+    def working_bytes(self, train_rows: int, test_rows: int, dims: Mapping[str, int], num_classes: int) -> int:
+        """One model at a time: its features in float64, its head's logits and probabilities over the Z source
+        classes (hard: their one-hot), the joint and conditional tables, the predictions (reads each head)."""
+        r, c = max(train_rows, test_rows), num_classes
+        z = max((self._head(m)[0].shape[0] for m in dims), default=0)
+        d = max(dims.values(), default=0)
+        return 8 * (r * d + 2 * z * d + 6 * r * z + 3 * z * c + 2 * r * c) + 4 * r * d
+
     def score(self, train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor],
               test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         """The score of every model from its train features through its head; test_loss as in the module doc."""
