@@ -25,3 +25,22 @@ def zoo(tmp_path_factory):
     cfg = ZooConfig("tiny", "mobilenetv3_small_050", num_models=6, distribution="top25", seed=1,
                     input_size=(3, 32, 32))
     return build_synthetic_zoo(store, cfg, progress=False)
+
+
+@pytest.fixture
+def ctrl_c_in_round(monkeypatch):
+    """``arm(r)``: from then on a search's scoring of round ``r`` (0-based) raises KeyboardInterrupt, as a Ctrl-C
+    there would (``monkeypatch.undo()`` disarms it)."""
+    from alsatian_pl.halving import SuccessiveHalving
+
+    score = SuccessiveHalving._score
+
+    def arm(r: int) -> None:
+        def interrupted(self, state, engine):
+            if state.round == r:
+                raise KeyboardInterrupt
+            return score(self, state, engine)
+
+        monkeypatch.setattr(SuccessiveHalving, "_score", interrupted)
+
+    return arm

@@ -115,16 +115,9 @@ def test_resume_after_sigkill_between_rounds_gives_identical_results(zoo, data, 
     assert not list(ckpt.glob("*.safetensors"))  # a finished search removes its saved state
 
 
-def test_ctrl_c_says_what_was_saved_and_how_to_resume(zoo, data, tmp_path, monkeypatch):
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(zoo, data, tmp_path, monkeypatch, ctrl_c_in_round):
     from alsatian_pl.errors import SearchInterrupted
-    score = SuccessiveHalving._score
-
-    def ctrl_c_in_round_2(self, state, engine):
-        if state.round == 1:
-            raise KeyboardInterrupt
-        return score(self, state, engine)
-
-    monkeypatch.setattr(SuccessiveHalving, "_score", ctrl_c_in_round_2)
+    ctrl_c_in_round(1)
     with pytest.raises(SearchInterrupted, match=r"interrupted in round 2 of 3; rounds 1-1 are saved in .*"
                                                 r"search.resume=true"):
         _search(zoo, data, checkpoint_dir=tmp_path)

@@ -267,17 +267,11 @@ def test_bad_knob_values_are_one_config_error(zoo, data):
 # -- resume
 
 
-def test_resume_with_the_knobs_continues_and_other_knobs_start_over(zoo, data, tmp_path, monkeypatch):
+def test_resume_with_the_knobs_continues_and_other_knobs_start_over(zoo, data, tmp_path, monkeypatch,
+                                                                   ctrl_c_in_round):
     from alsatian_pl.errors import SearchInterrupted
     table, knobs = TableScorer(zoo.models, TABLE), {"noise_margin": 1.0, "min_class_items": 5}
-    score = SuccessiveHalving._score
-
-    def ctrl_c_in_round_2(self, state, engine):
-        if state.round == 1:
-            raise KeyboardInterrupt
-        return score(self, state, engine)
-
-    monkeypatch.setattr(SuccessiveHalving, "_score", ctrl_c_in_round_2)
+    ctrl_c_in_round(1)
     with pytest.raises(SearchInterrupted, match="rounds 1-1 are saved"):
         _search(zoo, data, scorer=table, checkpoint_dir=tmp_path, **knobs)
     monkeypatch.undo()
