@@ -1,0 +1,145 @@
+"""The "Search quality" Markdown section (and its plot) from the quality.json that evaluate.py writes.
+
+    python bench/quality/quality_report.py /tmp/alsatian-quality/quality-*.json [--write bench/notes/quality.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+PLOT = Path(__file__).resolve().parents[1] / "results" / "quality" / "quality.png"
+
+
+def _zoo_lines(report: dict[str, Any]) -> list[str]:
+    zoo = report["zoo"]
+    lines = []
+    for task, arch in (("image", "EfficientNet-Lite0 (ImageNet weights)"), ("text", "all-MiniLM-L6-v2")):
+        variants = zoo.get(task, [])
+        if not variants:
+            continue
+        tasks = sorted({v["task"] for v in variants})
+        lines.append(f"- **{task}**: {len(variants)} variants of {arch}, each fine-tuned on one of {len(tasks)} "
+                     f"source tasks ({', '.join(tasks)}); blocks trained "
+                     f"{min(v['blocks'] for v in variants)}–{max(v['blocks'] for v in variants)}, "
+                     f"{sum(v['parent'] >= 0 for v in variants)} derived from an earlier variant.")
+    seconds = zoo["seconds"] if isinstance(zoo["seconds"], dict) else {"both zoos": zoo["seconds"]}
+    built = ", ".join(f"{task} {s:.0f} s" for task, s in seconds.items())
+    lines.append(f"- Built by `python bench/quality/build_zoo.py` on 2 cores shared with other work ({built}).")
+    return lines
+
+
+def _truth_table(task: str, data: dict[str, Any]) -> list[str]:
+    truth = data["ground_truth"]
+    accs = sorted(v["accuracy"] for v in truth.values())
+    seconds = sum(v["seconds"] for v in truth.values())
+    return [f"Ground truth ({data['target']}): fine-tuned accuracy {100 * accs[0]:.1f}–{100 * accs[-1]:.1f} % "
+            f"(median {100 * statistics.median(accs):.1f} %) over {len(truth)} candidates; fine-tuning all of them "
+            f"took {seconds:.0f} s."]
+
+
+def _scorer_table(data: dict[str, Any]) -> list[str]:
+    rows = ["| scorer | Spearman ρ | Kendall τ | top-1 regret (points) | best in top 3 | scoring s | halving ≠ "
+            "exhaustive | halving regret vs exhaustive | robust ≠ exhaustive | robust regret vs exhaustive |",
+            "|---|---:|---:|---:|:-:|---:|:-:|---:|:-:|---:|"]
+    for name, row in data["scorers"].items():
+        ex, paper = row["exhaustive"], row["schedules"]["paper"]
+        robust = row["schedules"].get("robust")
+        rb = ("yes" if robust["differs"] else "no", f"{robust['regret_vs_base']:.1f}") if robust else ("–", "–")
+        rows.append(f"| {name} | {ex['spearman']:.3f} | {ex['kendall']:.3f} | {ex['regret']:.1f} | "
+                    f"{'✓' if ex['top3'] else '✗'} | {row['scoring_s']:.2f} | {'yes' if paper['differs'] else 'no'} | "
+                    f"{paper['regret_vs_base']:.1f} | {rb[0]} | {rb[1]} |")
+    return rows
+
+
+def _schedule_summary(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for kind in ("paper", "robust"):
+        cells = [row["schedules"][kind] for d in report["tasks"].values() for row in d["scorers"].values()
+                 if kind in row["schedules"]]
+        if not cells:
+            continue
+        regrets = [c["regret_vs_base"] for c in cells]
+        cost = sum(c["model_items"] for c in cells)
+        exhaustive = sum(m * i for d in report["tasks"].values() for row in d["scorers"].values()
+                         if kind in row["schedules"] for m, i in row["base_search"]["rounds"])
+        secs = sum(c["seconds"] for c in cells)
+        lines.append(f"- **{kind} schedule**: the winner differs from exhaustive scoring's in "
+                     f"{sum(c['differs'] for c in cells)} of {len(cells)} cells (scorer × task); regret against "
+                     f"exhaustive scoring: mean {statistics.mean(regrets):.2f}, max {max(regrets):.1f} points; "
+                     f"{cost:,} model-items pushed ({cost / exhaustive:.2f}× of exhaustive scoring's {exhaustive:,}), "
+                     f"{secs:.0f} s of search in all.")
+    for task, data in report["tasks"].items():
+        if data.get("robust"):
+            lines.append(f"- Robust schedule on {task}: `{' '.join(data['robust'])}`.")
+    lines.append("- Seconds are with every model's features of a round's items kept in the feature cache "
+                 "(`search.feature_cache`) by the first search that computed them, so they mostly count scoring; "
+                 "model-items (models × items pushed, summed over rounds) is the cost measure.")
+    return lines
+
+
+def plot(report: dict[str, Any], path: Path = PLOT) -> Path:
+    """Spearman ρ of every scorer on each target, as bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = list(report["tasks"])
+    scorers = list(next(iter(report["tasks"].values()))["scorers"])
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    width = 0.8 / len(tasks)
+    for k, task in enumerate(tasks):
+        rho = [report["tasks"][task]["scorers"][s]["exhaustive"]["spearman"] for s in scorers]
+        ax.bar([i + k * width for i in range(len(scorers))], rho, width, label=report["tasks"][task]["target"])
+    ax.set_xticks([i + width * (len(tasks) - 1) / 2 for i in range(len(scorers))], scorers)
+    ax.axhline(0.7, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("Spearman ρ (score vs fine-tuned accuracy)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def section(report: dict[str, Any]) -> str:
+    """The Markdown section (bench/report.py adds it to BENCHMARKS.md's side benchmarks)."""
+    lines = ["## Search quality on a real fine-tuned zoo", "",
+             "Which proxy picks the model that fine-tunes best, and what successive halving costs in quality. "
+             "Made by `python bench/quality/build_zoo.py` then `python bench/quality/evaluate.py` (see their "
+             "docstrings); the numbers below are from one run of each.", "", *_zoo_lines(report), ""]
+    for task, data in report["tasks"].items():
+        lines += [f"### {task}: {data['target']}", "", *_truth_table(task, data), "", *_scorer_table(data), ""]
+    lines += ["### The schedule", "", *_schedule_summary(report), "",
+              f"![Spearman ρ per scorer](bench/results/quality/{PLOT.name})", ""]
+    plot(report)
+    return "\n".join(lines)
+
+
+def merged(paths: list[Path]) -> dict[str, Any]:
+    """One report from evaluate.py's per-task files (their tasks side by side)."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    for r in reports:
+        for data in r["tasks"].values():
+            data.setdefault("robust", r.get("robust", []))
+    zoo = {t: r["zoo"].get(t, []) for r in reports for t in r["tasks"]}
+    seconds = {t: r["zoo"]["seconds"] for r in reports for t in r["tasks"]}
+    return {**reports[-1], "tasks": {t: d for r in reports for t, d in r["tasks"].items()},
+            "zoo": {**zoo, "seconds": seconds}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("quality", type=Path, nargs="+")
+    p.add_argument("--write", type=Path)
+    a = p.parse_args()
+    text = section(merged(a.quality))
+    if a.write:
+        a.write.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
