@@ -23,6 +23,7 @@ BENCHMARKS.md (written at the repository root for --mode full, or with --publish
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import datetime as dt
 import os
 import shlex
@@ -676,7 +677,8 @@ def main(argv: list[str] | None = None) -> None:
     import plots
     import report
     made = plots.make_all(summary, out)
-    log(f"plots: {', '.join(p.name for p in made) or 'none (matplotlib missing)'}")
+    why = "matplotlib missing" if importlib.util.find_spec("matplotlib") is None else "none for these experiments"
+    log(f"plots: {', '.join(p.name for p in made) or f'none ({why})'}")
     publish = args.publish if args.publish is not None else plan.mode == "full"
     (out / "BENCHMARKS.md").write_text(report.render(summary, out, out))
     if publish:
