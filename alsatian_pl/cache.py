@@ -25,9 +25,9 @@ class CacheService:
     """Node outputs by node id, and the bytes the memory model counts.
 
     ``reserve`` holds the round's resident bytes, ``put``/``release`` the intermediates, ``hold_weights`` the weights
-    and one batch's activations of the running step (or the scoring phase's working set); ``peak`` is the largest total since :meth:`reset_peak`. An output that would take the
-    device tier past ``device_capacity`` bytes goes to ``host`` memory instead (the executor moves each batch back
-    as it reads it). With a ``spill_dir`` and a ``capacity``, least-recently-used outputs are written to disk
+    and one batch's activations of the running step (or the scoring phase's working set); ``peak`` is the largest
+    total since :meth:`reset_peak`. An output that would take the device tier past ``device_capacity`` bytes goes to
+    ``host`` memory instead (the executor moves each batch back as it reads it). With a ``spill_dir`` and a ``capacity``, least-recently-used outputs are written to disk
     (safetensors) whenever memory would exceed ``capacity``, and read back when a step needs them.
     """
 

@@ -17,5 +17,5 @@ from ._generic import check_split, generic_split  # registered last: the fallbac
 
 __all__ = ["BlockFamily", "FAMILIES", "families", "family_of", "register_family", "split_model",
            "check_split", "generic_split",
-           "BUILDERS", "register_builder", "build_model", "timm_recipe", "hf_recipe", "hf_vision_recipe", "skeleton", "skeleton_family",
-           "activation_bytes"]
+           "BUILDERS", "register_builder", "build_model", "timm_recipe", "hf_recipe", "hf_vision_recipe", "skeleton",
+           "skeleton_family", "activation_bytes"]

@@ -7,10 +7,10 @@ available on this machine, and import them into a block store with their source 
 
 As in the paper, each new variant copies a random model already in the zoo (the pretrained one or an earlier
 variant), fine-tunes its last n blocks (Adam, lr 1e-3 for images, 2e-4 for text; the others stay frozen and are
-shared with the parent) on a source task (each task about equally often), and joins the zoo. Source tasks never use the targets'
-items: image sources come from the Fashion-MNIST *test* file (the image target samples the training file) and
-scikit-learn's handwritten digits; text sources from the 20 Newsgroups *test* file (the text target samples the
-training file), Reuters-R8 and Rotten Tomatoes.
+shared with the parent) on a source task (each task about equally often), and joins the zoo. Source tasks never use
+the targets' items: image sources come from the Fashion-MNIST *test* file (the image target samples the training
+file) and scikit-learn's handwritten digits; text sources from the 20 Newsgroups *test* file (the text target samples
+the training file), Reuters-R8 and Rotten Tomatoes.
 
 Writes ``OUT/image/ckpts/*.safetensors`` (timm state dicts with the source head), ``OUT/text/ckpts/<name>/``
 (Hugging Face folders; the head in ``source_head.safetensors``), ``OUT/zoo.json`` (lineage, task, blocks trained,
@@ -36,11 +36,12 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from alsatian_pl.data._images import resize_pixels  # noqa: E402
+from alsatian_pl.data._items import ToPixels  # noqa: E402
 from alsatian_pl.data._sources import FASHION_MNIST_DIR, read_idx  # noqa: E402
 from alsatian_pl.data._text import orange_tab, rotten_tomatoes, tokenize  # noqa: E402
 
 IMAGE_SIZE, MAX_LENGTH = 64, 64
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+TO_PIXELS = ToPixels([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # the search's own normalisation (ImageNet's)
 TASK_ITEMS = {"image": 2400, "text": 1200}  # items each source fine-tune trains on (80%) and checks on (20%)
 EPOCHS = 2
 
@@ -132,8 +133,7 @@ def sample(x, y: np.ndarray, n: int, rng: np.random.Generator):
 
 def image_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W] -> normalised float [N, 3, 64, 64], resized as the data module resizes."""
-    pixels = resize_pixels(torch.from_numpy(images).unsqueeze(1), IMAGE_SIZE).expand(-1, 3, -1, -1)
-    return (pixels.float() / 255 - MEAN) / STD
+    return TO_PIXELS(resize_pixels(torch.from_numpy(images).unsqueeze(1), IMAGE_SIZE))
 
 
 # ------------------------------------------------------------------------------------------------ fine-tuning

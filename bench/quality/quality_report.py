@@ -49,8 +49,9 @@ def _scorer_table(data: dict[str, Any]) -> list[str]:
         ex, paper = row["exhaustive"], row["schedules"]["paper"]
         robust = row["schedules"].get("robust")
         rb = ("yes" if robust["differs"] else "no", f"{robust['regret_vs_base']:.1f}") if robust else ("–", "–")
+        differs = "yes" if paper["differs"] else "no"
         rows.append(f"| {name} | {ex['spearman']:.3f} | {ex['kendall']:.3f} | {ex['regret']:.1f} | "
-                    f"{'✓' if ex['top3'] else '✗'} | {row['scoring_s']:.2f} | {'yes' if paper['differs'] else 'no'} | "
+                    f"{'✓' if ex['top3'] else '✗'} | {row['scoring_s']:.2f} | {differs} | "
                     f"{paper['regret_vs_base']:.1f} | {rb[0]} | {rb[1]} |")
     return rows
 
