@@ -551,6 +551,9 @@ def main(argv: list[str] | None = None) -> None:
                                                               "smallest its items allow)")
     parser.add_argument("--scaling-cache", help="comma-separated page-cache states of every scaling row: cold "
                                                 "(block files evicted), warm (read once before); default cold,warm")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build (or check) every zoo the plan needs and stop: nothing is timed, so a later run "
+                             "on a quiet machine starts straight with its measurements")
     parser.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
                         help="write BENCHMARKS.md at the repository root (default: yes for full, no for quick)")
     args = parser.parse_args(argv)
@@ -654,6 +657,9 @@ def main(argv: list[str] | None = None) -> None:
     storage = sorted(({k: v for k, v in z.items() if k != "models"} for z in zoos.values()),
                      key=lambda z: (z["key"], z["distribution"], z["num_models"]))
     H.write_json(out / "storage.json", storage)
+    if args.build_only:
+        log(f"--build-only: {len(zoos)} zoos ready in {args.store}; nothing measured")
+        return
     cells = [] if "fig10" in skip else run_fig10(plan, args.store, zoos, out, log)
     fig16 = run_fig16(plan, args.store, zoos, out, log)
     paper = run_paper_scale(plan, args.store, zoos, sum(plan.repeats for c in cells), out, log)
