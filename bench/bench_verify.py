@@ -1,13 +1,18 @@
-"""Verified block reads against plain reads, in GiB/s: store format 2 (one read, xxh3-128 checksum of the file,
-tensors as views into the bytes read) against format 1 (safetensors load + sha256 over spec and tensors) and against
+"""Verified block reads against plain reads, in GiB/s: store format 2 as the store reads it now (the file mapped,
+xxh3-128 checksum of its bytes, tensors as views into the mapping) and as it read it before (one read into fresh
+memory, the same checksum), against format 1 (safetensors load + sha256 over spec and tensors) and against
 unverified reads; and the checksums alone.
 
-    python bench/bench_verify.py [--models 8] [--arch resnet18] [--store PATH] [--repeat 5] [--cold]
+    python bench/bench_verify.py [--models 8] [--arch resnet18] [--store PATH [--zoo PREFIX]] [--repeat 5] [--cold]
+                                 [--hold]
 
 A temporary store of ``--models`` seeded ``--arch`` variants is built unless ``--store`` names one (read only).
 Each method reads every block file once per pass; passes alternate the methods' order, the median pass is reported.
 Warm: the files are in the OS page cache (one pass first). ``--cold``: each pass first drops the store's files from
-the page cache (``posix_fadvise(DONTNEED)``, this store's files only), so reads come from the disk.
+the page cache (``posix_fadvise(DONTNEED)``, this store's files only), so reads come from the disk. ``--hold``:
+every block read in a pass is kept until the pass ends, as a search's weight cache keeps them (without it each is
+dropped at once, so a reader that copies into fresh memory reuses the same few pages). Freed memory goes back to
+the OS after each pass (``malloc_trim``), so every pass starts as a search does, with no freed pages to reuse.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import alsatian_pl.store as st  # noqa: E402
 from alsatian_pl.blocks import build_model, timm_recipe  # noqa: E402
+from alsatian_pl.resources import release_free_memory  # noqa: E402
 
 GIB = 2**30
 
@@ -54,12 +60,32 @@ def format_1_read(store: st.BlockStore, h: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def read_into_memory(path: Path) -> torch.Tensor:
+    """How format 2 read a block file before it was mapped: one ``readinto`` of the whole file into fresh memory."""
+    with open(path, "rb", buffering=0) as f:
+        buf = torch.empty(os.fstat(f.fileno()).st_size, dtype=torch.uint8)
+        view, done = memoryview(buf.numpy()), 0
+        while done < len(buf) and (n := f.readinto(view[done:])):
+            done += n
+    return buf
+
+
+def format_2_read_into_memory(store: st.BlockStore, h: str) -> dict[str, torch.Tensor]:
+    """Format 2's verified read before the mapping: read into memory, parse, check the xxh3-128 checksum."""
+    buf = read_into_memory(store.block_path(h))
+    tensors, meta = st._parse_block(buf)
+    raw = buf.numpy()
+    assert st._file_checksum(h, raw, st._checksum_offset(raw, meta[st.CHECKSUM].encode())) == meta[st.CHECKSUM]
+    return tensors
+
+
 METHODS = {
-    "read bytes only (no parse, no check)": lambda store, h: st._read_file(store.block_path(h)),
+    "read bytes only (no parse, no check)": lambda store, h: read_into_memory(store.block_path(h)),
     "safetensors load_file (unverified)": lambda store, h: load_file(store.block_path(h)),
-    "format 2 parse, unverified": lambda store, h: st._parse_block(st._read_file(store.block_path(h))),
+    "format 2 parse, unverified": lambda store, h: st._parse_block(read_into_memory(store.block_path(h))),
     "format 1 verified (load_file + sha256)": format_1_read,
-    "format 2 verified (read + xxh3_128)": lambda store, h: store.read_block_tensors(h),
+    "format 2 verified, read into memory (before)": format_2_read_into_memory,
+    "format 2 verified, mapped (now)": lambda store, h: store.read_block_tensors(h),
 }
 
 
@@ -72,7 +98,8 @@ def drop_from_page_cache(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def time_reads(store: st.BlockStore, hashes: list[str], repeat: int, cold: bool) -> dict[str, list[float]]:
+def time_reads(store: st.BlockStore, hashes: list[str], repeat: int, cold: bool,
+               hold: bool = False) -> dict[str, list[float]]:
     paths = [store.block_path(h) for h in hashes]
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     names = list(METHODS)
@@ -83,10 +110,15 @@ def time_reads(store: st.BlockStore, hashes: list[str], repeat: int, cold: bool)
         for m in names[r % len(names):] + names[:r % len(names)]:  # rotate the order pass by pass
             if cold:
                 drop_from_page_cache(paths)
+            held = []
             t0 = time.perf_counter()
             for h in hashes:
-                METHODS[m](store, h)
+                out = METHODS[m](store, h)
+                if hold:
+                    held.append(out)
             times[m].append(time.perf_counter() - t0)
+            del held
+            release_free_memory()  # the next pass starts, like a search, without freed pages to reuse
     return times
 
 
@@ -121,21 +153,23 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=None)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--hold", action="store_true", help="keep every block of a pass until it ends")
+    ap.add_argument("--zoo", help="with --store: only the blocks of models whose name starts with this")
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / ".alsatian") as tmp:
         store = st.BlockStore(args.store) if args.store else build_store(Path(tmp), args.arch, args.models)
-        hashes = sorted({h for m in store.models() for h in m.hashes})
+        hashes = sorted({h for m in store.models() if m.name.startswith(args.zoo or "") for h in m.hashes})
         total = sum(store.block_path(h).stat().st_size for h in hashes)
         print(f"{len(hashes)} block files, {total / GIB:.3f} GiB, {'cold' if args.cold else 'warm'} page cache, "
-              f"median of {args.repeat} passes")
-        times = time_reads(store, hashes, args.repeat, args.cold)
+              f"{'held' if args.hold else 'dropped'} after each read, median of {args.repeat} passes")
+        times = time_reads(store, hashes, args.repeat, args.cold, args.hold)
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"  {name:42s} {total / med / GIB:6.2f} GiB/s  ({med:.3f} s/pass, {med / total * GIB:.3f} s/GiB)")
+        print(f"  {name:46s} {total / med / GIB:6.2f} GiB/s  ({med:.3f} s/pass, {med / total * GIB:.3f} s/GiB)")
     print("checksums alone, over 256 MiB in memory:")
     for name, rate in hash_rates().items():
-        print(f"  {name:42s} {rate:6.2f} GiB/s")
+        print(f"  {name:46s} {rate:6.2f} GiB/s")
 
 
 if __name__ == "__main__":

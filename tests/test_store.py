@@ -63,8 +63,8 @@ def test_partial_load_reads_only_the_requested_blocks(store, monkeypatch):
     read = []
     import alsatian_pl.store as st
 
-    original = st._read_file  # every block file is read through it, once
-    monkeypatch.setattr(st, "_read_file", lambda path: read.append(Path(path).name) or original(path))
+    original = st._map_file  # every block file is read through it, once
+    monkeypatch.setattr(st, "_map_file", lambda path: read.append(Path(path).name) or original(path))
     part = store.load_blocks("m0", 3, 6)
     assert len(part) == 3
     assert sorted(read) == sorted(f"{h}.safetensors" for h in man.hashes[3:6])
