@@ -39,7 +39,9 @@ class Executor:
                 raise AlsatianError("internal error: the plan left intermediates in the cache")
 
     def _run_partition(self, plan: RoundPlan, part: torch.Tensor, start: int, sink: FeatureSink) -> None:
-        ahead = self._ahead([s for s in plan.steps if isinstance(s, InferenceStep)])
+        steps = [s for s in plan.steps if isinstance(s, InferenceStep)]
+        self.weights.schedule(self.weight_key(b.hash, s.models) for s in steps for b in s.blocks)
+        ahead = self._ahead(steps)
         written: set[tuple[str, int]] = set()  # (model, node): features a leaf step wrote batch by batch
         for i, step in enumerate(plan.steps):
             if isinstance(step, InferenceStep):

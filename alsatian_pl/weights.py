@@ -3,7 +3,8 @@ the budget allows), block placement on the compute device, and readahead of the 
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from bisect import bisect_left
+from collections import OrderedDict, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Hashable, Iterable, Iterator, Sequence
 
@@ -54,6 +55,10 @@ class WeightCache:
     """Blocks loaded from the store, kept on the device (LRU) within ``capacity`` bytes (None: unlimited), by key
     (the strategy's weight key: shared blocks, or each model's own copy).
 
+    Eviction follows the plan (:meth:`schedule`, Belady): the block needed farthest ahead goes first, and blocks the
+    plan does not need again go before any it does, the most recently used of them first (the next partition or round
+    runs its steps in the same order, so the block used last is needed last again). Without a schedule: LRU.
+
     ``prefetch`` starts reading a block on a background thread (file read and hash check, which release the GIL and
     use no torch kernels) so that it overlaps the current step's inference; a block being prefetched counts against
     ``capacity`` from the moment it is requested, so prefetching never exceeds the budget.
@@ -67,14 +72,23 @@ class WeightCache:
         self._pending: dict[Hashable, tuple[Future[nn.Module], int]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self.bytes = 0          # bytes of the loaded blocks held
+        self._uses: dict[Hashable, list[int]] | None = None  # positions of each key in the scheduled gets
+        self._cursor = 0        # gets done since the schedule was set
         self.pending_bytes = 0  # bytes of the blocks being prefetched
 
     loads = counter("weight_loads", "blocks read from the store")
     hits = counter("weight_hits", "blocks served from the cache")
     prefetched = counter("weight_prefetches", "loads started ahead of time")
 
+    def schedule(self, keys: Iterable[Hashable]) -> None:
+        """The keys the coming :meth:`get` calls ask for, in order (one partition of a round's plan)."""
+        self._uses, self._cursor = defaultdict(list), 0
+        for i, key in enumerate(keys):
+            self._uses[key].append(i)
+
     def get(self, key: Hashable, block_hash: str) -> nn.Module:
         """The block ``block_hash`` (cached under ``key``), loading it from the store on a miss."""
+        self._cursor += 1
         if key in self._blocks:
             self._blocks.move_to_end(key)
             self.stats.count("weight_hits")
@@ -116,11 +130,25 @@ class WeightCache:
         return place_block(block, self.device, self.channels_last)
 
     def shrink(self, capacity: int | None) -> None:
-        """Evict least-recently-used blocks until at most ``capacity`` bytes are held (keeping the newest one)."""
+        """Evict blocks (in plan order, else least recently used) until at most ``capacity`` bytes are held, keeping
+        the newest one."""
         self.capacity = capacity
         while capacity is not None and self.bytes + self.pending_bytes > capacity and len(self._blocks) > 1:
-            _, (_, nbytes) = self._blocks.popitem(last=False)
-            self.bytes -= nbytes
+            self.bytes -= self._blocks.pop(self._victim())[1]
+
+    def _victim(self) -> Hashable:
+        """The block to evict: farthest next use in the schedule, one not needed again first (most recent of those
+        first); the least recently used without a schedule. Never the newest."""
+        held = list(self._blocks)[:-1]
+        if self._uses is None:
+            return held[0]
+
+        def rank(i_key: tuple[int, Hashable]) -> tuple[int, int]:
+            i, key = i_key
+            uses = self._uses.get(key, ())
+            at = bisect_left(uses, self._cursor)
+            return (1, i) if at == len(uses) else (0, uses[at])
+        return max(enumerate(held), key=rank)[1]
 
     def retain(self, keys: Iterable[Hashable]) -> None:
         """Drop every block whose key is not in ``keys`` (those no surviving model runs again). Called after pruning,
