@@ -51,11 +51,32 @@ class Group:
             out: list[Any] = [None] * self.world_size
             dist.all_gather_object(out, obj)
         except RuntimeError as exc:
-            raise DistributedError(
-                f"rank {self.rank}: the other ranks did not all answer within {self.timeout_s:.0f} s ({_first_line(exc)})"
-                "; a rank died or hung. The search stopped; nothing was written. Rerun it (search.resume=true "
-                "continues from the last saved round).") from None
+            raise self._failed(exc) from None
         return out
+
+    def exchange(self, sends: list[tuple[int, int, torch.Tensor]], recvs: list[tuple[int, int, torch.Tensor]]) -> None:
+        """Point-to-point tensors: each ``(peer, tag, tensor)`` of ``sends`` goes to ``peer``, each of ``recvs`` is
+        filled from ``peer`` (the peers post the matching calls); DistributedError if a peer does not answer."""
+        if not sends and not recvs:
+            return
+        import torch.distributed as dist
+
+        try:
+            works = [dist.isend(t.contiguous(), peer, tag=tag) for peer, tag, t in sends]
+            works += [dist.irecv(t, peer, tag=tag) for peer, tag, t in recvs]
+            for work in works:
+                work.wait(timeout=_dt.timedelta(seconds=self.timeout_s))
+        except RuntimeError as exc:
+            raise self._failed(exc) from None
+        self.bytes_sent += sum(t.numel() * t.element_size() for _, _, t in sends)
+        self.collectives += 1
+
+    def _failed(self, exc: BaseException) -> DistributedError:
+        """The one error of a collective that not every rank reached."""
+        return DistributedError(
+            f"rank {self.rank}: the other ranks did not all answer within {self.timeout_s:.0f} s ({_first_line(exc)})"
+            "; a rank died or hung. The search stopped; nothing was written. Rerun it (search.resume=true "
+            "continues from the last saved round).")
 
 
 SINGLE = Group()
