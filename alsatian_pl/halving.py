@@ -644,10 +644,11 @@ def _ranks_summary(state: SearchState, ranks: list[dict[str, Any]]) -> dict[str,
     moves = rebalance.summary(state.migrations, [r["migration_s"] for r in ranks])
     return {"world_size": len(ranks), "load_balance": sum(busy) / len(busy) / max(max(busy), 1e-12),
             "predicted_balance": first.balance, "rebalancing": moves,
-            "ranks": [{"rank": i, "busy_s": b, "models": sorted(first.models[i]), "final_models": sorted(last.models[i]),
-                       "predicted_cost_per_item": first.loads[i], "timings_s": r["timings_s"],
-                       "cache": r["cache"], "memory": r["memory"], "bytes_sent": r["bytes_sent"],
-                       "collectives": r["collectives"], **_moved(moves, i)} for i, (b, r) in enumerate(zip(busy, ranks))]}
+            "ranks": [{"rank": i, "busy_s": b, "models": sorted(first.models[i]),
+                       "final_models": sorted(last.models[i]), "predicted_cost_per_item": first.loads[i],
+                       "timings_s": r["timings_s"], "cache": r["cache"], "memory": r["memory"],
+                       "bytes_sent": r["bytes_sent"], "collectives": r["collectives"], **_moved(moves, i)}
+                      for i, (b, r) in enumerate(zip(busy, ranks))]}
 
 
 def _moved(moves: list[dict[str, Any]], rank: int) -> dict[str, Any]:

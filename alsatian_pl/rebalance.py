@@ -14,18 +14,35 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 
 from .checks import number
+from .distributed import Group
 from .errors import ConfigError
+from .features import FeatureStore
+from .plan import BlockSpec, TaskTree
 from .plan.partition import Assignment, moved_bytes, rebalance, subtree_parts
+from .strategies import Strategy
 
-if TYPE_CHECKING:
-    from .distributed import Group
-    from .halving import SearchState
-    from .strategies import Strategy
+
+class InputGroup(Protocol):
+    """What rebalancing reads of a tokenizer group (``halving.TokenizerGroup``)."""
+
+    models: list[str]
+    specs: dict[str, list[BlockSpec]]
+    tree: TaskTree | None
+
+
+class SearchState(Protocol):
+    """What rebalancing reads and changes of a rank's search state (``halving.SearchState``)."""
+
+    round: int
+    alive: list[str]
+    groups: Sequence[InputGroup]
+    features: FeatureStore
+    assignment: Assignment | None
 
 
 @dataclass

@@ -79,6 +79,30 @@ def test_a_rank_emptied_by_pruning_takes_a_subtree_and_its_features_and_scores_s
     assert d["ranks"][src]["bytes_sent"] >= move["moved_bytes"]
 
 
+def test_a_search_resumed_after_a_rebalancing_continues_on_the_moved_models_with_exact_scores(zoo, tmp_path):
+    models = [zoo.models[i] for i in (1, 2, 3, 5)]
+    out, ckpt = tmp_path / "result.json", tmp_path / "ckpt"
+    args = [sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(models), "alsatian", "2", str(out),
+            f"checkpoints={ckpt}"]
+    whole = subprocess.run(args[:-1], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    reference = json.loads(out.read_text())
+    out.unlink()
+    died = subprocess.run([*args, "1:1"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert died.returncode != 0 and not out.exists()  # rank 1 died in round 2, after the rebalancing was saved
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["resumed_from_round"] == 1
+    assert [(r["model"], r["eliminated_in_round"]) for r in result["ranking"]] == [
+        (r["model"], r["eliminated_in_round"]) for r in reference["ranking"]]
+    for a, b in zip(result["ranking"], reference["ranking"]):
+        assert abs(a["score"] - b["score"]) <= 1e-6 and abs(a["test_loss"] - b["test_loss"]) <= 1e-6
+    moved = reference["distributed"]["rebalancing"][0]["moves"]
+    final = {r["rank"]: r["final_models"] for r in result["distributed"]["ranks"]}
+    assert all(m in final[dst] for m, (_, dst) in moved.items())  # the resumed ranks run the moved models
+
+
 def test_with_rebalancing_off_the_idle_rank_stays_idle(zoo, tmp_path):
     models = [zoo.models[i] for i in (1, 2, 3, 5)]
     out = tmp_path / "result.json"

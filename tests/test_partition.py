@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alsatian_pl.plan import BlockSpec, TaskTree
-from alsatian_pl.plan.partition import _renumbered, lpt, model_queue, moved_bytes, partition_subtrees, rebalance, subtree_parts
+from alsatian_pl.plan.partition import (_renumbered, lpt, model_queue, moved_bytes, partition_subtrees, rebalance,
+                                        subtree_parts)
 
 
 def zoo_tree(parents: list[int], reinit: list[int], blocks: int = 6) -> tuple[TaskTree, dict[str, list[float]]]:
