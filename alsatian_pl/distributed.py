@@ -1,6 +1,7 @@
 """Distributed search (paper §6.6): task-tree subtrees across processes, on torch.distributed through Lightning
 Fabric. Each rank plans and runs its own subtrees under its own budget, keeps its models' features and trains their
-probes; per round only scores and round statistics are all-gathered, so every rank prunes identically.
+probes; per round only scores and round statistics are all-gathered, so every rank prunes identically, and when a
+rebalancing moves subtrees (:mod:`alsatian_pl.rebalance`) their features go point to point (:meth:`Group.exchange`).
 
 :class:`Group` is the communicator a search uses; a single process gets :data:`SINGLE` (no collectives). Collectives
 run with a bounded timeout, and on gloo a monitored barrier first names the ranks that did not arrive.
@@ -27,7 +28,7 @@ class Group:
 
     def __init__(self, rank: int = 0, world_size: int = 1, timeout_s: float = COLLECTIVE_TIMEOUT_S):
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
-        self.bytes_sent = 0  # pickled bytes this rank contributed to all-gathers
+        self.bytes_sent = 0  # pickled bytes this rank contributed to all-gathers, and tensor bytes it sent (exchange)
         self.collectives = 0
 
     @property
