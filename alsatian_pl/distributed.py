@@ -1,6 +1,7 @@
 """Distributed search (paper §6.6): task-tree subtrees across processes, on torch.distributed through Lightning
 Fabric. Each rank plans and runs its own subtrees under its own budget, keeps its models' features and trains their
-probes; per round only scores and round statistics are all-gathered, so every rank prunes identically.
+probes; per round only scores and round statistics are all-gathered, so every rank prunes identically, and when a
+rebalancing moves subtrees (:mod:`alsatian_pl.rebalance`) their features go point to point (:meth:`Group.exchange`).
 
 :class:`Group` is the communicator a search uses; a single process gets :data:`SINGLE` (no collectives). Collectives
 run with a bounded timeout, and on gloo a monitored barrier first names the ranks that did not arrive.
@@ -27,7 +28,7 @@ class Group:
 
     def __init__(self, rank: int = 0, world_size: int = 1, timeout_s: float = COLLECTIVE_TIMEOUT_S):
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
-        self.bytes_sent = 0  # pickled bytes this rank contributed to all-gathers
+        self.bytes_sent = 0  # pickled bytes this rank contributed to all-gathers, and tensor bytes it sent (exchange)
         self.collectives = 0
 
     @property
@@ -51,11 +52,32 @@ class Group:
             out: list[Any] = [None] * self.world_size
             dist.all_gather_object(out, obj)
         except RuntimeError as exc:
-            raise DistributedError(
-                f"rank {self.rank}: the other ranks did not all answer within {self.timeout_s:.0f} s ({_first_line(exc)})"
-                "; a rank died or hung. The search stopped; nothing was written. Rerun it (search.resume=true "
-                "continues from the last saved round).") from None
+            raise self._failed(exc) from None
         return out
+
+    def exchange(self, sends: list[tuple[int, int, torch.Tensor]], recvs: list[tuple[int, int, torch.Tensor]]) -> None:
+        """Point-to-point tensors: each ``(peer, tag, tensor)`` of ``sends`` goes to ``peer``, each of ``recvs`` is
+        filled from ``peer`` (the peers post the matching calls); DistributedError if a peer does not answer."""
+        if not sends and not recvs:
+            return
+        import torch.distributed as dist
+
+        try:
+            works = [dist.isend(t.contiguous(), peer, tag=tag) for peer, tag, t in sends]
+            works += [dist.irecv(t, peer, tag=tag) for peer, tag, t in recvs]
+            for work in works:
+                work.wait(timeout=_dt.timedelta(seconds=self.timeout_s))
+        except RuntimeError as exc:
+            raise self._failed(exc) from None
+        self.bytes_sent += sum(t.numel() * t.element_size() for _, _, t in sends)
+        self.collectives += 1
+
+    def _failed(self, exc: BaseException) -> DistributedError:
+        """The one error of a collective that not every rank reached."""
+        return DistributedError(
+            f"rank {self.rank}: the other ranks did not all answer within {self.timeout_s:.0f} s ({_first_line(exc)})"
+            "; a rank died or hung. The search stopped; nothing was written. Rerun it (search.resume=true "
+            "continues from the last saved round).")
 
 
 SINGLE = Group()

@@ -95,6 +95,10 @@ class FeatureStore:
             self._train.pop(m, None)
             self._test.pop(m, None)
 
+    def adopt(self, model: str, train: torch.Tensor, test: torch.Tensor) -> None:
+        """Keep ``model``'s features as another rank kept them (its training rows so far, its test rows)."""
+        self._train[model], self._test[model] = [train], test
+
     def state(self) -> dict[str, torch.Tensor]:
         """The kept features as named tensors (``<model>/train/<chunk>``, ``<model>/test``), for a checkpoint."""
         out = {f"{m}/train/{i}": t for m, chunks in self._train.items() for i, t in enumerate(chunks)}

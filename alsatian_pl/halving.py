@@ -41,6 +41,7 @@ from .strategies import Strategy, get_strategy
 from .units import parse_bytes
 from .distributed import SINGLE, Group
 from .plan.partition import Assignment, lpt, subtree_parts
+from . import rebalance
 from .reuse import FeatureCache, SearchCheckpoint, fingerprint, items_key
 from .schedule import Schedule
 from .weights import WeightCache
@@ -139,6 +140,8 @@ class SearchState:
     inputs_key: str = ""  # content hash of the running group's inputs (feature-cache key part)
     assignment: Assignment | None = None  # which models each rank runs (a distributed search)
     feature_dims: dict[str, int] = field(default_factory=dict)  # each model's feature dim, as the scorer sees it
+    first_assignment: Assignment | None = None  # the round-1 assignment (``assignment`` changes as ranks rebalance)
+    migrations: list[rebalance.Migration] = field(default_factory=list)  # the rebalancings so far
     scoring: tuple[int, int] = (0, 0)  # the round's scoring phase: planned and observed peak bytes
 
     @property
@@ -215,6 +218,8 @@ class SuccessiveHalving:
     ``logger``: a Lightning logger that gets each round's metrics; ``group``: the ranks of a distributed search
     (each runs the subtrees assigned to it). ``min_class_items`` and ``noise_margin``: the opt-in robust
     successive-halving schedule (:mod:`alsatian_pl.schedule`, which states their cost; None: the paper's schedule).
+    ``rebalance_below``: a distributed search whose survivors' predicted balance over the ranks falls below this
+    moves subtrees and their features between ranks (:mod:`alsatian_pl.rebalance`; None: never).
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -225,13 +230,15 @@ class SuccessiveHalving:
                  prefetch: bool | str | None = "auto", device_capacity: int | str | None = "auto",
                  feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB",
                  checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None,
-                 group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None):
+                 group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None,
+                 rebalance_below: float | None = 0.8):
         _check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
                        channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
                        feature_cache=feature_cache, checkpoint_dir=checkpoint_dir,
                        sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
                               "device_capacity": device_capacity})
         schedule = Schedule(min_class_items, noise_margin)
+        self.rebalance_below = rebalance.check_threshold(rebalance_below)
         self.store, self.data = store, data
         self.strategy = get_strategy(strategy)
         if not schedule.is_paper:  # the knobs set the schedule; else the strategy keeps its own (the paper's)
@@ -327,7 +334,7 @@ class SuccessiveHalving:
         for g in state.groups:
             g.tree.prune([m for m in g.tree.models if m not in mine])
         state.features.drop([m for m in state.features.models if m not in mine])
-        state.assignment = assignment
+        state.assignment = state.first_assignment = assignment
 
     def _inputs(self, state: SearchState, group: TokenizerGroup) -> Items:
         """The group's items of this round: its new chunk, joined with the test items in round 1 (a view: the rows
@@ -450,8 +457,21 @@ class SuccessiveHalving:
             for tree in state.trees:
                 tree.prune([m for m in dropped if m in tree])
         state.alive, state.scores = alive, scores
+        if self.group.world_size > 1 and r + 1 < state.rounds:
+            self._rebalance(state, engine)
         engine.weights.retain(self.strategy.weight_keys(state.trees))
         self._log(state, engine, scores)
+
+    def _rebalance(self, state: SearchState, engine: Engine) -> None:
+        """When pruning left the ranks' predicted loads uneven (below ``rebalance_below``), move subtrees and their
+        kept features to even them (:mod:`alsatian_pl.rebalance`; the same decision on every rank)."""
+        with engine.stats.phase("planning"):
+            migration = rebalance.plan(state, self.strategy, self.group.world_size, self.rebalance_below)
+        if migration is None:
+            return
+        with engine.stats.phase("communication"):
+            rebalance.migrate(state, self.strategy, self.group, migration, self.device)
+        state.migrations.append(migration)
 
     def _log(self, state: SearchState, engine: Engine, scores: dict[str, ProxyScore]) -> None:
         """The round's metrics through the Lightning logger, if the search has one (step = the round)."""
@@ -526,7 +546,11 @@ class SuccessiveHalving:
         state.scores = {m: ProxyScore(*v) for m, v in meta["scores"].items()}
         state.eliminated = {m: (r, ProxyScore(a, b)) for m, (r, a, b) in meta["eliminated"].items()}
         state.labels = [tensors[f"labels/{i}"] for i in range(meta["round"] + 1)]
-        state.features.restore(tensors, state.alive, meta["kept_items"], self.device)
+        distributed = self.group.world_size > 1  # each rank saved its own models' features
+        mine = [m for m in state.alive if not distributed or f"{m}/test" in tensors]
+        state.features.restore(tensors, mine, meta["kept_items"], self.device)
+        if distributed:  # its models may have changed since round 1 (rebalancing)
+            rebalance.restored(state, self.strategy, self.group, mine)
         for tree in state.trees:
             tree.prune([m for m in tree.models if m not in state.alive])
         stats.timings.update(meta["timings"])
@@ -596,8 +620,9 @@ class SuccessiveHalving:
                               memory=memory, **stats)
         if self.group.world_size > 1:
             mine = {**stats, "memory": memory, "bytes_sent": self.group.bytes_sent,
-                    "collectives": self.group.collectives}
+                    "collectives": self.group.collectives, "migration_s": [m.seconds for m in state.migrations]}
             result.distributed = _ranks_summary(state, self.group.all_gather(mine))
+            result.distributed["rebalance_below"] = self.rebalance_below
         return result
 
 
@@ -614,13 +639,24 @@ def _scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str, Any
 def _ranks_summary(state: SearchState, ranks: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-rank statistics of a distributed search and its load balance (mean over max busy seconds)."""
     busy = [sum(r["timings_s"][p] for p in ("prepare_model", "inference", "proxy_scoring")) for r in ranks]
-    assert state.assignment is not None
+    first, last = state.first_assignment, state.assignment
+    assert first is not None and last is not None
+    moves = rebalance.summary(state.migrations, [r["migration_s"] for r in ranks])
     return {"world_size": len(ranks), "load_balance": sum(busy) / len(busy) / max(max(busy), 1e-12),
-            "predicted_balance": state.assignment.balance,
-            "ranks": [{"rank": i, "busy_s": b, "models": sorted(state.assignment.models[i]),
-                       "predicted_cost_per_item": state.assignment.loads[i], "timings_s": r["timings_s"],
-                       "cache": r["cache"], "memory": r["memory"], "bytes_sent": r["bytes_sent"],
-                       "collectives": r["collectives"]} for i, (b, r) in enumerate(zip(busy, ranks))]}
+            "predicted_balance": first.balance, "rebalancing": moves,
+            "ranks": [{"rank": i, "busy_s": b, "models": sorted(first.models[i]),
+                       "final_models": sorted(last.models[i]), "predicted_cost_per_item": first.loads[i],
+                       "timings_s": r["timings_s"], "cache": r["cache"], "memory": r["memory"],
+                       "bytes_sent": r["bytes_sent"], "collectives": r["collectives"], **_moved(moves, i)}
+                      for i, (b, r) in enumerate(zip(busy, ranks))]}
+
+
+def _moved(moves: list[dict[str, Any]], rank: int) -> dict[str, Any]:
+    """One rank's totals over the rebalancings: models moved in and out, bytes moved, seconds migrating."""
+    mine = [next(r for r in m["ranks"] if r["rank"] == rank) for m in moves]
+    return {"models_in": sum(len(r["models_in"]) for r in mine), "models_out": sum(len(r["models_out"]) for r in mine),
+            "bytes_moved_in": sum(r["bytes_in"] for r in mine), "bytes_moved_out": sum(r["bytes_out"] for r in mine),
+            "migration_s": sum(r["seconds"] for r in mine)}
 
 
 def _other_schedules(checkpoint: SearchCheckpoint | None) -> str:

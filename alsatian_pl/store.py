@@ -294,7 +294,8 @@ class StoreLock:
     """The store's lock, an ``flock`` on its root folder (no lock file is written): writers that add models hold it
     shared, :meth:`BlockStore.gc` exclusively, so gc never runs between an import's block writes and its manifest.
     Where locks are unavailable (no ``fcntl``, a read-only or lockless filesystem) it is a no-op, and the write
-    reports its own error; ``gc(grace_s=...)`` then still spares young files."""
+    reports its own error; ``gc(grace_s=...)`` then still spares young files. :meth:`BlockStore.building` is a second
+    lock, on the ``zoos`` folder, that zoo builders hold exclusively, so concurrent builders of one zoo take turns."""
 
     def __init__(self, root: Path, *, exclusive: bool):
         self.root, self.exclusive, self._fd = Path(root), exclusive, None
@@ -338,6 +339,11 @@ class BlockStore:
         self.blocks_read: Counter[str] = Counter()  # how often each block's file was read by this instance
         self._shapes: dict[str, list[tuple[tuple[int, ...], str]]] = {}
         self.format_version = self._open_format()  # a format-1 store is upgraded here, once
+
+    def building(self) -> StoreLock:
+        """The zoo builders' lock (exclusive, on the ``zoos`` folder): a second builder of a zoo (every rank of a
+        torchrun/SLURM launch runs search.py from the start) waits, then finds the zoo recorded and reuses it."""
+        return StoreLock(self.root / "zoos", exclusive=True)
 
     # ------------------------------------------------------------------------------------------------- writing
     def block_path(self, h: str) -> Path:

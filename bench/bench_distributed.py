@@ -9,7 +9,8 @@ count of block applications.
     python bench/bench_distributed.py [--models 1000] [--blocks 50] [--workers 8,64,512]
 
 Speedup is against one worker running the same method (alsatian: the whole tree once; SHiFT: every model's path);
-alsatian/SHiFT compares the two makespans. Load balance is mean over max busy cost.
+alsatian/SHiFT compares the two makespans. Load balance is mean over max busy cost. The whole-search table compares
+keeping the round-1 ranks, re-partitioning every round, and the search's rebalancing (``search.rebalance_below``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alsatian_pl.plan import BlockSpec, TaskTree  # noqa: E402
-from alsatian_pl.plan.partition import model_queue, partition_subtrees, subtree_parts  # noqa: E402
+from alsatian_pl.plan.partition import (Assignment, model_queue, partition_subtrees, rebalance,  # noqa: E402
+                                        subtree_parts)
 from alsatian_pl.zoo import DISTRIBUTIONS, sample_num_reinit  # noqa: E402
 
 
@@ -72,6 +74,30 @@ def rounds_static_vs_moved(tree: TaskTree, workers: int, seed: int = 0) -> tuple
         items *= 2
 
 
+def rounds_rebalanced(tree: TaskTree, workers: int, below: float = 0.8, seed: int = 0) -> tuple[float, int]:
+    """The same search (the same random survivors) with the search's rebalancing: after each round's pruning, when
+    the ranks' predicted balance is below ``below``, the subtrees are assigned again (parts kept where they are when
+    that costs nothing) if that is more even; total predicted time and how many models changed rank."""
+    rng = np.random.default_rng(seed)
+    owned = list(partition_subtrees(tree, workers).models)
+    total, moved, items = 0.0, 0, 1.0
+    while True:
+        total += items * max(rank_load(tree, ms & tree.models) for ms in owned)
+        if len(tree.models) == 1:
+            return total, moved
+        alive = sorted(tree.models)
+        tree.prune(rng.choice(alive, size=len(alive) // 2, replace=False).tolist())
+        items *= 2
+        before = Assignment((), tuple(rank_load(tree, ms & tree.models) for ms in owned))
+        if before.balance >= below:
+            continue
+        owner = {m: w for w, ms in enumerate(owned) for m in ms if m in tree}
+        new = rebalance(((p.cost, p.models) for p in subtree_parts(tree, workers)), owner, {}, workers)
+        if Assignment((), tuple(rank_load(tree, ms) for ms in new.models)).balance > before.balance:
+            moved += sum(owner[m] != w for w, ms in enumerate(new.models) for m in ms)
+            owned = list(new.models)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=1000)
@@ -88,13 +114,17 @@ def main(argv: list[str] | None = None) -> None:
             a, s = partition_subtrees(tree, w), model_queue(paths, w)
             print(f"| {dist} | {w} | {len(subtree_parts(tree, w))} | {one_a / a.makespan:.1f} ({one_a / a.makespan / w:.2f} w) "
                   f"| {a.balance:.2f} | {one_s / s.makespan:.1f} | {s.balance:.2f} | {a.makespan / s.makespan:.3f} |")
-    print("\nWhole search (successive halving, chunks doubling, random survivors): keep round-1 ranks vs re-partition")
-    print("| distribution | workers | static time | re-partitioned time | re-partitioned / static | models moved |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\nWhole search (successive halving, chunks doubling, random survivors): keep round-1 ranks vs re-partition "
+          "every round vs rebalance below 0.8 (the search's default)")
+    print("| distribution | workers | static time | re-partitioned time | re-partitioned / static | models moved "
+          "| rebalanced / static | models moved |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for dist in DISTRIBUTIONS:
         for w in map(int, args.workers.split(",")):
             static, moved_time, moved = rounds_static_vs_moved(zoo_tree(args.models, args.blocks, dist)[0], w)
-            print(f"| {dist} | {w} | {static:.0f} | {moved_time:.0f} | {moved_time / static:.3f} | {moved} |")
+            balanced, shifted = rounds_rebalanced(zoo_tree(args.models, args.blocks, dist)[0], w)
+            print(f"| {dist} | {w} | {static:.0f} | {moved_time:.0f} | {moved_time / static:.3f} | {moved} "
+                  f"| {balanced / static:.3f} | {shifted} |")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Run one search over N CPU processes (Fabric DDP, gloo) and write rank 0's result: used by test_distributed.py.
 
     python tests/_distributed_search.py STORE_ROOT MODELS(comma-separated) STRATEGY DEVICES OUT.json [RANK:ROUND]
+        [rebalance=THRESHOLD] [checkpoints=DIR]
 
-With RANK:ROUND, that rank dies when it starts scoring that round (0-based).
+With RANK:ROUND, that rank dies when it starts scoring that round (0-based); rebalance= sets search.rebalance_below
+(null: never); checkpoints= saves each rank's rounds under DIR/rank-<r> and resumes from them.
 """
 
 import json
@@ -32,11 +34,16 @@ def die_in_round(rank: int, round_: int) -> None:
 
 def search(group):
     root, models, strategy, _, out = sys.argv[1:6]
-    if len(sys.argv) > 6:
-        die_in_round(*map(int, sys.argv[6].split(":")))
+    options = dict(a.split("=") for a in sys.argv[6:] if "=" in a)
+    for arg in (a for a in sys.argv[6:] if ":" in a):
+        die_in_round(*map(int, arg.split(":")))
+    threshold = options.get("rebalance", "0.8")
+    saved = {"checkpoint_dir": Path(options["checkpoints"]) / f"rank-{group.rank}", "resume": True} \
+        if "checkpoints" in options else {}
     data = SearchDataModule(num_items=300, image_size=32, seed=0)
     result = SuccessiveHalving(BlockStore(root), data, strategy=strategy, batch_size=32, device="cpu",
-                               progress=False, scorer_kwargs={"epochs": 10}, group=group).run(models.split(","))
+                               progress=False, scorer_kwargs={"epochs": 10}, group=group, **saved,
+                               rebalance_below=None if threshold == "null" else float(threshold)).run(models.split(","))
     if group.is_global_zero:
         Path(out).write_text(json.dumps(result.to_json()))
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alsatian_pl.plan import BlockSpec, TaskTree
-from alsatian_pl.plan.partition import lpt, model_queue, partition_subtrees, subtree_parts
+from alsatian_pl.plan.partition import (_renumbered, lpt, model_queue, moved_bytes, partition_subtrees, rebalance,
+                                        subtree_parts)
 
 
 def zoo_tree(parents: list[int], reinit: list[int], blocks: int = 6) -> tuple[TaskTree, dict[str, list[float]]]:
@@ -55,3 +56,28 @@ def test_a_shared_trunk_is_split_below_its_branch_point():
     parts = subtree_parts(tree, 4)
     assert len(parts) == 4 and {p.prefix for p in parts} == {1.0 + 2.0 + 3.0}  # the trunk is repeated per part
     assert lpt([(3.0, frozenset("a")), (2.0, frozenset("b")), (2.0, frozenset("c"))], 2).loads == (3.0, 4.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(zoos, st.integers(1, 6), st.data())
+def test_rebalancing_keeps_lpts_makespan_covers_every_model_once_and_moves_no_more_than_renumbered_lpt(zoo, workers,
+                                                                                                       data):
+    tree, _ = zoo_tree(*zoo)
+    jobs = [(p.cost, p.models) for p in subtree_parts(tree, workers)]
+    models = sorted(tree.models)
+    owner = dict(zip(models, data.draw(st.lists(st.integers(0, workers - 1), min_size=len(models),
+                                                max_size=len(models)))))
+    sizes = dict(zip(models, data.draw(st.lists(st.integers(0, 1000), min_size=len(models), max_size=len(models)))))
+    new, best = rebalance(jobs, owner, sizes, workers), lpt(jobs, workers)
+    assert sorted(m for ms in new.models for m in ms) == models and len(new.models) == workers
+    assert new.makespan <= best.makespan * (1 + 1e-9)
+    assert moved_bytes(new, owner, sizes) <= moved_bytes(_renumbered(best, owner, sizes), owner, sizes)
+    # parts already where LPT puts them: nothing moves
+    settled = {m: w for w, ms in enumerate(best.models) for m in ms}
+    assert moved_bytes(rebalance(jobs, settled, sizes, workers), settled, sizes) == 0
+
+
+def test_rebalancing_moves_one_of_two_models_off_a_rank_that_holds_both():
+    jobs = [(2.0, frozenset({"a"})), (2.0, frozenset({"b"}))]
+    new = rebalance(jobs, {"a": 1, "b": 1}, {"a": 10, "b": 30}, 2)
+    assert new.loads == (2.0, 2.0) and new.models == (frozenset({"a"}), frozenset({"b"}))  # the smaller one moves

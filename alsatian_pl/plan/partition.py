@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from .tree import TaskTree
 
@@ -91,3 +91,49 @@ def partition_subtrees(tree: TaskTree, workers: int) -> Assignment:
 def model_queue(paths: dict[str, Sequence[float]], workers: int) -> Assignment:
     """SHiFT's distribution: every model's whole path (block costs, nothing shared) from a queue, in model order."""
     return lpt(((sum(costs), frozenset([m])) for m, costs in paths.items()), workers, in_order=True)
+
+
+def rebalance(jobs: Iterable[tuple[float, frozenset[str]]], owner: Mapping[str, int], sizes: Mapping[str, int],
+              workers: int) -> Assignment:
+    """Jobs (cost, models) to ``workers`` within LPT's makespan, moving few bytes (``owner``: each model's worker
+    now, ``sizes``: its bytes): LPT's order with every job kept on the worker that holds most of its bytes while
+    that stays within LPT's makespan, or LPT's assignment renumbered to keep the most bytes where that moves less."""
+    jobs = sorted(jobs, key=lambda j: (-j[0], sorted(j[1])))
+    target = lpt(jobs, workers)
+    loads, models = [0.0] * workers, [set() for _ in range(workers)]
+    for cost, ms in jobs:
+        home = _home(ms, owner, sizes)
+        w = home if loads[home] + cost <= target.makespan * (1 + 1e-9) else min(range(workers), key=loads.__getitem__)
+        loads[w] += cost
+        models[w] |= ms
+    sticky = Assignment(tuple(frozenset(m) for m in models), tuple(loads))
+    renumbered = _renumbered(target, owner, sizes)
+    fits = sticky.makespan <= target.makespan * (1 + 1e-9)
+    return sticky if fits and moved_bytes(sticky, owner, sizes) <= moved_bytes(renumbered, owner, sizes) else renumbered
+
+
+def moved_bytes(assignment: Assignment, owner: Mapping[str, int], sizes: Mapping[str, int]) -> int:
+    """Bytes of the models ``assignment`` puts on another worker than ``owner`` does."""
+    return sum(sizes.get(m, 0) for w, ms in enumerate(assignment.models) for m in ms if owner.get(m, w) != w)
+
+
+def _home(models: frozenset[str], owner: Mapping[str, int], sizes: Mapping[str, int]) -> int:
+    """The worker holding most of ``models``' bytes (the lowest such worker on a tie)."""
+    held: dict[int, int] = {}
+    for m in models:
+        if m in owner:
+            held[owner[m]] = held.get(owner[m], 0) + sizes.get(m, 0) + 1  # +1: a model of no bytes still counts
+    return min(held, key=lambda w: (-held[w], w)) if held else 0
+
+
+def _renumbered(assignment: Assignment, owner: Mapping[str, int], sizes: Mapping[str, int]) -> Assignment:
+    """``assignment`` with its workers renumbered, greedily, so that each takes the number that keeps most bytes."""
+    n = len(assignment.models)
+    kept = sorted(((sum(sizes.get(m, 0) + 1 for m in ms if owner.get(m) == w), i, w)
+                   for i, ms in enumerate(assignment.models) for w in range(n)), key=lambda t: (-t[0], t[1], t[2]))
+    label: dict[int, int] = {}
+    for _, i, w in kept:
+        if i not in label and w not in label.values():
+            label[i] = w
+    order = sorted(range(n), key=lambda i: label[i])
+    return Assignment(tuple(assignment.models[i] for i in order), tuple(assignment.loads[i] for i in order))

@@ -94,9 +94,17 @@ def file_digests(folder: Path, files: Iterable[Path]) -> dict[str, str]:
 def cached_zoo(store: BlockStore, zoo_id: str, config: dict[str, Any], build: Callable[[], Iterable[str]], *,
                task: str, total: int, progress: bool = True) -> Zoo:
     """The zoo recorded as ``zoo_id`` with ``config`` if it is complete; else the models ``build()`` stores (it
-    yields each model's name once stored; a progress bar of ``total`` steps follows), recorded for next time."""
-    if (zoo := Zoo.load(store, zoo_id, config)) is not None:
-        return zoo
+    yields each model's name once stored; a progress bar of ``total`` steps follows), recorded for next time.
+    Builders take turns (:meth:`BlockStore.building`): one that waited finds the zoo recorded and reuses it."""
+    with store.building():
+        if (zoo := Zoo.load(store, zoo_id, config)) is not None:
+            return zoo
+        return _build_zoo(store, zoo_id, config, build, task=task, total=total, progress=progress)
+
+
+def _build_zoo(store: BlockStore, zoo_id: str, config: dict[str, Any], build: Callable[[], Iterable[str]], *,
+               task: str, total: int, progress: bool) -> Zoo:
+    """The models ``build()`` stores, with a progress bar, recorded as zoo ``zoo_id``."""
     names = []
     with Progress(disable=not progress, transient=True) as bar:
         bar_task = bar.add_task(task, total=total)

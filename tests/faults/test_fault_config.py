@@ -56,6 +56,7 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "search.devices": ["abc", "0", "1.5"],
     "search.num_nodes": ["abc", "0"],
     "search.accelerator": ["tpu"],
+    "search.rebalance_below": ["abc", "0", "-1", "1.5", "nan", "[1]"],
     "logger._target_": ["nowhere.Nothing"],
     "logger.save_dir": [FILE],
     "logger.name": ["''", "[a]"],
