@@ -99,7 +99,8 @@ def _balance(loads: Sequence[float]) -> float:
 
 def plan(state: SearchState, strategy: Strategy, workers: int, threshold: float | None) -> Migration | None:
     """The rebalancing after this round's pruning (the same on every rank), or None where the survivors' balance is
-    at least ``threshold`` or no assignment of their subtrees is more even."""
+    at least ``threshold``, no assignment of their subtrees is more even, or the more even one would leave a rank
+    holding more kept features than the fullest rank holds now (it might not fit that rank's budget)."""
     if threshold is None or state.assignment is None or not state.alive:
         return None
     alive = set(state.alive)
@@ -112,12 +113,21 @@ def plan(state: SearchState, strategy: Strategy, workers: int, threshold: float 
     per_item = {m: state.features.feature_bytes[m] for m in alive}
     new = rebalance(jobs, owner, per_item, workers)
     after = _balance(rank_loads(state, strategy, new.models))
-    if after <= before + 1e-12 or not moved_bytes(new, owner, per_item):
+    if after <= before + 1e-12 or not moved_bytes(new, owner, per_item) or _heavier(new.models, owner, per_item):
         return None
     moves = {m: (owner[m], w) for w, ms in enumerate(new.models) for m in sorted(ms) if owner[m] != w}
     kept = state.features.kept_items
     state.assignment = Assignment(new.models, rank_loads(state, strategy, new.models))
     return Migration(state.round, before, after, moves, {m: per_item[m] * kept for m in moves})
+
+
+def _heavier(models: Sequence[Iterable[str]], owner: dict[str, int], per_item: dict[str, int]) -> bool:
+    """Whether an assignment leaves some rank holding more kept features than the fullest rank holds now: every rank
+    plans under the same budget, so a rank that ends up holding no more than some rank already held still fits."""
+    now = [0] * len(models)
+    for m, w in owner.items():
+        now[w] += per_item[m]
+    return max(sum(per_item[m] for m in ms) for ms in models) > max(now)
 
 
 def migrate(state: SearchState, strategy: Strategy, group: Group, migration: Migration, device: torch.device) -> None:
