@@ -463,8 +463,8 @@ class BlockStore:
         """The verified tensors and metadata of block ``h``; CorruptBlockError if the file does not match its hash.
 
         The file is mapped (:func:`_map_file`); its CHECKSUM (xxh3-128 of every byte) is checked, and the tensors
-        are views into the mapping. A block without one (written by format 1) is checked against its sha256 name instead, which a
-        format-2 store refuses: there a missing checksum is damage too."""
+        are views into the mapping. A block without one (written by format 1) is checked against its sha256 name
+        instead, which a format-2 store refuses: there a missing checksum is damage too."""
         path = self.block_path(h)
         if not path.is_file():
             raise self._corrupt(h, "is missing")

@@ -52,7 +52,7 @@ def readahead_windows(steps: Sequence, window: int = READAHEAD_BYTES) -> Iterato
 
 
 class WeightCache:
-    """Blocks loaded from the store, kept on the device (LRU) within ``capacity`` bytes (None: unlimited), by key
+    """Blocks loaded from the store, kept on the device within ``capacity`` bytes (None: unlimited), by key
     (the strategy's weight key: shared blocks, or each model's own copy).
 
     Eviction follows the plan (:meth:`schedule`, Belady): the block needed farthest ahead goes first, and blocks the
