@@ -7,7 +7,7 @@ it on two processes (Lightning Fabric); rank 0 reports.
 Any failure ends in one ``error:`` line (alsatian_pl/boundary.py).
 """
 
-from alsatian_pl import boundary
+from alsatian_pl.app import boundary
 
 boundary.install()  # first: from here on Ctrl-C, SIGTERM and every error end in one line
 

@@ -6,7 +6,7 @@ with the trainer's logger (CSV by default) and writes ``finetuned.safetensors`` 
 in one ``error:`` line (alsatian_pl/boundary.py).
 """
 
-from alsatian_pl import boundary
+from alsatian_pl.app import boundary
 
 boundary.install()  # first: from here on Ctrl-C, SIGTERM and every error end in one line
 
@@ -14,7 +14,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from alsatian_pl.app import print_report  # noqa: E402
-from alsatian_pl.finetune import run_finetune  # noqa: E402
+from alsatian_pl.app import run_finetune  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -20,7 +20,9 @@ _EXPORTS = {
     "search": "api", "SuccessiveHalving": "halving", "SearchResult": "halving", "SearchState": "halving",
     "BlockStore": "store", "SearchDataModule": "data", "register_dataset": "data",
     "ProxyScorer": "score", "ProxyScore": "score", "register_scorer": "score", "available_scorers": "score",
-    "Strategy": "strategies", "STRATEGIES": "strategies", "register_family": "blocks", "BlockFamily": "blocks",
+    "SearchCallback": "halving", "ProgressBar": "halving", "LogMetrics": "halving", "RoundCheckpoint": "halving",
+    "RoundLog": "halving", "MemoryMonitor": "halving",
+    "Strategy": "halving", "STRATEGIES": "halving", "register_family": "blocks", "BlockFamily": "blocks",
     "ZooConfig": "zoo", "build_synthetic_zoo": "zoo", "import_checkpoint_folder": "zoo", "import_hf_folder": "zoo",
     "FinetuneCallback": "finetune", "FinetuneModule": "finetune", "RoundMemory": "plan", "Registry": "registry",
 }

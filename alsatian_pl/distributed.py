@@ -1,7 +1,7 @@
 """Distributed search (paper §6.6): task-tree subtrees across processes, on torch.distributed through Lightning
 Fabric. Each rank plans and runs its own subtrees under its own budget, keeps its models' features and trains their
 probes; per round only scores and round statistics are all-gathered, so every rank prunes identically, and when a
-rebalancing moves subtrees (:mod:`alsatian_pl.rebalance`) their features go point to point (:meth:`Group.exchange`).
+rebalancing moves subtrees (:mod:`alsatian_pl.halving.rebalance`) their features go point to point (:meth:`Group.exchange`).
 
 :class:`Group` is the communicator a search uses; a single process gets :data:`SINGLE` (no collectives). Collectives
 run with a bounded timeout, and on gloo a monitored barrier first names the ranks that did not arrive.
@@ -10,6 +10,7 @@ run with a bounded timeout, and on gloo a monitored barrier first names the rank
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from typing import Any, Callable
 
 import torch
@@ -111,6 +112,32 @@ def launch(fn: Callable[[Group], Any], *, devices: int | str = 1, num_nodes: int
         return fn(group)
     finally:
         _close()
+
+
+def launch_search(searcher: Any, models: list[str], *, devices: int | str = 1, num_nodes: int = 1,
+                  accelerator: str = "auto") -> tuple[Any, int]:
+    """``searcher.run(models)`` in this process, or on every rank of a Fabric launch (each rank runs
+    ``searcher.on_rank(group, device)``: its own communicator and device); returns the result and this process's
+    rank (rank 0's result on rank 0)."""
+    if devices == 1 and num_nodes == 1:
+        return searcher.run(models), 0
+    rank = {"rank": 0}
+
+    def search(group: Group) -> Any:
+        rank["rank"] = group.rank
+        return searcher.on_rank(group, rank_device(searcher.device, accelerator)).run(models)
+
+    result = launch(search, devices=devices, num_nodes=num_nodes, accelerator=accelerator)
+    return result, rank["rank"]
+
+
+def rank_device(device: torch.device, accelerator: str) -> torch.device:
+    """A rank's compute device: the CPU under ``accelerator=cpu``, else its own GPU (``LOCAL_RANK``) on GPUs."""
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 def _close() -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,15 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .blocks import skeleton
-from .checks import text, whole
+from .checks import whole
 from .errors import ConfigError, CorruptFileError, DataError, StoreError
-from .io import atomic_write, check_folder, read_json
+from .io import atomic_write, read_json
 from .store import BlockStore, ModelManifest, block_tensors, materialize
 from .zoo import model_tokenizer
 
@@ -163,7 +160,7 @@ class FinetuneCallback(L.Callback):
             raise ConfigError("FinetuneCallback needs a search, a results.json path, or a model and a store")
         self.search, self.results, self.model = search, (None if results is None else Path(results)), model
         self.store_root, self.on_search = store_root, on_search
-        self.config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+        self.config = config
         self.report: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -288,47 +285,3 @@ class SafetensorsCheckpoint(L.Callback):
         if trainer.is_global_zero and isinstance(pl_module, FinetuneModule):
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             save_finetuned(pl_module, self.path, metrics=metrics, epochs=trainer.current_epoch)
-
-
-def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
-                 on_search: Callable[[dict[str, Any]], None] | None = None) -> tuple[FinetuneModule, L.Trainer,
-                                                                                    FinetuneCallback]:
-    """Fine-tune as the ``train.yaml`` config says: search (or read ``finetune.results``), install the winner, fit.
-
-    Data: ``cfg.dataset`` (same module and preprocessing as the search) with ``finetune.batch_size``; returns the
-    fitted module, the trainer (``callback_metrics`` hold ``val/acc``) and the callback (``report``: the search).
-    """
-    from hydra.utils import instantiate
-
-    f = cfg.finetune
-    L.seed_everything(whole("finetune.seed", f.seed, at_least=0), workers=True, verbose=False)
-    data = instantiate(cfg.dataset)
-    data.batch_size = whole("finetune.batch_size", f.batch_size)
-    module = FinetuneModule(instantiate(f.optimizer), instantiate(f.scheduler) if f.get("scheduler") else None,
-                            f.train_blocks)
-    results, search = f.get("results"), None
-    if results is None and f.get("model") is None:  # search now, on the same data; its results.json: output_dir
-        search = partial(_search, cfg, cfg.output_dir)
-        results = None if cfg.output_dir is None else Path(cfg.output_dir) / "results.json"
-    hand_off = FinetuneCallback(search, results=results, model=f.get("model"), store_root=cfg.store.root,
-                                on_search=on_search, config=cfg)
-    if f.get("checkpoint"):  # refuse a checkpoint path under a file now, not after training
-        check_folder(Path(text("finetune.checkpoint", f.checkpoint)).parent, "finetune.checkpoint")
-    extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
-    trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *(callbacks or [])])
-    with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        try:
-            trainer.fit(module, datamodule=data)
-        except SystemExit:  # Lightning ends a Ctrl-C in fit with sys.exit(1): hand the entry point an interruption
-            if trainer.interrupted:
-                raise KeyboardInterrupt from None
-            raise
-    return module, trainer, hand_off
-
-
-def _search(cfg: DictConfig, output_dir: str | Path | None, data: Any) -> dict[str, Any]:
-    """The report of ``app.run_search`` over ``cfg`` on the data module ``data`` (results.json into output_dir)."""
-    from .app import run_search  # imported late: app imports the whole search engine
-
-    return run_search(cfg, output_dir, data=data)[1]

@@ -30,10 +30,10 @@ import torch  # noqa: E402
 from alsatian_pl.data import SearchDataModule, num_rounds  # noqa: E402
 from alsatian_pl.data._sources import FASHION_MNIST_DIR  # noqa: E402
 from alsatian_pl.errors import BudgetTooSmallError  # noqa: E402
-from alsatian_pl.halving import SuccessiveHalving, block_specs  # noqa: E402
+from alsatian_pl.halving import SearchCallback, SearchState, SuccessiveHalving, block_specs  # noqa: E402
 from alsatian_pl.plan import RoundMemory, TaskTree, plan_round  # noqa: E402
 from alsatian_pl.resources import peak_rss, resolve_device, rss_now  # noqa: E402
-from alsatian_pl.strategies import get_strategy  # noqa: E402
+from alsatian_pl.halving import get_strategy  # noqa: E402
 from alsatian_pl.weights import place_block  # noqa: E402
 from alsatian_pl.store import BlockStore, ModelManifest  # noqa: E402
 from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo  # noqa: E402
@@ -158,10 +158,11 @@ def run_search(store_root: Path, models: Sequence[str], data: dict[str, Any], st
     store = BlockStore(store_root)
     dm = SearchDataModule(**data)
     extra = {"channels_last": settings.channels_last} if _HAS_CHANNELS_LAST else {}
+    recorder = PlanRecorder()
     searcher = SuccessiveHalving(store, dm, strategy=strategy, scorer="linear", scorer_kwargs=settings.scorer_kwargs,
                                  result_size=settings.result_size, batch_size=settings.batch_size,
                                  device=settings.device, cache_budget=budget, seed=settings.seed, progress=False,
-                                 **extra)
+                                 callbacks=[recorder], **extra)
     load_before = os.getloadavg()[0]
     rss_before = rss_now()
     meter = CpuMeter()
@@ -171,10 +172,22 @@ def run_search(store_root: Path, models: Sequence[str], data: dict[str, Any], st
     out = result.to_json()
     out.update(wall_s=wall, cache_budget=budget, dataset=dm.describe(), device=str(searcher.device),
                loadavg_1m_before=load_before, loadavg_1m_after=os.getloadavg()[0], cpu=meter.read(),
-               rss_before_search_bytes=rss_before)
+               rss_before_search_bytes=rss_before, round_memory=recorder.rounds)
     del searcher, dm, store, result
     gc.collect()
     return out
+
+
+class PlanRecorder(SearchCallback):
+    """Each round's memory model as the search handed it to the planner (:class:`RoundMemory` fields): what the
+    budget derivation replans with, so the bench uses the package's own figures (input bytes, kept features)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[dict[str, int]] = []
+
+    def on_round_planned(self, search: SuccessiveHalving, state: SearchState, plan: Any) -> None:
+        if len(self.rounds) == state.round:  # the first input group's plan (image searches have one)
+            self.rounds.append(dataclasses.asdict(state.memory))
 
 
 def alive_per_round(result: dict[str, Any]) -> list[list[str]]:
@@ -542,27 +555,11 @@ def ru_maxrss() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- cache budgets
-def round_residents(store_root: Path, models: Sequence[str], result: dict[str, Any],
-                    batch_size: int, channels_last: bool = True) -> list[RoundMemory]:
-    """What each round of ``result`` held resident, by the package's memory model (:class:`RoundMemory`): the data
-    held in memory, the batch of inputs in flight (with the executor's channels-last copy of an image batch), the
-    survivors' kept features and their new features' buffers; and the scoring working set, taken from the round's
-    reported scoring peak."""
-    in_flight = result["dataset"]["in_flight_item_bytes"]
-    if channels_last and "max_length" not in result["dataset"]:  # images: float32 [3, S, S] copied channels-last
-        in_flight += 4 * 3 * result["dataset"]["image_size"] ** 2
-    store = BlockStore(store_root)
-    feat = {m: store.manifest(m).blocks[-1].out_bytes for m in models}
-    test_items = result["dataset"]["test_size"]
-    residents, kept_items = [], 0
-    for k, (alive, rep) in enumerate(zip(alive_per_round(result), result["rounds"])):
-        memory = RoundMemory.of_round(data_bytes=result["dataset"]["held_bytes"],
-                                      feature_bytes={m: feat[m] for m in alive}, kept_items=kept_items,
-                                      new_items=rep["items"], input_bytes=min(batch_size, rep["items"]) * in_flight)
-        scoring = rep.get("scoring_peak_bytes", 0) - (memory.scoring_peak - memory.scoring)
-        residents.append(dataclasses.replace(memory, scoring=max(0, scoring)))
-        kept_items += rep["items"]
-    return residents
+def round_residents(result: dict[str, Any]) -> list[RoundMemory]:
+    """What each round of ``result`` held resident, as the search's own memory model gave it to the planner
+    (:class:`PlanRecorder`): the data held in memory, the batch of inputs in flight, the survivors' kept features
+    and their new features' buffers, and the scoring working set."""
+    return [RoundMemory(**m) for m in result["round_memory"]]
 
 
 def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any], batch_size: int,
@@ -574,7 +571,7 @@ def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any
     is ``floor + f * (peak - floor)``, so every budget below the peak forces at least one round to split its data.
     The offline replanning is checked against the ample run's planned peaks first.
     """
-    residents = round_residents(store_root, models, ample, batch_size, channels_last)
+    residents = round_residents(ample)
     alive = alive_per_round(ample)
     planned = [r["planned_peak_bytes"] for r in ample["rounds"]]
     replanned, needed, trees = [], [], []

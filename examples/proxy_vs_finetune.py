@@ -21,7 +21,7 @@ from rich.table import Table
 from torchmetrics.functional import spearman_corrcoef
 
 from alsatian_pl.app import run_search
-from alsatian_pl.finetune import run_finetune
+from alsatian_pl.app import run_finetune
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 DEFAULTS = {"finetune": "full", "finetune.optimizer.lr": "3e-4", "trainer.max_epochs": "2",

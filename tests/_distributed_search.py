@@ -4,7 +4,8 @@
         [rebalance=THRESHOLD] [checkpoints=DIR]
 
 With RANK:ROUND, that rank dies when it starts scoring that round (0-based); rebalance= sets search.rebalance_below
-(null: never); checkpoints= saves each rank's rounds under DIR/rank-<r> and resumes from them.
+(null: never); checkpoints= saves each rank's rounds under DIR/rank-<r> and resumes from them; hooks=DIR adds two
+HookLog callbacks (rank 0's, every rank's) that write the hooks they saw into DIR.
 """
 
 import json
@@ -18,6 +19,7 @@ from alsatian_pl.data import SearchDataModule  # noqa: E402
 from alsatian_pl.distributed import launch  # noqa: E402
 from alsatian_pl.halving import SuccessiveHalving  # noqa: E402
 from alsatian_pl.store import BlockStore  # noqa: E402
+from _hooklog import HookLog  # noqa: E402
 
 
 def die_in_round(rank: int, round_: int) -> None:
@@ -41,8 +43,9 @@ def search(group):
     saved = {"checkpoint_dir": Path(options["checkpoints"]) / f"rank-{group.rank}", "resume": True} \
         if "checkpoints" in options else {}
     data = SearchDataModule(num_items=300, image_size=32, seed=0)
+    callbacks = [HookLog(options["hooks"]), HookLog(options["hooks"], every_rank=True)] if "hooks" in options else []
     result = SuccessiveHalving(BlockStore(root), data, strategy=strategy, batch_size=32, device="cpu",
-                               progress=False, scorer_kwargs={"epochs": 10}, group=group, **saved,
+                               progress=False, scorer_kwargs={"epochs": 10}, group=group, **saved, callbacks=callbacks,
                                rebalance_below=None if threshold == "null" else float(threshold)).run(models.split(","))
     if group.is_global_zero:
         Path(out).write_text(json.dumps(result.to_json()))

@@ -20,7 +20,7 @@ def zoo(tmp_path_factory):
 
 
 def alsatian(root, *args):
-    return subprocess.run([sys.executable, "-m", "alsatian_pl.cli", "store", "--root", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "alsatian_pl.app.cli", "store", "--root", str(root), *args],
                           capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
 
 

@@ -12,7 +12,7 @@ from alsatian_pl.cache import CacheService
 from alsatian_pl.features import FeatureStore
 from alsatian_pl.plan import BlockSpec, RoundMemory, TaskTree, plan_round
 from alsatian_pl.errors import BudgetTooSmallError
-from alsatian_pl.strategies import STRATEGIES, get_strategy
+from alsatian_pl.halving import STRATEGIES, get_strategy
 
 PACKAGE = Path(__file__).resolve().parents[1] / "alsatian_pl"
 

@@ -11,7 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from alsatian_pl.errors import ConfigError
-from alsatian_pl.finetune import FinetuneModule, load_finetuned, run_finetune
+from alsatian_pl.app import run_finetune
+from alsatian_pl.finetune import FinetuneModule, load_finetuned
 from alsatian_pl.store import BlockStore, block_tensors
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -84,7 +84,7 @@ def test_rebalancing_moves_one_of_two_models_off_a_rank_that_holds_both():
 
 
 def test_rebalancing_never_leaves_a_rank_holding_more_features_than_the_fullest_holds_now():
-    from alsatian_pl.rebalance import _heavier
+    from alsatian_pl.halving.rebalance import _heavier
     owner, per_item = {"a": 0, "b": 0, "c": 1}, {"a": 10, "b": 10, "c": 5}  # ranks hold 20 and 5 bytes per item
     assert not _heavier([{"a"}, {"b", "c"}], owner, per_item)  # 10 and 15: no rank above 20
     assert _heavier([set(), {"a", "b", "c"}], owner, per_item)  # 25 on rank 1: more than any rank held

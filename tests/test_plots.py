@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alsatian_pl.plots import ranking_plot, time_plot
+from alsatian_pl.app.plots import ranking_plot, time_plot
 from alsatian_pl.units import display_names
 
 

@@ -9,7 +9,7 @@ import torch
 
 from alsatian_pl.data import SearchDataModule
 from alsatian_pl.halving import SuccessiveHalving
-from alsatian_pl.reuse import FeatureCache, items_key
+from alsatian_pl.halving import FeatureCache, items_key
 from alsatian_pl.stats import SearchStats
 from alsatian_pl.store import BlockStore
 
@@ -71,16 +71,16 @@ def test_feature_cache_is_bounded_content_addressed_and_heals(tmp_path):
 KILLED_RUN = """
 import os, signal, sys
 from alsatian_pl.data import SearchDataModule
-from alsatian_pl.halving import SuccessiveHalving
+from alsatian_pl.halving import RoundCheckpoint, SuccessiveHalving
 from alsatian_pl.store import BlockStore
 
 store_root, models, ckpt, kill_after = sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4])
-prune = SuccessiveHalving._save
-def save_then_die(self, state, engine, checkpoint):
-    prune(self, state, engine, checkpoint)
+save = RoundCheckpoint.on_round_end
+def save_then_die(self, search, state, report):
+    save(self, search, state, report)
     if state.round + 1 == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
-SuccessiveHalving._save = save_then_die
+RoundCheckpoint.on_round_end = save_then_die
 data = SearchDataModule(num_items=300, image_size=32, seed=0)
 SuccessiveHalving(BlockStore(store_root), data, batch_size=32, device="cpu", progress=False,
                   scorer_kwargs={"epochs": 10}, checkpoint_dir=ckpt).run(models)

@@ -16,10 +16,10 @@ from alsatian_pl.data import SearchDataModule
 from alsatian_pl.data._split import chunk_bounds, class_prefix, stratified_split
 from alsatian_pl.errors import AlsatianWarning, ConfigError, DataError
 from alsatian_pl.halving import SuccessiveHalving
-from alsatian_pl.schedule import PAPER, Schedule
+from alsatian_pl.halving import PAPER, Schedule
 from alsatian_pl.score import ProxyScore, ProxyScorer, binomial_stderr, get_scorer
 from alsatian_pl.store import BlockStore
-from alsatian_pl.strategies import get_strategy
+from alsatian_pl.halving import get_strategy
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def test_cli_gc_grace_option(copied, zoo):
     copied.delete_model(zoo.models[5])
 
     def gc(*args):
-        return subprocess.run([sys.executable, "-m", "alsatian_pl.cli", "store", "--root", str(copied.root), "gc",
+        return subprocess.run([sys.executable, "-m", "alsatian_pl.app.cli", "store", "--root", str(copied.root), "gc",
                                *args], capture_output=True, text=True, timeout=120,
                               env={"COLUMNS": "200", "PATH": ""})
 

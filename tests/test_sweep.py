@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from alsatian_pl.sweep import summarize
+from alsatian_pl.app.sweep import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["models.arch=mobilenetv3_small_050", "models.num_models=4", "models.checkpoint=null",

@@ -4,7 +4,6 @@ every model in it is intact, and otherwise builds (re-imports) the zoo again, wh
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import warnings
@@ -279,19 +278,6 @@ def expected_size(spec: Any, store: BlockStore) -> int:
     return spec.expected_size(store) if hasattr(spec, "expected_size") else spec.size
 
 
-def spec_of(node: Any) -> Any:
-    """The validated spec of one ``models`` config node (its ``where`` filter, if any, applied after the build)."""
-    from hydra.utils import instantiate
-    from omegaconf import DictConfig, OmegaConf
-
-    config = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    where = Where.of(config.pop("where", None))
-    spec = instantiate(config, _convert_="all")
-    if isinstance(spec, (StoreModels, ZooList)):
-        return dataclasses.replace(spec, where=where)
-    return Filtered(spec, where) if where else spec
-
-
 @dataclass(frozen=True)
 class Filtered:
     """A zoo spec whose built models are cut by a ``where`` filter."""
@@ -310,17 +296,3 @@ def store_spec(*, name: str = "store", where: Mapping[str, Any] | None = None, k
     """The ``models=store`` config, validated: every stored model matching ``where``."""
     expect_kind(kind, "store", "alsatian_pl.zoo.store_spec")
     return StoreModels(text("models.name", name), Where.of(where))
-
-
-def zoos_spec(*, zoos: Any, name: str = "zoos", where: Mapping[str, Any] | None = None, kind: str = "zoos") -> ZooList:
-    """The ``models=zoos`` config, validated: ``zoos`` is a list of zoo configs, or a mapping label -> zoo config
-    (e.g. composed with ``+models@models.zoos.<label>=resnet18_zoo``), each with its own optional ``where``."""
-    expect_kind(kind, "zoos", "alsatian_pl.zoo.zoos_spec")
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(zoos, (DictConfig, ListConfig)):
-        zoos = OmegaConf.to_container(zoos, resolve=True)
-    items = list(zoos.values()) if isinstance(zoos, Mapping) else zoos
-    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(z, Mapping) for z in items):
-        raise ConfigError(f"models.zoos must be a non-empty list (or mapping) of zoo configs, got {zoos!r}")
-    return ZooList(text("models.name", name), tuple(spec_of(z) for z in items), Where.of(where))

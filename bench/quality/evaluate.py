@@ -71,7 +71,7 @@ def candidates(zoo: Path, task: str) -> list[str]:
 
 def ground_truth(zoo: Path, task: str) -> dict[str, dict[str, float]]:
     """``{model: {"accuracy", "seconds"}}``: each candidate fine-tuned on the target with the train.py recipe."""
-    from alsatian_pl.finetune import run_finetune
+    from alsatian_pl.app import run_finetune
     path = zoo / f"ground_truth-{task}.json"
     truth = json.loads(path.read_text()) if path.is_file() else {}
     for model in candidates(zoo, task):

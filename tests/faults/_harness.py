@@ -31,7 +31,7 @@ def compose(*overrides: str, config: str = "search", tiny: bool = True):
 
 def in_process(capsys, fn, *args, **kwargs) -> tuple[int, str]:
     """``fn(*args)`` under the entry points' boundary: (exit status, stderr); status 0 when it returns."""
-    from alsatian_pl import boundary
+    from alsatian_pl.app import boundary
 
     try:
         boundary.user_errors(fn)(*args, **kwargs)

@@ -16,7 +16,7 @@ def test_a_bug_shows_its_traceback_behind_one_line(capsys):
 
 
 def test_warnings_of_alsatian_pl_read_as_one_line():
-    from alsatian_pl import boundary
+    from alsatian_pl.app import boundary
     from alsatian_pl.errors import AlsatianWarning
 
     out = io.StringIO()

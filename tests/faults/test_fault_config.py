@@ -112,7 +112,7 @@ TRAIN_BAD = {
 
 @pytest.mark.parametrize(("key", "value"), [(k, v) for k, values in TRAIN_BAD.items() for v in values])
 def test_a_bad_fine_tuning_value_is_refused_in_one_line(key, value, built, tmp_path, capsys):
-    from alsatian_pl.finetune import run_finetune
+    from alsatian_pl.app import run_finetune
 
     blocker, damaged = tmp_path / "a-file", tmp_path / "results.json"
     blocker.write_text("not a folder")

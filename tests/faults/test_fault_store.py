@@ -154,7 +154,7 @@ def test_a_tokenizer_rewritten_in_place_gets_a_new_key(tmp_path):
 def test_a_damaged_results_file_in_a_sweep_is_listed_as_a_failed_job(tmp_path):
     from rich.console import Console
 
-    from alsatian_pl.sweep import summarize
+    from alsatian_pl.app.sweep import summarize
 
     good, bad = tmp_path / "0" / "results.json", tmp_path / "1" / "results.json"
     for p in (good, bad):

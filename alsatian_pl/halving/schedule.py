@@ -35,10 +35,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .checks import whole
-from .data import num_rounds
-from .errors import ConfigError
-from .score import ProxyScore
+from ..checks import whole
+from ..data import num_rounds
+from ..errors import ConfigError
+from ..score import ProxyScore
 
 __all__ = ["Schedule", "PAPER"]
 

@@ -19,9 +19,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .errors import CorruptFileError
-from .io import read_json, write_json
-from .units import format_bytes
+from ..errors import CorruptFileError
+from ..io import read_json, write_json
+from ..units import format_bytes
 
 __all__ = ["SweepSummary", "summarize", "summarize_sweep", "print_summary", "draw_summary"]
 

@@ -16,9 +16,9 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .errors import AlsatianError
-from .store import BlockStore, ModelManifest
-from .units import format_bytes
+from ..errors import AlsatianError
+from ..store import BlockStore, ModelManifest
+from ..units import format_bytes
 
 
 def _sharing(manifests: Sequence[ModelManifest]) -> tuple[Counter[str], dict[str, float]]:

@@ -20,8 +20,8 @@ import warnings
 from functools import wraps
 from typing import Any, Callable
 
-from .errors import AlsatianError, SearchInterrupted
-from .io import os_error_message, write_json
+from ..errors import AlsatianError, SearchInterrupted
+from ..io import os_error_message, write_json
 
 USER_ERROR, BUG = 2, 1
 _state: dict[str, Any] = {"signal": None, "failed": [], "debug": False}

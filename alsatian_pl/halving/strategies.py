@@ -9,7 +9,7 @@ runs, which items each round pushes, how its task tree is built and which steps 
 
 Register another with ``@STRATEGIES.register("name")`` on a :class:`Strategy` subclass (an instance is made per
 search). The successive-halving schedule (rounds, chunk sizes, survivors) is not a strategy's own: every strategy
-delegates it to its :class:`~alsatian_pl.schedule.Schedule` (the paper's unless the search sets the robust knobs), so
+delegates it to its :class:`~alsatian_pl.halving.schedule.Schedule` (the paper's unless the search sets the robust knobs), so
 the strategies still differ in their plan only.
 """
 
@@ -20,11 +20,11 @@ from typing import Hashable, Iterable, Mapping, Sequence
 
 import torch
 
-from .data import Items, SearchDataModule
-from .plan import BlockSpec, TaskTree
-from .registry import Registry
+from ..data import Items, SearchDataModule
+from ..plan import BlockSpec, TaskTree
+from ..registry import Registry
+from ..score import ProxyScore
 from .schedule import PAPER, Schedule
-from .score import ProxyScore
 
 STRATEGIES: Registry[type["Strategy"]] = Registry("search strategy")
 

@@ -7,8 +7,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write
-from .units import display_names
+from ..io import atomic_write
+from ..units import display_names
 
 PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "checkpoint")
 

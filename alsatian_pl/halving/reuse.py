@@ -1,5 +1,5 @@
-"""Reusing work across searches: a persistent, content-addressed feature cache, and per-round search checkpoints
-for ``search.resume``.
+"""Reusing features across searches: a persistent, content-addressed feature cache, and the loop's reuse stage
+(cached features straight into the feature store; only the other models are planned and run).
 
 A cached entry is one model's features of one round's inputs. Its key hashes the model's block chain (the content
 hashes of all its blocks, so the same function), the identity of the round's prepared inputs (``Items.key``: the
@@ -14,21 +14,28 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from .cache import tensor_bytes
-from .stats import SearchStats
-from .store import _atomic_write
+from ..cache import tensor_bytes
+from ..data import Items
+from ..io import atomic_write as _atomic_write
+from ..plan import TaskTree
+from ..stats import SearchStats
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .state import SearchState, TokenizerGroup
+    from .strategies import Strategy
+
+__all__ = ["FeatureCache", "items_key", "fingerprint", "reuse_features", "remember_features"]
 
 FEATURE_FORMAT = "alsatian-features-v1"
-CHECKPOINT_FORMAT = "alsatian-search-state-v1"
 
 
 def items_key(x: torch.Tensor) -> str:
@@ -98,55 +105,39 @@ class FeatureCache:
             p.unlink(missing_ok=True)
 
 
-@dataclass
-class SearchCheckpoint:
-    """The state after a finished round, written atomically to ``path`` (a safetensors file: the kept features and
-    labels as tensors, everything else as JSON metadata) and read back by ``search.resume``."""
-
-    path: Path
-    fingerprint: str
-    family: str = ""  # the fingerprint without the schedule: the same search run with other schedule knobs
-
-    def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        payload = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "family": self.family,
-                   "state": json.dumps(meta)}
-        _atomic_write(self.path, st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                                         metadata=payload))
-
-    def load(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-        """The saved state, or None when there is none for this search (another config, or nothing saved)."""
-        if not self.path.is_file():
-            return None
-        try:
-            from safetensors import safe_open
-            with safe_open(self.path, framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(self.path)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-            warnings.warn(f"search checkpoint {self.path} is unreadable ({exc}); starting from round 1")
-            return None
-        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("fingerprint") != self.fingerprint:
-            return None
-        return json.loads(meta["state"]), tensors
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def siblings(self) -> list[tuple[Path, dict[str, Any]]]:
-        """``(path, saved state)`` of the other saved searches of this family (the same search, another schedule)."""
-        from safetensors import safe_open
-        found = []
-        for path in sorted(self.path.parent.glob("search-*.safetensors")) if self.family else []:
-            try:
-                with safe_open(path, framework="pt") as f:
-                    meta = f.metadata() or {}
-                if meta.get("family") == self.family and meta.get("fingerprint") != self.fingerprint:
-                    found.append((path, json.loads(meta["state"])))
-            except (SafetensorError, OSError, RuntimeError, ValueError, KeyError):
-                continue  # unreadable, or not a saved search: not a sibling
-        return found
-
-
 def fingerprint(parts: Iterable[Any]) -> str:
     """A short hash of what defines a search's result (models, data, strategy, scorer, schedule)."""
     return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reuse_features(state: SearchState, engine: Engine, strategy: Strategy, group: TokenizerGroup, inputs: Items,
+                   device: torch.device) -> TaskTree:
+    """With a feature cache: the cached features of this round go straight to the feature store, and the tree of
+    the group's other models is returned (without one: the group's tree)."""
+    assert group.tree is not None
+    if engine.features is None:
+        return group.tree
+    state.inputs_key = inputs.key
+    missing = {}
+    for m in sorted(group.tree.models):
+        feats = engine.features.get(engine.features.key(group.chain(m), state.inputs_key))
+        if feats is None:
+            missing[m] = group.specs[m]
+        else:
+            state.features.write(m, 0, feats.to(device))
+    if len(missing) == len(group.tree.models):
+        return group.tree
+    with engine.stats.phase("planning"):
+        return strategy.make_tree(missing)
+
+
+def remember_features(state: SearchState, engine: Engine, group: TokenizerGroup, tree: TaskTree,
+                      inputs: Items) -> None:
+    """With a feature cache: store the features just computed (``tree``'s models), with their inference time."""
+    if engine.features is None:
+        return
+    per_item = {h: s / engine.stats.block_items[h] for h, s in engine.stats.block_seconds.items()}
+    for m in tree.models:
+        hashes = group.chain(m)
+        engine.features.put(engine.features.key(hashes, state.inputs_key), state.features.current(m),
+                            compute_s=sum(per_item.get(h, 0.0) for h in hashes) * len(inputs))

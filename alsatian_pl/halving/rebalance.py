@@ -1,4 +1,8 @@
-"""Rebalancing a distributed search (paper §6.6's future work): pruning can leave one rank with most of the work.
+"""A distributed search's share of the work: each rank's subtrees at the start (:func:`partition`), and rebalancing
+(paper §6.6's future work) when pruning leaves one rank with most of the work (:func:`after_pruning`).
+
+At the start every rank computes the same assignment: the task trees' subtrees spread over the ranks by LPT on the
+planner's cost; each rank keeps its share of the trees and of the feature store.
 
 After a round's (global) pruning every rank computes the same thing: the survivors' predicted load per rank, the
 planner's cost per item of the task trees of the models each rank runs (every rank pushes the same items). When the
@@ -14,35 +18,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
-from .checks import number
-from .distributed import Group
-from .errors import ConfigError
-from .features import FeatureStore
-from .plan import BlockSpec, TaskTree
-from .plan.partition import Assignment, moved_bytes, rebalance, subtree_parts
+from ..checks import number
+from ..distributed import Group
+from ..errors import ConfigError
+from ..plan.partition import Assignment, lpt, moved_bytes, rebalance, subtree_parts
 from .strategies import Strategy
 
+if TYPE_CHECKING:
+    from ..stats import SearchStats
+    from .state import SearchState
 
-class InputGroup(Protocol):
-    """What rebalancing reads of a tokenizer group (``halving.TokenizerGroup``)."""
-
-    models: list[str]
-    specs: dict[str, list[BlockSpec]]
-    tree: TaskTree | None
-
-
-class SearchState(Protocol):
-    """What rebalancing reads and changes of a rank's search state (``halving.SearchState``)."""
-
-    round: int
-    alive: list[str]
-    groups: Sequence[InputGroup]
-    features: FeatureStore
-    assignment: Assignment | None
+__all__ = ["Migration", "check_threshold", "partition", "after_pruning", "plan", "migrate", "restored", "summary"]
 
 
 @dataclass
@@ -69,6 +59,31 @@ class Migration:
         out["moved_bytes"] = sum(self.bytes.values())
         out["moves"] = {m: list(v) for m, v in self.moves.items()}
         return out
+
+
+def partition(state: SearchState, group: Group) -> None:
+    """Keep this rank's share: the task trees' subtrees spread over the ranks by LPT on the planner's cost (every
+    rank computes the same assignment)."""
+    parts = [(p.cost, p.models) for g in state.groups for p in subtree_parts(g.tree, group.world_size)]
+    assignment = lpt(parts, group.world_size)
+    mine = assignment.models[group.rank]
+    for g in state.groups:
+        g.tree.prune([m for m in g.tree.models if m not in mine])
+    state.features.drop([m for m in state.features.models if m not in mine])
+    state.assignment = state.first_assignment = assignment
+
+
+def after_pruning(state: SearchState, strategy: Strategy, group: Group, threshold: float | None,
+                  device: torch.device, stats: SearchStats) -> None:
+    """When pruning left the ranks' predicted loads uneven (below ``threshold``), move subtrees and their kept
+    features to even them (the same decision on every rank)."""
+    with stats.phase("planning"):
+        migration = plan(state, strategy, group.world_size, threshold)
+    if migration is None:
+        return
+    with stats.phase("communication"):
+        migrate(state, strategy, group, migration, device)
+    state.migrations.append(migration)
 
 
 def check_threshold(value: Any) -> float | None:

@@ -1,0 +1,62 @@
+"""The ``train.py`` pipeline from its Hydra config: search (or read ``finetune.results``), hand the winner to a
+Lightning ``Trainer`` through :class:`~alsatian_pl.finetune.FinetuneCallback`, fit, and save the checkpoint."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..checks import text, whole
+from ..finetune import FinetuneCallback, FinetuneModule, SafetensorsCheckpoint
+from ..io import check_folder
+
+__all__ = ["run_finetune"]
+
+
+def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
+                 on_search: Callable[[dict[str, Any]], None] | None = None) -> tuple[FinetuneModule, L.Trainer,
+                                                                                    FinetuneCallback]:
+    """Fine-tune as the ``train.yaml`` config says: search (or read ``finetune.results``), install the winner, fit.
+
+    Data: ``cfg.dataset`` (same module and preprocessing as the search) with ``finetune.batch_size``; returns the
+    fitted module, the trainer (``callback_metrics`` hold ``val/acc``) and the callback (``report``: the search).
+    """
+    f = cfg.finetune
+    L.seed_everything(whole("finetune.seed", f.seed, at_least=0), workers=True, verbose=False)
+    data = instantiate(cfg.dataset)
+    data.batch_size = whole("finetune.batch_size", f.batch_size)
+    module = FinetuneModule(instantiate(f.optimizer), instantiate(f.scheduler) if f.get("scheduler") else None,
+                            f.train_blocks)
+    results, search = f.get("results"), None
+    if results is None and f.get("model") is None:  # search now, on the same data; its results.json: output_dir
+        search = partial(_search, cfg, cfg.output_dir)
+        results = None if cfg.output_dir is None else Path(cfg.output_dir) / "results.json"
+    hand_off = FinetuneCallback(search, results=results, model=f.get("model"), store_root=cfg.store.root,
+                                on_search=on_search, config=OmegaConf.to_container(cfg, resolve=True))
+    if f.get("checkpoint"):  # refuse a checkpoint path under a file now, not after training
+        check_folder(Path(text("finetune.checkpoint", f.checkpoint)).parent, "finetune.checkpoint")
+    extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
+    trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *(callbacks or [])])
+    with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        try:
+            trainer.fit(module, datamodule=data)
+        except SystemExit:  # Lightning ends a Ctrl-C in fit with sys.exit(1): hand the entry point an interruption
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
+    return module, trainer, hand_off
+
+
+def _search(cfg: DictConfig, output_dir: str | Path | None, data: Any) -> dict[str, Any]:
+    """The report of ``app.run_search`` over ``cfg`` on the data module ``data`` (results.json into output_dir)."""
+    from .search import run_search  # imported late: it imports the whole search engine
+
+    return run_search(cfg, output_dir, data=data)[1]

@@ -1,0 +1,50 @@
+"""The searcher's option checks: every ``search.*`` value is checked before anything runs, with one message naming
+the key; and the scorer built from a name, a ``{"name", "kwargs"}`` mapping or an instance."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..checks import flag, text, whole
+from ..errors import ConfigError
+from ..io import check_folder
+from ..score import ProxyScorer, get_scorer
+from ..units import parse_bytes
+
+__all__ = ["check_options", "make_scorer", "to_bytes"]
+
+
+def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any, progress: Any,
+                  channels_last: Any, resume: Any, sizes: dict[str, Any], **folders: Any) -> None:
+    """ConfigError (DiskError for a folder that is a file) naming the first ``search.*`` value that is wrong."""
+    for key, value in sizes.items():
+        try:
+            parse_bytes(None if value == "auto" else value)
+        except ConfigError as exc:
+            raise ConfigError(f"search.{key}: {exc}") from None
+    whole("search.result_size", result_size)
+    whole("search.batch_size", batch_size)
+    whole("search.seed", seed, at_least=0)
+    for key, value in (("progress", progress), ("channels_last", channels_last), ("resume", resume)):
+        flag(f"search.{key}", value)
+    if prefetch not in ("auto", None, True, False):
+        raise ConfigError(f"search.prefetch must be auto, true or false, got {prefetch!r}")
+    for key, folder in folders.items():
+        if folder is not None:
+            check_folder(text(f"search.{key}", folder), f"search.{key}")
+
+
+def make_scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str, Any] | None,
+                seed: int) -> ProxyScorer:
+    """A scorer from a name (with ``kwargs``), a ``{"name", "kwargs"}`` mapping, or as given."""
+    if isinstance(scorer, ProxyScorer):
+        return scorer
+    if isinstance(scorer, Mapping):
+        name, options = scorer.get("name", "linear"), dict(scorer.get("kwargs") or {})
+        return get_scorer(str(name), seed=seed, **{**options, **(kwargs or {})})
+    return get_scorer(scorer, seed=seed, **(kwargs or {}))
+
+
+def to_bytes(value: int | str | None) -> int | None:
+    """A byte count from an int, a size such as ``"4GB"``, or None."""
+    return value if value is None or isinstance(value, int) else parse_bytes(str(value))
