@@ -9,6 +9,8 @@ from .data import SearchDataModule
 from .halving import SearchCallback, SearchResult, SuccessiveHalving
 from .store import BlockStore
 
+__all__ = ["search"]
+
 
 def search(models: Iterable[str] | Any, data: SearchDataModule, *, store: BlockStore | str | os.PathLike[str] | None = None,
            strategy: str = "alsatian", callbacks: Sequence[SearchCallback] | None = None,

@@ -15,6 +15,8 @@ from .errors import BudgetTooSmallError
 from .stats import SearchStats, counter
 from .units import format_bytes
 
+__all__ = ["tensor_bytes", "CacheService"]
+
 
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes of a tensor's elements."""

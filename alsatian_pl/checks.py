@@ -11,6 +11,8 @@ from typing import Any, Iterable
 
 from .errors import AlsatianError, ConfigError
 
+__all__ = ["whole", "number", "flag", "choice", "text", "mapping"]
+
 
 def whole(key: str, value: Any, *, at_least: int = 1, hint: str = "",
           error: type[AlsatianError] = ConfigError) -> int:

@@ -17,6 +17,9 @@ import torch
 
 from .errors import AlsatianError
 
+__all__ = ["COLLECTIVE_TIMEOUT_S", "DistributedError", "Group", "SINGLE", "fabric_group", "launch", "launch_search",
+           "rank_device"]
+
 COLLECTIVE_TIMEOUT_S = 300.0  # a rank that does not reach a collective within this many seconds stops the search
 
 

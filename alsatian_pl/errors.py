@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+__all__ = ["AlsatianError", "ConfigError", "DataError", "StoreError", "CorruptBlockError", "BudgetTooSmallError",
+           "SearchInterrupted", "DiskError", "CorruptFileError", "AlsatianWarning"]
+
 
 class AlsatianError(Exception):
     """Base class for errors caused by user input (config, data, store, budget)."""

@@ -19,6 +19,8 @@ from .plan import InferenceStep, ReleaseStep, RoundPlan, ScoreStep, Step, TaskTr
 from .stats import SearchStats
 from .weights import WeightCache, readahead_windows
 
+__all__ = ["Executor"]
+
 FeatureSink = Callable[[str, int, torch.Tensor], None]  # (model id, first item index, features of those items)
 WeightKey = Callable[[str, frozenset], Hashable]        # (block hash, models of the step) -> weight-cache key
 

@@ -11,6 +11,8 @@ import torch
 from .cache import tensor_bytes
 from .plan import RoundMemory
 
+__all__ = ["FeatureStore"]
+
 
 class FeatureStore:
     """Features by model. ``feature_bytes`` gives each model's bytes per item (its last block's output).

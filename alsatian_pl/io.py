@@ -20,6 +20,9 @@ from typing import Any
 
 from .errors import CorruptFileError, DiskError
 
+__all__ = ["atomic_write", "json_bytes", "write_json", "read_json", "file_digest", "digest_memo_path", "check_folder",
+           "os_error_message"]
+
 _SEAL = "sha256"  # the key of a sealed JSON file's checksum
 _WHERE = "store.root, hydra.run.dir, search.spill_dir"  # the settings that choose where files go
 

@@ -8,6 +8,8 @@ from typing import Any, Callable, Generic, TypeVar
 
 from .errors import ConfigError
 
+__all__ = ["Registry"]
+
 T = TypeVar("T")
 F = TypeVar("F")
 _MISSING = object()

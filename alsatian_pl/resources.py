@@ -17,6 +17,9 @@ from torch.utils._pytree import tree_flatten
 
 from .errors import ConfigError
 
+__all__ = ["DEVICE_HEADROOM", "resolve_device", "device_capacity", "reset_peak_memory", "peak_rss", "rss_now",
+           "release_free_memory", "peak_accelerator_bytes", "TensorPeak"]
+
 DEVICE_HEADROOM = 0.9  # share of an accelerator's free memory the device tier of the cache may fill
 
 

@@ -10,6 +10,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+__all__ = ["PHASES", "COUNTERS", "counter", "SearchStats"]
+
 PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "checkpoint", "communication")
 COUNTERS = ("inference_steps", "block_runs", "cache_hits", "moved_to_host_bytes", "spilled_bytes", "weight_loads",
             "weight_hits", "weight_prefetches", "feature_cache_hits", "feature_cache_misses", "feature_cache_bytes_read",

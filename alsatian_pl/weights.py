@@ -15,6 +15,8 @@ from .cache import tensor_bytes
 from .stats import SearchStats, counter
 from .store import BlockStore
 
+__all__ = ["READAHEAD_BYTES", "place_block", "readahead_windows", "WeightCache"]
+
 READAHEAD_BYTES = 256 * 2**20  # block files the OS is asked to read ahead of the running step (page cache only)
 
 

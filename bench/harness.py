@@ -335,18 +335,9 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
     device = resolve_device(settings.device)
     tree, manifests = _tree_of(store_root, models)
     store = BlockStore(store_root)
-    dm = SearchDataModule(**data)
-    dm.setup()
-    x_train, _ = dm.train_items()
     bs = settings.batch_size
-    idx = torch.arange(bs * repeats) % len(x_train)
     channels_last = settings.channels_last and _HAS_CHANNELS_LAST
-    batches = []
-    for k in range(repeats):
-        x = x_train.take(idx[k * bs:(k + 1) * bs].numpy()).to(device)
-        if channels_last and x.dim() == 4:  # the layout the executor gives a step's input
-            x = x.contiguous(memory_format=torch.channels_last)
-        batches.append(x)
+    batches = _calibration_batches(data, bs, repeats, device, channels_last)
     cost: dict[str, float] = {}
     samples: dict[str, list[float]] = {}
     t_start = time.perf_counter()
@@ -380,6 +371,22 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
             "tree_edges": tree.num_edges(), "per_item_s": cost, "samples_s": samples,
             "model_per_item_s": model_cost,
             "tree_per_item_s": sum(cost[n.block.hash] for n in tree.nodes() if n.block is not None)}
+
+
+def _calibration_batches(data: dict[str, Any], bs: int, repeats: int, device: torch.device,
+                         channels_last: bool) -> list[torch.Tensor]:
+    """``repeats`` batches of ``bs`` real training items, on the device in the layout the executor gives them."""
+    dm = SearchDataModule(**data)
+    dm.setup()
+    x_train, _ = dm.train_items()
+    idx = torch.arange(bs * repeats) % len(x_train)
+    batches = []
+    for k in range(repeats):
+        x = x_train.take(idx[k * bs:(k + 1) * bs].numpy()).to(device)
+        if channels_last and x.dim() == 4:  # the layout the executor gives a step's input
+            x = x.contiguous(memory_format=torch.channels_last)
+        batches.append(x)
+    return batches
 
 
 def _tree_of(store_root: Path, models: Sequence[str],

@@ -31,3 +31,17 @@ def test_public_names_resolve():
     for name in ap.__all__:
         assert getattr(ap, name) is not None
     assert "linear" in ap.available_scorers() and set(ap.STRATEGIES) == {"alsatian", "shift", "base"}
+
+
+def test_readme_callback_example_sees_every_round(tmp_path, monkeypatch, capsys):
+    """The README's notebook callback runs after the API example, in the same scope, and sees every round."""
+    monkeypatch.chdir(tmp_path)
+    text = README.read_text()
+    match = re.search(r"<!-- callback-example -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "README.md lost its <!-- callback-example --> block"
+    scope: dict = {}
+    exec(compile(_readme_example(), "README.md", "exec"), scope)
+    exec(compile(match.group(1), "README.md", "exec"), scope)
+    rounds = scope["watch"].rounds
+    assert [r[:3] for r in rounds] == [(1, 4, 140), (2, 2, 160)]  # round 1 pushes the 60 test items too
+    assert len(rounds[0][3]) == 2 and len(rounds[1][3]) == 1

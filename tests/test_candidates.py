@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from alsatian_pl.app import run_search
 from alsatian_pl.errors import ConfigError
 from alsatian_pl.store import BlockStore
-from alsatian_pl.zoo import Where, store_spec, zoos_spec
+from alsatian_pl.app.config import zoos_spec
+from alsatian_pl.zoo import Where, store_spec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SMALL = ["dataset.num_items=300", "dataset.image_size=32", "++search.scorer.kwargs.epochs=5", "search.progress=false",

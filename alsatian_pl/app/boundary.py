@@ -23,6 +23,8 @@ from typing import Any, Callable
 from ..errors import AlsatianError, SearchInterrupted
 from ..io import os_error_message, write_json
 
+__all__ = ["Terminated", "install", "describe", "user_errors", "main"]
+
 USER_ERROR, BUG = 2, 1
 _state: dict[str, Any] = {"signal": None, "failed": [], "debug": False}
 

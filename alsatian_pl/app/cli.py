@@ -20,6 +20,8 @@ from ..errors import AlsatianError
 from ..store import BlockStore, ModelManifest
 from ..units import format_bytes
 
+__all__ = ["cmd_ls", "cmd_info", "cmd_verify", "cmd_gc", "cmd_du", "COMMANDS", "parser", "main"]
+
 
 def _sharing(manifests: Sequence[ModelManifest]) -> tuple[Counter[str], dict[str, float]]:
     """How many models use each block, and each model's share of bytes in blocks another model uses too."""

@@ -10,6 +10,8 @@ from typing import Any
 from ..io import atomic_write
 from ..units import display_names
 
+__all__ = ["PHASES", "ranking_plot", "time_plot"]
+
 PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "checkpoint")
 
 

@@ -28,6 +28,8 @@ from ..store import BlockStore
 from .config import expected_size, spec_of
 from .report import SearchReport
 
+__all__ = ["ACCELERATORS", "SINGLE_PROCESS", "run_search", "LaunchedSuccessiveHalving", "make_callbacks", "make_logger"]
+
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 SINGLE_PROCESS = {"devices": 1, "num_nodes": 1, "accelerator": "auto"}
 

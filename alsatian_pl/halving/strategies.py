@@ -26,6 +26,8 @@ from ..registry import Registry
 from ..score import ProxyScore
 from .schedule import PAPER, Schedule
 
+__all__ = ["STRATEGIES", "Strategy", "Alsatian", "Shift", "Base", "get_strategy"]
+
 STRATEGIES: Registry[type["Strategy"]] = Registry("search strategy")
 
 

@@ -29,6 +29,9 @@ from .memory import RoundMemory
 from .steps import InferenceStep, ReleaseStep, ScoreStep, Step, step_work_bytes
 from .tree import BlockSpec, TaskTree
 
+__all__ = ["ROOT", "StepTree", "Requirements", "min_cache_requirements", "emit_steps", "RoundPlan", "plan_round",
+           "simulate"]
+
 ROOT = TaskTree.ROOT
 
 

@@ -9,6 +9,8 @@ from typing import Mapping
 from ..errors import BudgetTooSmallError
 from ..units import format_bytes
 
+__all__ = ["RoundMemory"]
+
 
 @dataclass(frozen=True)
 class RoundMemory:

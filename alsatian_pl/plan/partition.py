@@ -15,6 +15,9 @@ from typing import Iterable, Mapping, Sequence
 
 from .tree import TaskTree
 
+__all__ = ["Part", "Assignment", "subtree_parts", "lpt", "partition_subtrees", "model_queue", "rebalance",
+           "moved_bytes"]
+
 
 @dataclass(frozen=True)
 class Part:

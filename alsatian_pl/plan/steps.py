@@ -7,6 +7,8 @@ from typing import Union
 
 from .tree import BlockSpec
 
+__all__ = ["InferenceStep", "step_work_bytes", "ScoreStep", "ReleaseStep"]
+
 
 @dataclass(frozen=True)
 class InferenceStep:

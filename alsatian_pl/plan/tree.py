@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Iterator, Sequence
 
+__all__ = ["BlockSpec", "Node", "TaskTree"]
+
 
 @dataclass(frozen=True)
 class BlockSpec:
