@@ -24,8 +24,7 @@ from torch.utils.data import RandomSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from alsatian_pl.score import LinearProbes, LinearScorer  # noqa: E402
-from alsatian_pl.score._linear import _dual_is_cheaper  # noqa: E402
+from alsatian_pl.score import LinearProbes, LinearScorer, dual_is_cheaper  # noqa: E402
 from bench_scorers import round_features  # noqa: E402
 
 
@@ -138,7 +137,7 @@ def main() -> None:
             s = {k: statistics.median(v) for k, v in runs.items()}
             gf = {k: probe_flops(*shape) / v / 1e9 for k, v in s.items()}
             da, dl = drift(*shape) if a.drift else (float("nan"), float("nan"))
-            form = "dual" if _dual_is_cheaper(n, d, a.classes, a.epochs) else "primal"
+            form = "dual" if dual_is_cheaper(n, d, a.classes, a.epochs) else "primal"
             print(f"| {d} | {n} | {form} | {s['old']:.3f} | {s['new']:.3f} | {s['old'] / s['new']:.2f}x | "
                   f"{gf['old']:.1f} | {gf['new']:.1f} | {gf['bmm']:.1f} | {gf['gemm']:.1f} | {da:.2g} | {dl:.2g} |",
                   flush=True)

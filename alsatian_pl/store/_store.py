@@ -42,7 +42,7 @@ class BlockStore:
     """Content-addressed block store under ``root``: ``blocks/<h[:2]>/<hash>.safetensors`` and ``models/<name>.json``.
 
     It writes, reads and queries blocks, models and heads; its upkeep (gc, verify, damaged blocks, the format) is
-    delegated to :class:`~alsatian_pl.store._upkeep.StoreHealth` and :class:`~alsatian_pl.store._upkeep.StoreFormat`."""
+    delegated to ``_upkeep``'s :class:`StoreHealth` and :class:`StoreFormat`."""
 
     UNLOCKED_TMP_S = 3600.0  # temporary files of writers that do not take the lock (tokenizers) must be this old
 
@@ -353,8 +353,7 @@ class BlockStore:
             raise self._corrupt(h, f"has damaged metadata ({exc!r})") from None
 
     def _output_shapes(self, recipe: dict[str, Any], input_size: tuple[int, ...]) -> list[tuple[tuple[int, ...], str]]:
-        """Per-item output shape and dtype of every block (:func:`~alsatian_pl.store._upkeep.output_shapes`), once
-        per recipe and input size."""
+        """Per-item output shape and dtype of every block (``_upkeep.output_shapes``), once per recipe and input size."""
         key = json.dumps([recipe, input_size], sort_keys=True)
         if key not in self._shapes:
             self._shapes[key] = output_shapes(recipe, input_size)

@@ -21,13 +21,14 @@ from ._checkpoints import (CheckpointFolder, checkpoint_spec, checkpoint_zoo, ef
                            timm_model)
 from ._hf import HFFolder, hf_dirs_spec, hf_dirs_zoo, import_hf_dir, import_hf_folder
 from ._timm_names import TimmNames, timm_names_spec, timm_names_zoo  # noqa: F401  (models=timm_names)
-from ._record import StoreModels, Where, Zoo, ZooList, cached_zoo, select, spec_of, store_spec, zoo_id, zoos_spec
+from ._record import (StoreModels, Where, Zoo, ZooList, cached_zoo, expected_size, select, spec_of, store_spec, zoo_id,
+                      zoos_spec)
 from ._synthetic import (DISTRIBUTIONS, ZooConfig, build_synthetic_zoo, reinit_block, sample_num_reinit, synthetic_spec,
                          synthetic_zoo)
 from ._tokenizers import model_tokenizer, tokenizer_file, tokenizer_of, tokenizer_tag
 
 __all__ = ["Zoo", "ZooConfig", "DISTRIBUTIONS", "cached_zoo", "zoo_id",
-           "Where", "StoreModels", "ZooList", "select", "spec_of", "store_spec", "zoos_spec",
+           "Where", "StoreModels", "ZooList", "select", "spec_of", "expected_size", "store_spec", "zoos_spec",
            "synthetic_zoo", "checkpoint_zoo", "hf_dirs_zoo", "synthetic_spec", "checkpoint_spec", "hf_dirs_spec",
            "CheckpointFolder", "HFFolder",
            "build_synthetic_zoo", "import_checkpoint_folder", "import_hf_dir", "import_hf_folder", "import_timm",
