@@ -23,9 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alsatian_pl.plan import BlockSpec, TaskTree  # noqa: E402
-from alsatian_pl.plan.partition import (Assignment, model_queue, partition_subtrees, rebalance,  # noqa: E402
-                                        subtree_parts)
+from alsatian_pl.plan import (Assignment, BlockSpec, TaskTree, model_queue, partition_subtrees,  # noqa: E402
+                              rebalance, subtree_parts)
 from alsatian_pl.zoo import DISTRIBUTIONS, sample_num_reinit  # noqa: E402
 
 

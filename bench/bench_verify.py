@@ -73,16 +73,15 @@ def read_into_memory(path: Path) -> torch.Tensor:
 def format_2_read_into_memory(store: st.BlockStore, h: str) -> dict[str, torch.Tensor]:
     """Format 2's verified read before the mapping: read into memory, parse, check the xxh3-128 checksum."""
     buf = read_into_memory(store.block_path(h))
-    tensors, meta = st._parse_block(buf)
-    raw = buf.numpy()
-    assert st._file_checksum(h, raw, st._checksum_offset(raw, meta[st.CHECKSUM].encode())) == meta[st.CHECKSUM]
+    tensors, meta = st.parse_block(buf)
+    assert st.checksum_matches(h, buf.numpy(), meta)
     return tensors
 
 
 METHODS = {
     "read bytes only (no parse, no check)": lambda store, h: read_into_memory(store.block_path(h)),
     "safetensors load_file (unverified)": lambda store, h: load_file(store.block_path(h)),
-    "format 2 parse, unverified": lambda store, h: st._parse_block(read_into_memory(store.block_path(h))),
+    "format 2 parse, unverified": lambda store, h: st.parse_block(read_into_memory(store.block_path(h))),
     "format 1 verified (load_file + sha256)": format_1_read,
     "format 2 verified, read into memory (before)": format_2_read_into_memory,
     "format 2 verified, mapped (now)": lambda store, h: store.read_block_tensors(h),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import inspect
 import json
 import math
 import os
@@ -28,7 +27,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from alsatian_pl.data import SearchDataModule, num_rounds  # noqa: E402
-from alsatian_pl.data._sources import FASHION_MNIST_DIR  # noqa: E402
+from alsatian_pl.data import FASHION_MNIST_DIR  # noqa: E402
 from alsatian_pl.errors import BudgetTooSmallError  # noqa: E402
 from alsatian_pl.halving import SearchCallback, SearchState, SuccessiveHalving, block_specs  # noqa: E402
 from alsatian_pl.plan import RoundMemory, TaskTree, plan_round  # noqa: E402
@@ -38,7 +37,6 @@ from alsatian_pl.weights import place_block  # noqa: E402
 from alsatian_pl.store import BlockStore, ModelManifest  # noqa: E402
 from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo  # noqa: E402
 
-_HAS_CHANNELS_LAST = "channels_last" in inspect.signature(SuccessiveHalving).parameters
 STRATEGIES = ("base", "shift", "alsatian")
 # Orders of the three strategies, cycled over cells and repeats: every strategy takes every position equally often
 # over six runs, so machine drift (thermal, other load) hits all alike.
@@ -157,12 +155,11 @@ def run_search(store_root: Path, models: Sequence[str], data: dict[str, Any], st
     budget = settings.cache_budget if cache_budget == "default" else cache_budget
     store = BlockStore(store_root)
     dm = SearchDataModule(**data)
-    extra = {"channels_last": settings.channels_last} if _HAS_CHANNELS_LAST else {}
     recorder = PlanRecorder()
     searcher = SuccessiveHalving(store, dm, strategy=strategy, scorer="linear", scorer_kwargs=settings.scorer_kwargs,
                                  result_size=settings.result_size, batch_size=settings.batch_size,
                                  device=settings.device, cache_budget=budget, seed=settings.seed, progress=False,
-                                 callbacks=[recorder], **extra)
+                                 callbacks=[recorder], channels_last=settings.channels_last)
     load_before = os.getloadavg()[0]
     rss_before = rss_now()
     meter = CpuMeter()
@@ -336,7 +333,7 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
     tree, manifests = _tree_of(store_root, models)
     store = BlockStore(store_root)
     bs = settings.batch_size
-    channels_last = settings.channels_last and _HAS_CHANNELS_LAST
+    channels_last = settings.channels_last
     batches = _calibration_batches(data, bs, repeats, device, channels_last)
     cost: dict[str, float] = {}
     samples: dict[str, list[float]] = {}
@@ -570,7 +567,7 @@ def round_residents(result: dict[str, Any]) -> list[RoundMemory]:
 
 
 def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any], batch_size: int,
-                   fractions: Sequence[float] = (0.5, 0.1), channels_last: bool = True) -> dict[str, Any]:
+                   fractions: Sequence[float] = (0.5, 0.1)) -> dict[str, Any]:
     """Tight cache budgets from an ample run's planned peaks, replanning each round offline.
 
     ``floor`` is the smallest budget with which every round still plans (one batch per partition in the hardest

@@ -231,25 +231,22 @@ def run_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, counte
     return summarize_cell(plan, store, arch, dist, zoo, cal, runs, orders, out, log, folder)
 
 
-def summarize_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, cal: dict,
-                   runs: dict[str, list[dict[str, Any]]], orders: list, out: Path, log: Log,
-                   folder: str = "fig10") -> dict[str, Any]:
-    tag = f"{arch.key}-{dist}"
-    time_s = {s: _median([r["timings_s"]["total"] for r in runs[s]]) for s in H.STRATEGIES}
-    breakdown = {s: {p: _median([r["timings_s"][p] for r in runs[s]]) for p in (*H.PHASES, "total")}
-                 for s in H.STRATEGIES}
-    speedup = {"base_over_alsatian": time_s["base"] / time_s["alsatian"],
-               "shift_over_alsatian": time_s["shift"] / time_s["alsatian"],
-               "base_over_shift": time_s["base"] / time_s["shift"]}
+def _cell_bounds(store: Path, zoo: dict, cal: dict, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lower bound of each alsatian run, with alsatian's time over it (calibrated and executor costs)."""
     bounds = []
-    for r in runs["alsatian"]:
+    for r in runs:
         b = H.lower_bound(store, zoo["models"], r, cal["per_item_s"], H.executor_costs(r))
         b["alsatian_s"] = r["timings_s"]["total"]
         b["ratio"] = r["timings_s"]["total"] / b["bound_s"]
         b["ratio_exec"] = r["timings_s"]["total"] / b["bound_exec_s"]
         b["inference_ratio"] = r["timings_s"]["inference"] / b["inference_s"]
         bounds.append(b)
-    bound = sorted(bounds, key=lambda b: b["ratio"])[(len(bounds) - 1) // 2]
+    return bounds
+
+
+def _cell_predictions(store: Path, zoo: dict, cal: dict,
+                      runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each strategy's inference time predicted from the calibration, against what its median run measured."""
     prediction = {}
     for s in H.STRATEGIES:
         r = _median_run(runs[s])
@@ -257,6 +254,24 @@ def summarize_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, 
                                      per_item=cal["per_item_s"], store_root=store, models=zoo["models"])
         prediction[s] = {"predicted_inference_s": pred, "measured_inference_s": r["timings_s"]["inference"],
                          "measured_over_predicted": r["timings_s"]["inference"] / pred if pred else None}
+    return prediction
+
+
+def summarize_cell(plan: Plan, store: Path, arch: H.Arch, dist: str, zoo: dict, cal: dict,
+                   runs: dict[str, list[dict[str, Any]]], orders: list, out: Path, log: Log,
+                   folder: str = "fig10") -> dict[str, Any]:
+    """A cell's record from its runs (medians, speedups, lower bound, predictions, checks, targets), written as
+    ``<folder>/<tag>.json`` and logged."""
+    tag = f"{arch.key}-{dist}"
+    time_s = {s: _median([r["timings_s"]["total"] for r in runs[s]]) for s in H.STRATEGIES}
+    breakdown = {s: {p: _median([r["timings_s"][p] for r in runs[s]]) for p in (*H.PHASES, "total")}
+                 for s in H.STRATEGIES}
+    speedup = {"base_over_alsatian": time_s["base"] / time_s["alsatian"],
+               "shift_over_alsatian": time_s["shift"] / time_s["alsatian"],
+               "base_over_shift": time_s["base"] / time_s["shift"]}
+    bounds = _cell_bounds(store, zoo, cal, runs["alsatian"])
+    bound = sorted(bounds, key=lambda b: b["ratio"])[(len(bounds) - 1) // 2]
+    prediction = _cell_predictions(store, zoo, cal, runs)
     checks = [H.check_cell({s: runs[s][k] for s in H.STRATEGIES}) for k in range(plan.repeats)]
     for c in checks:
         for w in c["warnings"]:
@@ -309,6 +324,8 @@ def _spawn(spec: dict[str, Any], out_json: Path, log: Log) -> dict[str, Any]:
 
 
 def run_fig16(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[str, Any] | None:
+    """Alsatian under an ample (unlimited), a tight and a very tight cache budget, each in its own process, plus the
+    fixed footprint of the smallest workload; written as ``fig16/fig16.json``."""
     if plan.fig16 is None:
         return None
     key, dist = plan.fig16
@@ -323,8 +340,28 @@ def run_fig16(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[
     if "error" in runs["ample"]:
         H.loud(f"fig16 ample run failed: {runs['ample']['error']}")
         return {"error": runs["ample"]["error"]}
-    # The fixed footprint: what a search's host memory grows by on the smallest workload (two models of the zoo, the
-    # fewest items a search accepts), whatever the budget; the issue's memory target is budget + this.
+    footprint = _fig16_footprint(plan, arch, zoo, base_spec, out, log)
+    derived = H.derive_budgets(store, zoo["models"], runs["ample"], plan.settings.batch_size)
+    _check_budgets(derived)
+    for name, b in derived["budgets"].items():
+        log(f"  {name}: {b['bytes'] / 2**20:.1f} MiB (floor {derived['floor'] / 2**20:.1f}, ample peak "
+            f"{derived['peak'] / 2**20:.1f} MiB), predicted partitions per round {b['predicted_partitions']}")
+        runs[name] = _spawn({**base_spec, "cache_budget": b["bytes"]}, out / "fig16" / f"{name}.json", log)
+    rows = [_fig16_row(name, r, runs["ample"]["ranking"], footprint, log) for name, r in runs.items()]
+    fig16 = {"arch": key, "timm": arch.arch, "distribution": dist, "items": arch.items, "image_size": arch.image_size,
+             "size_label": arch.size_label,
+             "num_models": plan.num_models, "derived": derived, "rows": rows, "footprint": footprint,
+             "ok": all(r.get("ranking_identical") and r.get("within_budget")
+                       and r.get("within_budget_plus_footprint") is not False for r in rows)}
+    H.write_json(out / "fig16" / "fig16.json", fig16)
+    return fig16
+
+
+def _fig16_footprint(plan: Plan, arch: H.Arch, zoo: dict, base_spec: dict[str, Any], out: Path,
+                     log: Log) -> dict[str, Any] | None:
+    """The fixed footprint: what a search's host memory grows by on the smallest workload (two models of the zoo,
+    the fewest items a search accepts), whatever the budget; the issue's memory target is budget + this. None when
+    its run failed."""
     small_items = H.min_items(2, classes=arch.classes)
     log(f"  footprint: alsatian on 2 models, {small_items} items (the smallest workload)")
     small = _spawn({**base_spec, "models": zoo["models"][:2], "data": arch.data_kwargs(small_items,
@@ -338,62 +375,57 @@ def run_fig16(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dict[
         H.loud(f"fig16 footprint run failed: {small['error']}")
     else:
         log(f"  footprint: host memory grows by {footprint['growth_bytes'] / 2**20:.1f} MiB")
-    derived = H.derive_budgets(store, zoo["models"], runs["ample"], plan.settings.batch_size,
-                               channels_last=plan.settings.channels_last and H._HAS_CHANNELS_LAST)
+    return footprint
+
+
+def _check_budgets(derived: dict[str, Any]) -> None:
+    """Say loudly when the derived budgets cannot show what figure 16 is for: the offline replanning does not
+    reproduce the ample run, or no budget below the ample peak splits a round."""
     if not derived["replan_matches"]:
         H.loud("fig16: offline replanning does not reproduce the ample run's planned peaks "
                f"({derived['replanned_peaks']} vs {derived['planned_peaks']}); derived budgets may be off")
     if all(p == 1 for b in derived["budgets"].values() for p in b["predicted_partitions"]):
         H.loud("fig16: no budget below the ample peak plans in this workload (the smallest feasible budget equals "
                "the peak), so no partitions happen; use more items or another zoo for figure 16")
-    for name, b in derived["budgets"].items():
-        log(f"  {name}: {b['bytes'] / 2**20:.1f} MiB (floor {derived['floor'] / 2**20:.1f}, ample peak "
-            f"{derived['peak'] / 2**20:.1f} MiB), predicted partitions per round {b['predicted_partitions']}")
-        runs[name] = _spawn({**base_spec, "cache_budget": b["bytes"]}, out / "fig16" / f"{name}.json", log)
-    order = [r["model"] for r in runs["ample"]["ranking"]]
-    rows = []
-    for name, r in runs.items():
-        if "error" in r:
-            H.loud(f"fig16 {name} failed: {r['error']}")
-            rows.append({"budget": name, "error": r["error"]})
-            continue
-        same = [x["model"] for x in r["ranking"]] == order
-        scores_same = all(abs(x["score"] - y["score"]) <= 1e-5 for x, y in zip(r["ranking"], runs["ample"]["ranking"]))
-        if not (same and scores_same):
-            H.loud(f"fig16 {name}: ranking differs from the ample budget's")
-        observed = max(x["observed_peak_bytes"] for x in r["rounds"])
-        budget = r["cache_budget"]
-        row = {"budget": name, "budget_bytes": budget, "time_s": r["timings_s"]["total"],
-               "breakdown_s": {p: r["timings_s"][p] for p in H.PHASES},
-               "peak_rss_bytes": r["memory"]["peak_host_rss_bytes"],
-               "process_peak_rss_bytes": max(r["process"]["vm_hwm_bytes"], r["process"]["vm_hwm_before_search_bytes"]),
-               "ru_maxrss_bytes": r["process"]["ru_maxrss_bytes"],
-               "rss_before_search_bytes": r["process"]["rss_before_search_bytes"],
-               "planned_peak_bytes": max(x["planned_peak_bytes"] for x in r["rounds"]),
-               "observed_peak_bytes": observed, "within_budget": budget is None or observed <= budget,
-               "partitions": [x["partitions"] for x in r["rounds"]], "weight_loads": r["cache"]["weight_loads"],
-               "blocks_read": r["cache"]["blocks_read"], "ranking_identical": same and scores_same,
-               "other_cores": r.get("cpu", {}).get("other_cores")}
-        growth = row["peak_rss_bytes"] - row["rss_before_search_bytes"]
-        row["growth_bytes"] = growth
-        row["within_budget_plus_footprint"] = (None if budget is None or footprint is None
-                                               else growth <= budget + footprint["growth_bytes"])
-        if not row["within_budget"]:
-            H.loud(f"fig16 {name}: observed cache peak {observed} exceeds the budget {budget}")
-        if row["within_budget_plus_footprint"] is False:
-            H.loud(f"fig16 {name}: host memory grew by {growth / 2**20:.1f} MiB, more than the budget "
-                   f"{budget / 2**20:.1f} MiB plus the footprint {footprint['growth_bytes'] / 2**20:.1f} MiB")
-        rows.append(row)
-        log(f"  {name:<10} {row['time_s']:7.2f}s  peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB, cache peak "
-            f"{observed / 2**20:.1f} MiB, partitions {row['partitions']}, ranking "
-            f"{'identical' if row['ranking_identical'] else 'DIFFERENT'}")
-    fig16 = {"arch": key, "timm": arch.arch, "distribution": dist, "items": arch.items, "image_size": arch.image_size,
-             "size_label": arch.size_label,
-             "num_models": plan.num_models, "derived": derived, "rows": rows, "footprint": footprint,
-             "ok": all(r.get("ranking_identical") and r.get("within_budget")
-                       and r.get("within_budget_plus_footprint") is not False for r in rows)}
-    H.write_json(out / "fig16" / "fig16.json", fig16)
-    return fig16
+
+
+def _fig16_row(name: str, r: dict[str, Any], ample: list[dict[str, Any]], footprint: dict[str, Any] | None,
+               log: Log) -> dict[str, Any]:
+    """One budget's row of figure 16 from its run ``r``: time, memory, partitions, and whether its ranking is the
+    ample budget's (``ample``) and its memory within the budget (plus the footprint); logged, loud when not."""
+    if "error" in r:
+        H.loud(f"fig16 {name} failed: {r['error']}")
+        return {"budget": name, "error": r["error"]}
+    same = [x["model"] for x in r["ranking"]] == [x["model"] for x in ample]
+    scores_same = all(abs(x["score"] - y["score"]) <= 1e-5 for x, y in zip(r["ranking"], ample))
+    if not (same and scores_same):
+        H.loud(f"fig16 {name}: ranking differs from the ample budget's")
+    observed = max(x["observed_peak_bytes"] for x in r["rounds"])
+    budget = r["cache_budget"]
+    row = {"budget": name, "budget_bytes": budget, "time_s": r["timings_s"]["total"],
+           "breakdown_s": {p: r["timings_s"][p] for p in H.PHASES},
+           "peak_rss_bytes": r["memory"]["peak_host_rss_bytes"],
+           "process_peak_rss_bytes": max(r["process"]["vm_hwm_bytes"], r["process"]["vm_hwm_before_search_bytes"]),
+           "ru_maxrss_bytes": r["process"]["ru_maxrss_bytes"],
+           "rss_before_search_bytes": r["process"]["rss_before_search_bytes"],
+           "planned_peak_bytes": max(x["planned_peak_bytes"] for x in r["rounds"]),
+           "observed_peak_bytes": observed, "within_budget": budget is None or observed <= budget,
+           "partitions": [x["partitions"] for x in r["rounds"]], "weight_loads": r["cache"]["weight_loads"],
+           "blocks_read": r["cache"]["blocks_read"], "ranking_identical": same and scores_same,
+           "other_cores": r.get("cpu", {}).get("other_cores")}
+    growth = row["peak_rss_bytes"] - row["rss_before_search_bytes"]
+    row["growth_bytes"] = growth
+    row["within_budget_plus_footprint"] = (None if budget is None or footprint is None
+                                           else growth <= budget + footprint["growth_bytes"])
+    if not row["within_budget"]:
+        H.loud(f"fig16 {name}: observed cache peak {observed} exceeds the budget {budget}")
+    if row["within_budget_plus_footprint"] is False:
+        H.loud(f"fig16 {name}: host memory grew by {growth / 2**20:.1f} MiB, more than the budget "
+               f"{budget / 2**20:.1f} MiB plus the footprint {footprint['growth_bytes'] / 2**20:.1f} MiB")
+    log(f"  {name:<10} {row['time_s']:7.2f}s  peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB, cache peak "
+        f"{observed / 2**20:.1f} MiB, partitions {row['partitions']}, ranking "
+        f"{'identical' if row['ranking_identical'] else 'DIFFERENT'}")
+    return row
 
 
 def run_paper_scale(plan: Plan, store: Path, zoos: dict, counter: int, out: Path, log: Log) -> dict[str, Any] | None:
@@ -437,64 +469,7 @@ def run_scaling(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dic
     (``plan.scaling_page_cache``: cold, the store's block files evicted; warm, the zoo's read once), the two
     alternating in order from row to row, the page cache's state measured (mincore) right before each search."""
     arch = next((a for a in plan.archs if a.key == plan.scaling_arch), RESNET18)
-    results: dict[str, list[dict[str, Any]]] = {"models": [], "items": []}
-    notes: list[str] = []
-    done: dict[tuple[int, int, str], dict[str, Any]] = {}
-    states = tuple(plan.scaling_page_cache)
-    counter = [0]
-
-    def one(kind: str, n_models: int, items: int) -> None:
-        ok, why = H.items_available(items, arch.dataset)
-        if not ok:
-            notes.append(why)
-            log(f"scaling {kind}: {why}")
-            return
-        if items < H.min_items(n_models, plan.settings.result_size, classes=arch.classes):
-            need = H.min_items(n_models, plan.settings.result_size, classes=arch.classes)
-            note = f"{n_models} models need at least {need} items; {items} skipped"
-            notes.append(note)
-            log(f"scaling {kind}: {note}")
-            return
-        zoo = zoos[(arch.key, "top_layers", n_models)]
-        order = states if counter[0] % 2 == 0 else states[::-1]
-        counter[0] += 1
-        for pos, state in enumerate(order):
-            key = (n_models, items, state)
-            if key in done:
-                r, source = done[key], "same run as above"
-            else:
-                try:
-                    pc = H.set_page_cache(store, zoo["models"], state)
-                    r = H.run_search(store, zoo["models"], arch.data_kwargs(items, plan.settings.seed), "alsatian",
-                                     plan.settings)
-                except Exception as exc:  # noqa: BLE001 - one failed row must not lose the run
-                    note = f"{n_models} models, {items} items, {state}: failed: {type(exc).__name__}: {exc}"
-                    H.loud(f"scaling {note}")
-                    notes.append(note)
-                    continue
-                r.update(page_cache=pc, position=pos, order=list(order))
-                H.write_json(out / "scaling" / f"{n_models}models-{items}items-{state}.json", r)
-                done[key], source = r, "run"
-            pc = r["page_cache"]
-            blocks = zoo["distinct_blocks"]
-            row = {"models": n_models, "items": items, "page_cache": state,
-                   "resident_fraction": pc.get("resident_fraction"), "block_bytes": pc.get("bytes"),
-                   "distinct_blocks": blocks, "block_items": blocks * items,
-                   "time_s": r["timings_s"]["total"],
-                   "us_per_block_item": 1e6 * r["timings_s"]["total"] / (blocks * items),
-                   "breakdown_s": {p: r["timings_s"][p] for p in H.PHASES}, "rounds": len(r["rounds"]),
-                   "blocks_read": r["cache"]["blocks_read"],
-                   "peak_rss_bytes": r["memory"]["peak_host_rss_bytes"],
-                   "rss_before_search_bytes": r.get("rss_before_search_bytes"),
-                   "position": r.get("position"), "other_cores": r.get("cpu", {}).get("other_cores"),
-                   "source": source}
-            results[kind].append(row)
-            res = "?" if row["resident_fraction"] is None else f"{100 * row['resident_fraction']:.0f}%"
-            log(f"scaling {kind}: {n_models} models, {items} items, {state} ({res} of {blocks} blocks' "
-                f"{(row['block_bytes'] or 0) / 2**20:.0f} MiB resident): {row['time_s']:.2f}s, "
-                f"{row['us_per_block_item']:.2f} us per block-item, peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB "
-                f"({source})")
-
+    rows = ScalingRows(plan, store, zoos, out, log, arch)
     # One untimed search first (2 models of the smallest zoo, the fewest items): the first row must not pay the
     # process's one-off costs (kernel selection, first-touch of fresh memory) when scaling runs alone (--only).
     first = min(n for (key, dist, n) in zoos if key == arch.key and dist == "top_layers")
@@ -505,21 +480,148 @@ def run_scaling(plan: Plan, store: Path, zoos: dict, out: Path, log: Log) -> dic
     for n in plan.scaling_models:
         items = scaling_items_for(plan, n, arch.classes)
         if items != plan.scaling_models_items:
-            notes.append(f"{n} models need at least {items} items ({H.num_rounds(n, plan.settings.result_size)} "
-                         f"rounds, one item per class in the first chunk): that row runs on {items} items instead "
-                         f"of {plan.scaling_models_items}")
-        one("models", n, items)
+            rows.notes.append(f"{n} models need at least {items} items ({H.num_rounds(n, plan.settings.result_size)} "
+                              f"rounds, one item per class in the first chunk): that row runs on {items} items "
+                              f"instead of {plan.scaling_models_items}")
+        rows.measure("models", n, items)
     for items in plan.scaling_items:
-        one("items", plan.num_models, items)
+        rows.measure("items", plan.num_models, items)
     scaling = {"arch": arch.key, "timm": arch.arch, "distribution": "top_layers", "image_size": arch.image_size,
-               "size_label": arch.size_label, "page_cache_states": list(states),
-               **results, "notes": notes}
+               "size_label": arch.size_label, "page_cache_states": list(rows.states),
+               **rows.results, "notes": rows.notes}
     H.write_json(out / "scaling" / "scaling.json", scaling)
     return scaling
 
 
+@dataclass
+class ScalingRows:
+    """The rows of the scaling experiment as they are measured: per growing kind (``models``, ``items``) its rows,
+    the notes on rows skipped or failed, and the searches already run (a row that comes up twice reuses its run)."""
+
+    plan: Plan
+    store: Path
+    zoos: dict
+    out: Path
+    log: Log
+    arch: H.Arch
+    results: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"models": [], "items": []})
+    notes: list[str] = field(default_factory=list)
+    done: dict[tuple[int, int, str], dict[str, Any]] = field(default_factory=dict)
+    measured: int = 0  # rows measured so far: their page-cache states alternate in order
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return tuple(self.plan.scaling_page_cache)
+
+    def measure(self, kind: str, n_models: int, items: int) -> None:
+        """One row (``n_models`` models, ``items`` items) in every page-cache state, unless it cannot run."""
+        if not self._runnable(kind, n_models, items):
+            return
+        zoo = self.zoos[(self.arch.key, "top_layers", n_models)]
+        order = self.states if self.measured % 2 == 0 else self.states[::-1]
+        self.measured += 1
+        for pos, state in enumerate(order):
+            key = (n_models, items, state)
+            if key in self.done:
+                r, source = self.done[key], "same run as above"
+            else:
+                r = self._search(zoo, n_models, items, state, pos, order)
+                if r is None:
+                    continue
+                self.done[key], source = r, "run"
+            self._add(kind, n_models, items, state, r, source, zoo["distinct_blocks"])
+
+    def _runnable(self, kind: str, n_models: int, items: int) -> bool:
+        """Whether the dataset has ``items`` items and they are enough for ``n_models`` models; a note if not."""
+        ok, why = H.items_available(items, self.arch.dataset)
+        if not ok:
+            self.notes.append(why)
+            self.log(f"scaling {kind}: {why}")
+            return False
+        need = H.min_items(n_models, self.plan.settings.result_size, classes=self.arch.classes)
+        if items < need:
+            note = f"{n_models} models need at least {need} items; {items} skipped"
+            self.notes.append(note)
+            self.log(f"scaling {kind}: {note}")
+            return False
+        return True
+
+    def _search(self, zoo: dict, n_models: int, items: int, state: str, pos: int,
+                order: tuple[str, ...]) -> dict[str, Any] | None:
+        """Alsatian's search of one row in page-cache ``state``, written as JSON; None (and a note) if it failed."""
+        try:
+            pc = H.set_page_cache(self.store, zoo["models"], state)
+            r = H.run_search(self.store, zoo["models"], self.arch.data_kwargs(items, self.plan.settings.seed),
+                             "alsatian", self.plan.settings)
+        except Exception as exc:  # noqa: BLE001 - one failed row must not lose the run
+            note = f"{n_models} models, {items} items, {state}: failed: {type(exc).__name__}: {exc}"
+            H.loud(f"scaling {note}")
+            self.notes.append(note)
+            return None
+        r.update(page_cache=pc, position=pos, order=list(order))
+        H.write_json(self.out / "scaling" / f"{n_models}models-{items}items-{state}.json", r)
+        return r
+
+    def _add(self, kind: str, n_models: int, items: int, state: str, r: dict[str, Any], source: str,
+             blocks: int) -> None:
+        """The row of search ``r`` (over a zoo of ``blocks`` distinct blocks), kept and logged."""
+        pc = r["page_cache"]
+        row = {"models": n_models, "items": items, "page_cache": state,
+               "resident_fraction": pc.get("resident_fraction"), "block_bytes": pc.get("bytes"),
+               "distinct_blocks": blocks, "block_items": blocks * items,
+               "time_s": r["timings_s"]["total"],
+               "us_per_block_item": 1e6 * r["timings_s"]["total"] / (blocks * items),
+               "breakdown_s": {p: r["timings_s"][p] for p in H.PHASES}, "rounds": len(r["rounds"]),
+               "blocks_read": r["cache"]["blocks_read"],
+               "peak_rss_bytes": r["memory"]["peak_host_rss_bytes"],
+               "rss_before_search_bytes": r.get("rss_before_search_bytes"),
+               "position": r.get("position"), "other_cores": r.get("cpu", {}).get("other_cores"),
+               "source": source}
+        self.results[kind].append(row)
+        res = "?" if row["resident_fraction"] is None else f"{100 * row['resident_fraction']:.0f}%"
+        self.log(f"scaling {kind}: {n_models} models, {items} items, {state} ({res} of {blocks} blocks' "
+                 f"{(row['block_bytes'] or 0) / 2**20:.0f} MiB resident): {row['time_s']:.2f}s, "
+                 f"{row['us_per_block_item']:.2f} us per block-item, peak RSS {row['peak_rss_bytes'] / 2**20:.0f} "
+                 f"MiB ({source})")
+
+
 # -------------------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    plan = preset(args.mode)
+    _apply_options(plan, args)
+    skip = _experiments(plan, args)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or BENCH / "results" / f"{plan.mode}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log()
+    meter = H.CpuMeter()
+    meta = _start(plan, args, argv, out, log)
+
+    zoos = build_zoos(plan, args.store, log)
+    storage = sorted(({k: v for k, v in z.items() if k != "models"} for z in zoos.values()),
+                     key=lambda z: (z["key"], z["distribution"], z["num_models"]))
+    H.write_json(out / "storage.json", storage)
+    if args.build_only:
+        log(f"--build-only: {len(zoos)} zoos ready in {args.store}; nothing measured")
+        return
+    cells = [] if "fig10" in skip else run_fig10(plan, args.store, zoos, out, log)
+    fig16 = run_fig16(plan, args.store, zoos, out, log)
+    paper = run_paper_scale(plan, args.store, zoos, sum(plan.repeats for c in cells), out, log)
+    scaling = run_scaling(plan, args.store, zoos, out, log) if (plan.scaling_models or plan.scaling_items) else None
+
+    _finish(meta, meter, log)
+    summary = {"meta": meta, "cells": cells, "fig16": fig16, "paper_scale": paper, "scaling": scaling,
+               "storage": storage,
+               "targets": {"speedup": TARGETS, "bound": BOUND_TARGET}}
+    H.write_json(out / "summary.json", summary)
+    H.write_json(out / "meta.json", meta)
+    _write_report(summary, out, args.publish if args.publish is not None else plan.mode == "full", log,
+                  meta["wall_s"])
+    _check_results(cells, paper, fig16)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("quick", "full"), default="quick")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<mode>-<timestamp>)")
@@ -556,9 +658,11 @@ def main(argv: list[str] | None = None) -> None:
                              "on a quiet machine starts straight with its measurements")
     parser.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
                         help="write BENCHMARKS.md at the repository root (default: yes for full, no for quick)")
-    args = parser.parse_args(argv)
+    return parser
 
-    plan = preset(args.mode)
+
+def _apply_options(plan: Plan, args: argparse.Namespace) -> None:
+    """The command line's choices of architectures, distributions, sizes, repeats and settings, into ``plan``."""
     if args.archs:
         keep = args.archs.split(",")
         plan.archs = [a for a in plan.archs if a.key in keep] + [a for a in ALL_ARCHS
@@ -585,6 +689,11 @@ def main(argv: list[str] | None = None) -> None:
     plan.settings.device = args.device
     plan.settings.threads = args.threads
     plan.settings.apply_threads()
+
+
+def _experiments(plan: Plan, args: argparse.Namespace) -> set[str]:
+    """The experiments skipped (``--skip``, ``--only``), taken out of ``plan`` with the paper-scale and scaling
+    options applied; SystemExit for an unknown experiment or an option the plan cannot run."""
     skip = set(filter(None, args.skip.split(",")))
     if args.only:
         only = set(filter(None, args.only.split(",")))
@@ -607,6 +716,13 @@ def main(argv: list[str] | None = None) -> None:
         plan.scaling_page_cache = tuple(filter(None, args.scaling_cache.split(",")))
         if set(plan.scaling_page_cache) - {"cold", "warm"} or not plan.scaling_page_cache:
             raise SystemExit("--scaling-cache: use cold, warm or cold,warm")
+    _drop_skipped(plan, skip)
+    return skip
+
+
+def _drop_skipped(plan: Plan, skip: set[str]) -> None:
+    """Take the skipped experiments out of ``plan`` (fig10 skipped: only fig16's cell stays); SystemExit when an
+    architecture has too few items for the plan's models."""
     if "paper_scale" in skip:
         plan.paper_scale = None
     if "fig16" in skip:
@@ -621,23 +737,14 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{a.key}: {a.items} items are too few for {plan.num_models} models "
                              f"(at least {H.min_items(plan.num_models, classes=a.classes)})")
 
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or BENCH / "results" / f"{plan.mode}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
-    log = Log()
-    meter = H.CpuMeter()
+
+def _start(plan: Plan, args: argparse.Namespace, argv: list[str] | None, out: Path, log: Log) -> dict[str, Any]:
+    """The run's ``meta.json`` (command, machine, plan, other processes' load right before it), written and
+    logged; loud when the machine is busy."""
     command = "python bench/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     meta = {"mode": plan.mode, "command": command.strip(), "started": dt.datetime.now().astimezone().isoformat(
         timespec="seconds"), "machine": H.machine(), "store": str(args.store), "results": str(out),
-        "plan": {"archs": [asdict(a) for a in plan.archs], "distributions": plan.distributions,
-                 "num_models": plan.num_models, "repeats": plan.repeats, "settings": asdict(plan.settings),
-                 "fig16": plan.fig16, "scaling_arch": plan.scaling_arch, "scaling_models": plan.scaling_models,
-                 "scaling_models_items": plan.scaling_models_items, "scaling_items": plan.scaling_items,
-                 "calibration_repeats": plan.calibration_repeats, "calibration_warmup": H.CALIBRATION_WARMUP,
-                 "paper_scale": None if plan.paper_scale is None else {
-                     **asdict(plan.paper_scale),
-                     "resolved_result_size": plan.paper_scale.resolved_result_size(plan.settings.result_size)},
-                 "scaling_page_cache": list(plan.scaling_page_cache)}}
+        "plan": _plan_record(plan)}
     m = meta["machine"]
     log(f"{plan.mode} benchmark -> {out}")
     log(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
@@ -652,45 +759,52 @@ def main(argv: list[str] | None = None) -> None:
                "timings will be noisy (two OpenMP threads on two busy cores wait for each other; --threads 1 "
                "is more robust there)")
     H.write_json(out / "meta.json", meta)
+    return meta
 
-    zoos = build_zoos(plan, args.store, log)
-    storage = sorted(({k: v for k, v in z.items() if k != "models"} for z in zoos.values()),
-                     key=lambda z: (z["key"], z["distribution"], z["num_models"]))
-    H.write_json(out / "storage.json", storage)
-    if args.build_only:
-        log(f"--build-only: {len(zoos)} zoos ready in {args.store}; nothing measured")
-        return
-    cells = [] if "fig10" in skip else run_fig10(plan, args.store, zoos, out, log)
-    fig16 = run_fig16(plan, args.store, zoos, out, log)
-    paper = run_paper_scale(plan, args.store, zoos, sum(plan.repeats for c in cells), out, log)
-    scaling = run_scaling(plan, args.store, zoos, out, log) if (plan.scaling_models or plan.scaling_items) else None
 
+def _plan_record(plan: Plan) -> dict[str, Any]:
+    """The plan as ``meta.json`` records it."""
+    return {"archs": [asdict(a) for a in plan.archs], "distributions": plan.distributions,
+            "num_models": plan.num_models, "repeats": plan.repeats, "settings": asdict(plan.settings),
+            "fig16": plan.fig16, "scaling_arch": plan.scaling_arch, "scaling_models": plan.scaling_models,
+            "scaling_models_items": plan.scaling_models_items, "scaling_items": plan.scaling_items,
+            "calibration_repeats": plan.calibration_repeats, "calibration_warmup": H.CALIBRATION_WARMUP,
+            "paper_scale": None if plan.paper_scale is None else {
+                **asdict(plan.paper_scale),
+                "resolved_result_size": plan.paper_scale.resolved_result_size(plan.settings.result_size)},
+            "scaling_page_cache": list(plan.scaling_page_cache)}
+
+
+def _finish(meta: dict[str, Any], meter: H.CpuMeter, log: Log) -> None:
+    """Record in ``meta`` when the run finished, its wall time, the load average and the other processes' cores
+    during it; loud when they made the timings noisy."""
     meta["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    meta["wall_s"] = log_elapsed = time.perf_counter() - log.t0
+    meta["wall_s"] = time.perf_counter() - log.t0
     meta["machine"]["loadavg_end"] = list(os.getloadavg())
     meta["cpu"] = meter.read()
     log(f"other processes used {meta['cpu']['other_cores']:.2f} cores on average during the run "
         f"(steal {meta['cpu']['steal_cores']:.2f})")
     if meta["cpu"]["other_cores"] > 0.25:
-        H.loud(f"other processes used {meta['cpu']['other_cores']:.2f} of {m['cores']} cores on average during "
-               "this run: timings are noisy")
-    summary = {"meta": meta, "cells": cells, "fig16": fig16, "paper_scale": paper, "scaling": scaling,
-               "storage": storage,
-               "targets": {"speedup": TARGETS, "bound": BOUND_TARGET}}
-    H.write_json(out / "summary.json", summary)
-    H.write_json(out / "meta.json", meta)
+        H.loud(f"other processes used {meta['cpu']['other_cores']:.2f} of {meta['machine']['cores']} cores on "
+               "average during this run: timings are noisy")
 
+
+def _write_report(summary: dict[str, Any], out: Path, publish: bool, log: Log, elapsed: float) -> None:
+    """The plots and ``BENCHMARKS.md`` in the results folder (and at the repository root when ``publish``)."""
     import plots
     import report
     made = plots.make_all(summary, out)
     why = "matplotlib missing" if importlib.util.find_spec("matplotlib") is None else "none for these experiments"
     log(f"plots: {', '.join(p.name for p in made) or f'none ({why})'}")
-    publish = args.publish if args.publish is not None else plan.mode == "full"
     (out / "BENCHMARKS.md").write_text(report.render(summary, out, out))
     if publish:
         (H.ROOT / "BENCHMARKS.md").write_text(report.render(summary, out, H.ROOT))
     log(f"report: {out / 'BENCHMARKS.md'}{' and BENCHMARKS.md' if publish else ''}; "
-        f"total {log_elapsed:.0f}s")
+        f"total {elapsed:.0f}s")
+
+
+def _check_results(cells: list[dict[str, Any]], paper: dict[str, Any] | None, fig16: dict[str, Any] | None) -> None:
+    """Say loudly which cells are not exact (or failed) and where base's winner is not alsatian's."""
     checked = cells + ([paper] if paper else [])
     inexact = [c["cell"] for c in checked if "error" in c or not c.get("exact_ok")]
     winners = [c["cell"] for c in checked if "error" not in c and c.get("exact_ok") and not c.get("winner_ok")]

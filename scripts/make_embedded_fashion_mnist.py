@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alsatian_pl.data._sources import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_NPZ, read_idx
+from alsatian_pl.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_NPZ, read_idx
 
 OUT = Path(__file__).resolve().parents[1] / "alsatian_pl" / "datasets" / FASHION_MNIST_NPZ
 

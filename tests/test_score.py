@@ -90,7 +90,7 @@ def test_probes_train_bitwise_the_same_in_any_batch_of_heads():
 
 def _fit_dual_or_primal(monkeypatch, dual, x, y, cols, momentum, epochs=20):
     """Heads ``cols`` of x trained by LinearProbes.fit with the dual form forced on or off."""
-    monkeypatch.setattr(linear_mod, "_dual_is_cheaper", lambda *shape: dual)
+    monkeypatch.setattr(linear_mod, "dual_is_cheaper", lambda *shape: dual)
     probes = LinearProbes(len(cols), x.shape[2], 5, momentum=momentum, seed=2)
     probes.fit(x[:, cols].contiguous(), y, epochs=epochs, batch_size=16, generator=torch.Generator().manual_seed(3))
     return probes
@@ -100,7 +100,7 @@ def _fit_dual_or_primal(monkeypatch, dual, x, y, cols, momentum, epochs=20):
 def test_dual_fit_trains_the_same_in_any_batch_and_equals_primal(monkeypatch, momentum):
     g = torch.Generator().manual_seed(6)
     x, y = torch.randn(40, 6, 64, generator=g), torch.randint(0, 5, (40,), generator=g)  # N <= D: dual pays
-    assert linear_mod._dual_is_cheaper(40, 64, 5, 20) and not linear_mod._dual_is_cheaper(70, 24, 5, 4)
+    assert linear_mod.dual_is_cheaper(40, 64, 5, 20) and not linear_mod.dual_is_cheaper(70, 24, 5, 4)
     full = _fit_dual_or_primal(monkeypatch, True, x, y, [0, 1, 2, 3, 4, 5], momentum)
     for cols in ([4, 1], [5, 0, 3]):  # bitwise but for softmax tails (see _dlogits)
         part = _fit_dual_or_primal(monkeypatch, True, x, y, cols, momentum)
@@ -113,10 +113,10 @@ def test_dual_fit_trains_the_same_in_any_batch_and_equals_primal(monkeypatch, mo
 
 def test_dual_scores_match_primal_scores_and_do_not_depend_on_the_batch(monkeypatch):
     train, y, test, yt = make_round([96, 96, 96], n=60)  # 60 items, 96-dim: the dual form
-    assert linear_mod._dual_is_cheaper(60, 96, C, FAST["epochs"])
+    assert linear_mod.dual_is_cheaper(60, 96, C, FAST["epochs"])
     dual = LinearScorer(**FAST).score(train, y, test, yt, C)
     alone = {m: LinearScorer(**FAST).score({m: train[m]}, y, {m: test[m]}, yt, C)[m] for m in train}
-    monkeypatch.setattr(linear_mod, "_dual_is_cheaper", lambda *shape: False)
+    monkeypatch.setattr(linear_mod, "dual_is_cheaper", lambda *shape: False)
     primal = LinearScorer(**FAST).score(train, y, test, yt, C)
     for m in train:
         assert alone[m].score == dual[m].score and alone[m].test_loss == pytest.approx(dual[m].test_loss, abs=1e-6)

@@ -61,10 +61,10 @@ def test_dedup_on_a_35_model_top_layers_zoo(store):
 def test_partial_load_reads_only_the_requested_blocks(store, monkeypatch):
     _, man = _import(store)
     read = []
-    import alsatian_pl.store as st
+    import alsatian_pl.store._codec as codec
 
-    original = st._map_file  # every block file is read through it, once
-    monkeypatch.setattr(st, "_map_file", lambda path: read.append(Path(path).name) or original(path))
+    original = codec._map_file  # every block file is read through it, once
+    monkeypatch.setattr(codec, "_map_file", lambda path: read.append(Path(path).name) or original(path))
     part = store.load_blocks("m0", 3, 6)
     assert len(part) == 3
     assert sorted(read) == sorted(f"{h}.safetensors" for h in man.hashes[3:6])
@@ -107,7 +107,6 @@ def test_damaged_block_gives_a_clear_error(store, damage):
 
 def test_import_interrupted_mid_write_leaves_the_store_consistent(store, monkeypatch):
     _import(store, "ok")
-    import alsatian_pl.store as st
 
     calls = {"n": 0}
     real_replace = os.replace
@@ -118,7 +117,7 @@ def test_import_interrupted_mid_write_leaves_the_store_consistent(store, monkeyp
             raise KeyboardInterrupt("killed")
         real_replace(src, dst)
 
-    monkeypatch.setattr(st.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(KeyboardInterrupt):
         _import(store, "half", seed=7)
     monkeypatch.undo()
@@ -134,7 +133,7 @@ def test_killed_import_process_leaves_the_store_readable(tmp_path):
     _import(store, "ok")
     marker = tmp_path / "writing"
     child = textwrap.dedent(f"""
-        import time, torch, alsatian_pl.store as st
+        import time, torch, alsatian_pl.store._store as st
         from alsatian_pl.blocks import build_model, timm_recipe
         from pathlib import Path
         real = st._atomic_write

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
+import alsatian_pl.store._store as store_module
 import alsatian_pl.store as st
 from alsatian_pl.blocks import build_model, timm_recipe
 from alsatian_pl.errors import AlsatianWarning, CorruptBlockError, DiskError, StoreError
@@ -130,7 +131,7 @@ def test_an_upgrade_that_cannot_write_leaves_a_readable_format_1_store(store, mo
 
     def refuse(path, data):
         raise DiskError(f"cannot write {path}: read-only file system")
-    monkeypatch.setattr(st, "_atomic_write", refuse)
+    monkeypatch.setattr(store_module, "_atomic_write", refuse)  # the store's one writer
     with pytest.warns(AlsatianWarning) as caught:
         old = BlockStore(store.root)
     assert [str(w.message).split(" (")[0].split(":")[0] for w in caught] == [

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import alsatian_pl.store as store_module
+import alsatian_pl.store._store as store_module  # its _atomic_write: the store's one writer
 from alsatian_pl.store import BlockStore
 from alsatian_pl.zoo import reinit_block
 

@@ -14,8 +14,12 @@ from ._recipes import (BUILDERS, activation_bytes, build_model, hf_recipe, hf_vi
                        skeleton_family, timm_recipe)
 from . import _resnet, _efficientnet, _vit, _mobilenetv3, _bert, _hf_vision  # noqa: F401  (built-in families)
 from ._generic import check_split, generic_split  # registered last: the fallback for any other timm model
+from ._bert import MINILM, PRESETS, arch_config, load_encoder, model_dir, transformers_offline
+from ._hf_vision import VISION_TYPES
 
 __all__ = ["BlockFamily", "FAMILIES", "families", "family_of", "register_family", "split_model",
            "check_split", "generic_split",
            "BUILDERS", "register_builder", "build_model", "timm_recipe", "hf_recipe", "hf_vision_recipe", "skeleton",
-           "skeleton_family", "activation_bytes"]
+           "skeleton_family", "activation_bytes",
+           "MINILM", "PRESETS", "arch_config", "load_encoder", "model_dir", "transformers_offline",
+           "VISION_TYPES"]

@@ -97,7 +97,9 @@ class BertFamily(BlockFamily):
 
 
 # --------------------------------------------------------------------------------------- building and loading models
-def _transformers():
+def transformers_offline():
+    """The ``transformers`` module, imported on first use and kept off the hub: models and tokenizers come from local
+    folders only (``HF_HUB_OFFLINE=1`` unless the environment says otherwise)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: models come from local folders only
     import transformers
     return transformers
@@ -145,7 +147,7 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 def build_encoder(config: dict[str, Any], pooling: str = "cls") -> nn.Module:
     """A freshly initialised encoder (``AutoModel``) from config fields; meta-device friendly."""
-    tf = _transformers()
+    tf = transformers_offline()
     fields = dict(config)
     try:
         cfg = tf.AutoConfig.for_model(fields.pop("model_type"), **fields)
@@ -162,12 +164,13 @@ def load_encoder(ref: str | os.PathLike[str], pooling: str = "cls", *, unexpecte
     if not (path / "config.json").is_file():
         raise StoreError(f"{path} is not a Hugging Face model folder: it needs config.json and model.safetensors "
                          "(as written by save_pretrained)")
-    log = _transformers().utils.logging
+    tf = transformers_offline()
+    log = tf.utils.logging
     level, bar = log.get_verbosity(), log.is_progress_bar_enabled()
     log.set_verbosity_error()  # no warnings about the unused pooler, no progress bar
     log.disable_progress_bar()
     try:
-        model, info = _transformers().AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        model, info = tf.AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
     except (OSError, ValueError, KeyError) as exc:
         raise StoreError(f"cannot load the Hugging Face model in {path}: {exc}") from exc
     finally:

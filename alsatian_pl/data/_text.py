@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..blocks._bert import MINILM, model_dir
+from ..blocks import MINILM, model_dir, transformers_offline
 from ..errors import DataError, StoreError
 from ._sources import DataSpec, Source, register_dataset
 
@@ -37,7 +37,7 @@ _TOKENIZER_READS = {*_TOKENIZER_FILES, "merges.txt", "special_tokens_map.json", 
 
 
 # ------------------------------------------------------------------------------------------------------ tokenizers
-def _tokenizer_files(path: Path) -> Path | None:
+def tokenizer_files(path: Path) -> Path | None:
     """``path`` itself if it is a tokenizer file or a folder holding tokenizer files, else None."""
     if path.is_file():
         return path
@@ -51,9 +51,9 @@ def tokenizer_json(ref: str) -> str:
         path = model_dir(ref)
     except StoreError as exc:
         raise DataError(str(exc)) from None
-    found = _tokenizer_files(path) if path.exists() else None
+    found = tokenizer_files(path) if path.exists() else None
     if found is None and path.is_dir():  # a folder of model folders: the first one's (models of others get their own)
-        found = next((p for p in sorted(path.iterdir()) if p.is_dir() and _tokenizer_files(p)), None)
+        found = next((p for p in sorted(path.iterdir()) if p.is_dir() and tokenizer_files(p)), None)
     if found is None:
         raise DataError(f"no tokenizer at dataset.tokenizer={ref!r} ({path}): give a tokenizer.json, a Hugging Face "
                         f"model folder holding one (or vocab.txt + tokenizer_config.json), or {MINILM}")
@@ -72,8 +72,8 @@ def _normalised(found: str, digest: str) -> str:
         if found.is_file() or (found / "tokenizer.json").is_file():
             tok = Tokenizer.from_file(str(found if found.is_file() else found / "tokenizer.json"))
         else:
-            from ..blocks._bert import _transformers
-            tok = _transformers().AutoTokenizer.from_pretrained(str(found), local_files_only=True).backend_tokenizer
+            auto = transformers_offline().AutoTokenizer
+            tok = auto.from_pretrained(str(found), local_files_only=True).backend_tokenizer
     except Exception as exc:  # noqa: BLE001 - any reader failure means: not a usable tokenizer
         raise DataError(f"cannot read the tokenizer in {found}: {exc}") from exc
     pad = tok.padding or {}

@@ -24,7 +24,7 @@ from safetensors.torch import save as st_save
 
 from ..cache import tensor_bytes
 from ..data import Items
-from ..io import atomic_write as _atomic_write
+from ..io import atomic_write
 from ..plan import TaskTree
 from ..stats import SearchStats
 
@@ -89,7 +89,7 @@ class FeatureCache:
         data = st_save({"features": feats.detach().contiguous().cpu(),
                         "compute_s": torch.tensor(float(compute_s), dtype=torch.float64)},
                        metadata={"format": FEATURE_FORMAT})
-        _atomic_write(self._path(key), data)
+        atomic_write(self._path(key), data)
         self.stats.count("feature_cache_bytes_written", len(data))
         self._evict()
 

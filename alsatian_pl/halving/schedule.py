@@ -8,7 +8,7 @@ default, and then nothing differs from the paper (alsatian, shift and base stay 
 ``min_class_items`` (k): D1 holds at least ``k`` training items of every class (all of a class that has fewer), i.e.
 ``m1 = sum_c min(k, n_c)`` items, where the paper's D1 is smaller; later chunks double until the items run out and
 chunks that would be empty are merged away, so the search may run fewer rounds (its last round then cuts straight to
-``result_size``). The data module cuts the chunks (:func:`alsatian_pl.data._split.chunk_bounds`).
+``result_size``). The data module cuts the chunks (its ``chunk_bounds``, in ``alsatian_pl/data/_split.py``).
 
 ``noise_margin`` (z): after every round but the last, every model ranked below the cut whose score is within ``z``
 of its own standard errors of the cut score (the last survivor's) goes on too:

@@ -24,7 +24,7 @@ from ._base import ProxyScore, ProxyScorer, binomial_stderr, check_inputs, rank
 __all__ = ["ProxyScore", "ProxyScorer", "LinearProbes", "LinearScorer", "KNNScorer", "LogMEScorer", "HScorer",
            "RegularizedHScorer", "GBCScorer", "TransRateScorer", "TransferabilityScorer",
            "SCORERS", "register_scorer", "get_scorer", "available_scorers", "rank", "check_inputs",
-           "binomial_stderr"]
+           "binomial_stderr", "dual_is_cheaper"]
 
 SCORERS: Registry[type[ProxyScorer]] = Registry("proxy scorer", plural="scorers")
 _S = TypeVar("_S", bound=type[ProxyScorer])
@@ -59,7 +59,7 @@ def get_scorer(name: str, **kwargs) -> ProxyScorer:
 
 
 # The scorers register themselves with the names above, so they are imported once these exist.
-from ._linear import LinearProbes, LinearScorer  # noqa: E402
+from ._linear import LinearProbes, LinearScorer, dual_is_cheaper  # noqa: E402
 from ._knn import KNNScorer  # noqa: E402
 from ._transfer import TransferabilityScorer  # noqa: E402
 from ._logme import LogMEScorer  # noqa: E402

@@ -21,7 +21,7 @@ def _init_seed(seed: int, dim: int) -> int:
     return (seed * 1_000_003 + dim) % 2**63
 
 
-def _dual_is_cheaper(n: int, dim: int, classes: int, epochs: int) -> bool:
+def dual_is_cheaper(n: int, dim: int, classes: int, epochs: int) -> bool:
     """Whether the dual fit takes no more FLOPs per head than the primal (Gram 2N²D + steps 2N²CE against 4NDCE;
     measured on CPU it is then also no slower) with a Gram [N, N] no larger than the features [N, D]."""
     return n <= dim and n * (dim + classes * epochs) <= 2 * dim * classes * epochs
@@ -86,7 +86,7 @@ class LinearProbes(L.LightningModule):
         the framework's per-step cost; x item-major [N, M, D], y [N].
 
         Runs the primal form (per step: gather the batch, forward and weight-gradient GEMMs over D) or, when
-        :func:`_dual_is_cheaper`, the same SGD in the dual form (:meth:`_fit_dual`); the choice depends on the
+        :func:`dual_is_cheaper`, the same SGD in the dual form (:meth:`_fit_dual`); the choice depends on the
         shapes only, never on which heads train together. The primal form is bit-identical to the pre-#18 fit; the
         dual equals it up to float rounding (bench/bench_probe.py --drift: accuracy identical, test loss within
         ~3e-7 absolute at M=24, D=512/1280, N=150..500, 100 epochs).
@@ -96,7 +96,7 @@ class LinearProbes(L.LightningModule):
         onehot = F.one_hot(y, self.weight.shape[1]).T.to(self.weight.dtype)             # [C, N]
         batches = (idx for _ in range(epochs)
                    for idx in torch.tensor(list(sampler), device=x.device).split(batch_size))
-        if _dual_is_cheaper(n, x.shape[2], onehot.shape[0], epochs):
+        if dual_is_cheaper(n, x.shape[2], onehot.shape[0], epochs):
             self._fit_dual(x, onehot, batches, batch_size)
         else:
             self._fit_primal(x, onehot, batches, batch_size)
@@ -163,6 +163,7 @@ class LinearScorer(ProxyScorer):
 
     higher_is_better = True
     reports_stderr = True
+    probes_class: type[LinearProbes] = LinearProbes  # the heads' module (a subclass may train them another way)
 
     def __init__(self, *, epochs: int = 100, lr: float = 0.1, momentum: float = 0.0, batch_size: int = 64,
                  seed: int = 0, standardize: bool = True, max_chunk_bytes: int = 256 * 2**20):
@@ -203,7 +204,7 @@ class LinearScorer(ProxyScorer):
         b = min(self.batch_size, n)
         stacked = 4 * (h * d * (n + t) + (n + t) * d + 4 * d) + 4 * (2 * h * c * d + c * d + 2 * h * c)
         steps = 3 * 4 * h * c * b + 4 * h * c
-        if _dual_is_cheaper(n, d, c, self.epochs):
+        if dual_is_cheaper(n, d, c, self.epochs):
             fit = 2 * 4 * h * n * n + 2 * 4 * h * c * n + 4 * b * h * n + steps + (2 * 4 * h * c * n if self.momentum else 0)
         else:
             fit = 4 * b * h * d + steps + (2 * 4 * h * c * d if self.momentum else 0)
@@ -229,7 +230,7 @@ class LinearScorer(ProxyScorer):
                 torch.sub(b, mean, out=xt[j]).div_(std)
             else:
                 x[:, j], xt[j] = a, b
-        probes = LinearProbes(heads, dim, num_classes, lr=self.lr, momentum=self.momentum, seed=self.seed)
+        probes = self.probes_class(heads, dim, num_classes, lr=self.lr, momentum=self.momentum, seed=self.seed)
         probes.to(device).fit(x, train_labels.to(device, torch.long), epochs=self.epochs, batch_size=self.batch_size,
                               generator=torch.Generator().manual_seed(self.seed))
         accuracy, loss = probes.evaluate(xt, test_labels.to(device, torch.long))

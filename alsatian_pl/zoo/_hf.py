@@ -13,9 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..blocks import hf_recipe, hf_vision_recipe
-from ..blocks._bert import load_encoder, model_dir
-from ..blocks._hf_vision import VISION_TYPES
+from ..blocks import VISION_TYPES, hf_recipe, hf_vision_recipe, load_encoder, model_dir
 from ..checks import choice, text, whole
 from ..errors import ConfigError, StoreError
 from ..store import BlockStore, ModelManifest
@@ -77,12 +75,12 @@ def import_hf_dir(store: BlockStore, name: str, path: str | Path, *, pooling: st
     """Import a local Hugging Face encoder folder (config.json + model.safetensors) as one model; blocks already in
     the store (same hash) are not written again. Text encoders: its tokenizer (``tokenizer``, else the folder's own
     if it has one) is stored with it. Vision encoders: see :func:`import_hf_vision_dir` (``image_size``)."""
-    from ..data._text import _tokenizer_files
+    from ..data import tokenizer_files
     folder = model_dir(path).resolve()
     if is_vision_folder(folder):
         return import_hf_vision_dir(store, name, folder, image_size=image_size, tags=tags, overwrite=overwrite)
     model = load_encoder(folder, pooling)
-    ref = tokenizer or (str(folder) if _tokenizer_files(folder) else None)
+    ref = tokenizer or (str(folder) if tokenizer_files(folder) else None)
     return store.import_model(name, model, recipe=hf_recipe(model.config, pooling), input_size=(2, max_length),
                               source=str(folder), tags=[*tags, *tokenizer_tag(store, ref)], overwrite=overwrite)
 
@@ -141,10 +139,10 @@ class HFFolder:
     def build(self, store: BlockStore, *, progress: bool = True) -> Zoo:
         """Import the folders as a zoo (reused while their files' contents stay the same); blocks shared between the
         models are found by hash and stored once."""
-        from ..data._text import _tokenizer_files
+        from ..data import tokenizer_files
         dirs, tokenizer = self.dirs, self.tokenizer
         folder = hub_cache(self.cache_dir) if self.ids else Path(str(self.path)).expanduser()
-        own = tokenizer is None or (model_dir(tokenizer).is_dir() and _tokenizer_files(model_dir(tokenizer)) is None)
+        own = tokenizer is None or (model_dir(tokenizer).is_dir() and tokenizer_files(model_dir(tokenizer)) is None)
         cfg = {"kind": "hf_dirs", "path": str(folder.resolve()), "pooling": self.pooling,
                "max_length": self.max_length, "tokenizer": tokenizer,
                "files": file_digests(folder, (f for d in dirs for f in sorted(d.rglob("*")) if f.is_file()))}

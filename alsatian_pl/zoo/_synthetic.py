@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..blocks import build_model, hf_recipe, split_model
-from ..blocks._bert import MINILM, PRESETS, arch_config, load_encoder, model_dir
+from ..blocks import MINILM, PRESETS, arch_config, build_model, hf_recipe, load_encoder, model_dir, split_model
 from ..checks import choice, mapping, text, whole
 from ..errors import ConfigError, StoreError
 from ..io import file_digest
@@ -193,7 +192,7 @@ def _source_digests(config: ZooConfig) -> dict[str, Any]:
     if config.builder == "timm":
         path = resolve_checkpoint(config.checkpoint)
         return {} if path is None else {"checkpoint_sha256": file_digest(path)}
-    from ..data._text import tokenizer_key
+    from ..data import tokenizer_key
     out: dict[str, Any] = {}
     for key, ref in (("checkpoint", config.checkpoint), ("arch", config.arch)):
         folder = None if not ref or ref in PRESETS or (key == "arch" and ref == config.checkpoint) else model_dir(ref)

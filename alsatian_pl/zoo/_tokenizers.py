@@ -11,7 +11,7 @@ from ..store import BlockStore, ModelManifest
 
 def tokenizer_tag(store: BlockStore, ref: str | None) -> list[str]:
     """``["tokenizer:<key>"]`` after storing the tokenizer ``ref`` in the store (``[]`` for None)."""
-    from ..data._text import save_tokenizer
+    from ..data import save_tokenizer
     return [] if ref is None else [f"tokenizer:{save_tokenizer(ref, store.root / 'tokenizers')}"]
 
 
@@ -30,7 +30,7 @@ def model_tokenizer(store: BlockStore, manifest: ModelManifest, default_key: str
     """The tokenizer file to prepare a model's items with; None when the dataset's own items serve it (no tokenizer
     tag, a non-text dataset, or the dataset's key ``default_key``). DataError if the stored tokenizer is missing or
     changed."""
-    from ..data._text import tokenizer_key
+    from ..data import tokenizer_key
     key, path = tokenizer_of(manifest), tokenizer_file(store, manifest)
     if path is None or default_key is None or key == default_key:
         return None

