@@ -29,14 +29,17 @@ _WHERE = "store.root, hydra.run.dir, search.spill_dir"  # the settings that choo
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """Write ``data`` to ``path`` whole or not at all (temporary file in the same folder, fsync, rename); DiskError
-    naming the file and the fix when the disk refuses, and no temporary file left behind."""
+    naming the file and the fix when the disk refuses, and no temporary file left behind. The file gets the mode a
+    plain write gives it: an existing file's own, else 0666 less the umask (not the temporary file's 0600)."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _plain_mode(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, mode)
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view):]
@@ -52,6 +55,22 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _plain_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` leaves ``path`` with: its own if it exists, else 0666 less the
+    process's umask (read from /proc, so the umask is never changed, not even for a moment)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)  # where /proc has no umask: read it by setting it, and put it back at once
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_folder(folder: Path) -> None:

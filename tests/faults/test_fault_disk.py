@@ -30,6 +30,24 @@ def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path, monkeypatch):
     assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["r.json"]
 
 
+def test_atomic_writes_get_the_mode_a_plain_write_gives(tmp_path):
+    """Files we write are readable as a plain write leaves them (not the temporary file's 0600): 0666 less the
+    umask for a new file, the file's own mode for one rewritten."""
+    from alsatian_pl.io import atomic_write
+
+    before = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.json"
+        plain.write_text("x")
+        assert (atomic_write(tmp_path / "r.json", "x").stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert atomic_write(tmp_path / "private.json", "x").stat().st_mode & 0o777 == 0o600
+        (tmp_path / "r.json").chmod(0o640)
+        assert atomic_write(tmp_path / "r.json", "y").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(before)
+
+
 def _enospc():
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -101,3 +119,23 @@ def test_a_read_only_store_ends_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "make it writable" in one_error_line(proc.stderr, reason, str(store))
     assert not [p for p in store.rglob("*") if p.is_file()]
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
+    """Two search.py runs started together resolve different run folders (named to the microsecond), so neither
+    writes over the other's results.json and saved config."""
+    import subprocess
+    import sys
+
+    from _harness import ROOT
+
+    args = [sys.executable, str(ROOT / "search.py"), "--cfg", "hydra", "--resolve"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for _ in range(2)]
+    dirs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        dirs.append(next(line.split("dir:")[1].strip() for line in out.splitlines()
+                         if line.strip().startswith("dir: outputs/")))
+    assert dirs[0] != dirs[1] and all(len(d.rsplit("-", 1)[1]) == 6 for d in dirs), dirs
