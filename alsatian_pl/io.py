@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptFileError, DiskError
+from .errors import ConfigError, CorruptFileError, DiskError
 
 __all__ = ["atomic_write", "json_bytes", "write_json", "read_json", "file_digest", "digest_memo_path", "check_folder",
            "os_error_message"]
@@ -189,7 +189,9 @@ def _sha256_of(path: str | os.PathLike[str]) -> str:
 
 def check_folder(path: str | os.PathLike[str], key: str) -> Path:
     """``path`` expanded, if it is a folder or could become one (nothing on the way is a file); else DiskError
-    naming the setting ``key``. Creates nothing."""
+    naming the setting ``key``; ConfigError for an empty one (it would mean the working folder). Creates nothing."""
+    if not str(path).strip():
+        raise ConfigError(f"{key} is empty: give a folder (an empty value would put files in the working folder)")
     path = Path(path).expanduser()
     blocker = _file_in_the_way(path)
     if blocker is not None:

@@ -23,9 +23,11 @@ def parse_bytes(value: int | float | str | None) -> int | None:
     if isinstance(value, bool):
         raise ConfigError(f"invalid byte size {value!r}: use a number of bytes or a string such as '512MB' or '4GB'")
     if isinstance(value, (int, float)):
+        if value != value:
+            raise ConfigError(f"invalid byte size {value!r}: use a number of bytes or a string such as '512MB' or '4GB'")
         if value < 0:
             raise ConfigError(f"byte size must not be negative, got {value}")
-        return int(value)
+        return None if value == float("inf") else int(value)  # inf (1e400 too): unlimited, as the string "inf"
     text = str(value).strip()
     if text.lower() in {"none", "null", "inf", "unlimited"}:
         return None

@@ -45,3 +45,28 @@ def test_readme_callback_example_sees_every_round(tmp_path, monkeypatch, capsys)
     rounds = scope["watch"].rounds
     assert [r[:3] for r in rounds] == [(1, 4, 140), (2, 2, 160)]  # round 1 pushes the 60 test items too
     assert len(rounds[0][3]) == 2 and len(rounds[1][3]) == 1
+
+
+def test_the_api_refuses_a_lone_name_or_missing_data_in_one_message(zoo):
+    import pytest
+
+    from alsatian_pl.errors import ConfigError
+
+    data = ap.SearchDataModule(num_items=300, image_size=32)
+    with pytest.raises(ConfigError, match=r"takes a list of stored model names or a zoo, got 'one': pass \[name\]"):
+        ap.search("one", data, store=zoo.store)
+    with pytest.raises(ConfigError, match="needs a SearchDataModule as data, got NoneType"):
+        ap.search(zoo, None)
+    with pytest.raises(ConfigError, match="store.root is empty"):
+        ap.BlockStore("")
+
+
+def test_byte_sizes_take_infinity_as_unlimited_and_refuse_nan():
+    import pytest
+
+    from alsatian_pl.errors import ConfigError
+    from alsatian_pl.units import parse_bytes
+
+    assert parse_bytes(float("inf")) is None and parse_bytes(1e400) is None and parse_bytes("inf") is None
+    with pytest.raises(ConfigError, match="invalid byte size nan"):
+        parse_bytes(float("nan"))

@@ -11,7 +11,9 @@ from ..io import check_folder
 from ..score import ProxyScorer, get_scorer
 from ..units import parse_bytes
 
-__all__ = ["check_options", "make_scorer", "to_bytes"]
+__all__ = ["check_options", "make_scorer", "to_bytes", "MAX_SEED"]
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 
 
 def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any, progress: Any,
@@ -24,7 +26,9 @@ def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any
             raise ConfigError(f"search.{key}: {exc}") from None
     whole("search.result_size", result_size)
     whole("search.batch_size", batch_size)
-    whole("search.seed", seed, at_least=0)
+    if whole("search.seed", seed, at_least=0) > MAX_SEED:
+        raise ConfigError(f"search.seed must be at most {MAX_SEED} (2**64 - 1, what torch's generators take), "
+                          f"got {seed}")
     for key, value in (("progress", progress), ("channels_last", channels_last), ("resume", resume)):
         flag(f"search.{key}", value)
     if prefetch not in ("auto", None, True, False):

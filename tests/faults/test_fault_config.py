@@ -37,7 +37,7 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "search.scorer.kwargs.lr": ["abc", "-1", "0"],
     "search.scorer.kwargs.batch_size": ["abc", "0", "1.5"],
     "search.strategy": ["greedy"],
-    "search.cache_budget": ["lots", "-1"],
+    "search.cache_budget": ["lots", "-1", "nan"],
     "search.spill_dir": [FILE],
     "search.result_size": ["abc", "0", "1.5"],
     "search.batch_size": ["abc", "0", "1.5"],
@@ -45,7 +45,7 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "search.channels_last": ["abc"],
     "search.prefetch": ["sometimes"],
     "search.device_capacity": ["lots"],
-    "search.seed": ["abc", "-1"],
+    "search.seed": ["abc", "-1", "18446744073709551616"],
     "search.feature_cache": [FILE],
     "search.feature_cache_bytes": ["lots"],
     "search.checkpoint_dir": [FILE],
@@ -60,7 +60,7 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "logger._target_": ["nowhere.Nothing"],
     "logger.save_dir": [FILE],
     "logger.name": ["''", "[a]"],
-    "store.root": [FILE, f"{FILE}/store"],
+    "store.root": [FILE, f"{FILE}/store", "''"],
 }
 NAMED_BY = {"_partial_": "SuccessiveHalving"}
 
