@@ -4,7 +4,7 @@ Composes the ``dataset``, ``models`` and ``search`` config groups (conf/), build
 ranks its models with successive halving, prints the ranking and writes ``results.json``, ``ranking.png``,
 ``time.png`` and the logger's files (``logger=csv``: ``logs/``) to the Hydra run folder. ``search.devices=2`` runs
 it on two processes (Lightning Fabric); rank 0 reports.
-Any failure ends in one ``error:`` line (alsatian_pl/boundary.py).
+Any failure ends in one ``error:`` line (alsatian_pl/app/boundary.py).
 """
 
 from alsatian_pl.app import boundary

@@ -3,7 +3,7 @@
 Composes the search's config groups (``dataset``, ``models``, ``search``) plus ``trainer`` and ``finetune`` (conf/),
 searches the zoo (or reads ``finetune.results=path/to/results.json``), fine-tunes the winner on the same data, logs
 with the trainer's logger (CSV by default) and writes ``finetuned.safetensors`` with its provenance. Any failure ends
-in one ``error:`` line (alsatian_pl/boundary.py).
+in one ``error:`` line (alsatian_pl/app/boundary.py).
 """
 
 from alsatian_pl.app import boundary

@@ -105,7 +105,7 @@ def test_the_models_config_builds_the_zoo(cache, tmp_path):
         cfg = compose("search", overrides=["models=timm_names", "models.names=[resnet18.a1_in1k,mobilenetv3_small_050]",
                                            f"models.cache_dir={root}", "dataset.image_size=32"])
     node = OmegaConf.to_container(cfg.models, resolve=True)
-    node.pop("where", None)  # the candidate filter app.py applies after building
+    node.pop("where", None)  # the candidate filter the front layer applies after building
     spec = instantiate(node)
     assert isinstance(spec, TimmNames) and spec.input_size == SIZE
     zoo = spec.build(BlockStore(tmp_path / "store"), progress=False)
