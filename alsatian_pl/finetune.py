@@ -242,6 +242,12 @@ def save_finetuned(module: FinetuneModule, path: str | Path, **extra: Any) -> Pa
         raise ConfigError("nothing to save: the FinetuneModule has no backbone")
     tensors = {f"backbone.{k}": v for k, v in block_tensors(module.backbone).items()}
     tensors.update({f"head.{k}": v for k, v in block_tensors(module.head).items()})
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in tensors.items() if v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise DataError(f"fine-tuning diverged: {sum(bad.values())} weights are NaN or infinite ({first} first), so "
+                        f"nothing was saved to {path}. Lower finetune.optimizer.lr or set trainer.gradient_clip_val")
     meta = {"format": CHECKPOINT_FORMAT, "provenance": json.dumps({**module.provenance, **extra}, default=str),
             "head_shape": json.dumps(list(module.head[-1].weight.shape))}
     return atomic_write(path, st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta))

@@ -141,3 +141,23 @@ def test_trained_blocks_with_batchnorm_train_on_stored_weights(zoo):
     assert any(changed)  # the block trained (weights and running statistics moved)
     assert all(torch.equal(a, b) for a, b in zip(module.backbone[0].state_dict().values(),
                                                  stored[0].state_dict().values()))  # a frozen block did not
+
+
+def test_a_diverged_fine_tune_saves_nothing_and_says_why(tmp_path):
+    """NaN or infinite weights are never written as the fine-tuned checkpoint: one DataError naming the fix."""
+    from torch import nn
+
+    from alsatian_pl.errors import DataError
+    from alsatian_pl.finetune import make_head, save_finetuned
+
+    module = FinetuneModule(train_blocks="all")
+    module.install(nn.Sequential(nn.Sequential(nn.Linear(4, 4))), make_head((4,), 3), 3)
+    path = save_finetuned(module, tmp_path / "ok.safetensors")
+    assert path.is_file()
+    with torch.no_grad():
+        module.backbone[0][0].weight[0, 0] = float("nan")
+        module.head[-1].bias[1] = float("inf")
+    with pytest.raises(DataError, match=r"fine-tuning diverged: 2 weights are NaN or infinite .*nothing was saved"
+                                        r".*finetune.optimizer.lr"):
+        save_finetuned(module, tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -13,7 +13,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checks import text, whole
+from ..checks import number, text, whole
 from ..finetune import FinetuneCallback, FinetuneModule, SafetensorsCheckpoint
 from ..io import check_folder
 
@@ -29,6 +29,7 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     fitted module, the trainer (``callback_metrics`` hold ``val/acc``) and the callback (``report``: the search).
     """
     f = cfg.finetune
+    _check_training(cfg)
     L.seed_everything(whole("finetune.seed", f.seed, at_least=0), workers=True, verbose=False)
     data = instantiate(cfg.dataset)
     data.batch_size = whole("finetune.batch_size", f.batch_size)
@@ -53,6 +54,16 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
                 raise KeyboardInterrupt from None
             raise
     return module, trainer, hand_off
+
+
+def _check_training(cfg: DictConfig) -> None:
+    """ConfigError naming ``trainer.max_epochs`` (a positive whole number: 0 trains nothing, -1 never ends) or
+    ``finetune.optimizer.lr`` (a positive number) when they are not, before anything runs."""
+    whole("trainer.max_epochs", cfg.trainer.get("max_epochs"),
+          hint=" (0 would train nothing and -1 would never end: give the number of epochs)")
+    lr = cfg.finetune.get("optimizer", {}).get("lr")
+    if lr is not None:
+        number("finetune.optimizer.lr", lr, above=0)
 
 
 def _search(cfg: DictConfig, output_dir: str | Path | None, data: Any) -> dict[str, Any]:

@@ -107,6 +107,8 @@ TRAIN_BAD = {
     "finetune.results": ["/nonexistent/results.json", "<damaged>"],
     "finetune.model": ["nope"],
     "finetune.checkpoint": [f"{FILE}/finetuned.safetensors"],
+    "finetune.optimizer.lr": ["abc", "-1", "0"],
+    "trainer.max_epochs": ["abc", "0", "-1", "1.5"],
 }
 
 
