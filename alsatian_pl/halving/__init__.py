@@ -16,7 +16,7 @@
 """
 
 from .budget import Budget, in_flight_bytes
-from .callbacks import HOOKS, CallbackList, SearchCallback
+from .callbacks import CallbackList, SearchCallback
 from .engine import Engine
 from .loop import SuccessiveHalving, block_specs
 from .metrics import LogMetrics
@@ -28,7 +28,7 @@ from .schedule import PAPER, Schedule
 from .state import RankedModel, RoundReport, SearchResult, SearchState, TokenizerGroup, assemble_ranking
 from .strategies import STRATEGIES, Strategy, get_strategy
 
-__all__ = ["SuccessiveHalving", "SearchCallback", "CallbackList", "HOOKS", "ProgressBar", "LogMetrics", "RoundLog", "MemoryMonitor",
+__all__ = ["SuccessiveHalving", "SearchCallback", "CallbackList", "ProgressBar", "LogMetrics", "RoundLog", "MemoryMonitor",
            "RoundCheckpoint", "SearchCheckpoint", "SearchState", "SearchResult", "RoundReport", "RankedModel",
            "TokenizerGroup", "assemble_ranking", "block_specs", "Budget", "in_flight_bytes", "Engine",
            "FeatureCache", "fingerprint", "items_key", "Schedule", "PAPER", "Strategy", "STRATEGIES", "get_strategy"]

@@ -18,11 +18,7 @@ if TYPE_CHECKING:
     from .loop import SuccessiveHalving
     from .state import RoundReport, SearchResult, SearchState
 
-__all__ = ["SearchCallback", "CallbackList", "HOOKS"]
-
-HOOKS = ("setup", "on_search_start", "on_round_start", "on_round_planned", "on_round_executed", "on_round_scored",
-         "on_round_end", "on_search_end", "on_exception")
-
+__all__ = ["SearchCallback", "CallbackList"]
 
 class SearchCallback:
     """Subclass and override the hooks you need; each receives the searcher (``search.stats``: timings and counters,
@@ -112,9 +108,6 @@ class CallbackList:
 
     def __len__(self) -> int:
         return len(self._all)
-
-    def of_type(self, kind: type) -> list[SearchCallback]:
-        return [c for c in self._all if isinstance(c, kind)]
 
     def for_rank(self, is_global_zero: bool) -> None:
         """Keep active only the callbacks this rank calls."""

@@ -11,7 +11,6 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Mapping, TextIO
 
 from ..resources import rss_now
-from ..units import format_bytes
 from .callbacks import SearchCallback
 
 if TYPE_CHECKING:
@@ -113,8 +112,3 @@ class MemoryMonitor(SearchCallback):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-    def summary(self, since: int = 0) -> str:
-        """One line per phase: peak RSS above ``since`` bytes, counted bytes, uncounted bytes."""
-        return "\n".join(f"{p}: RSS +{format_bytes(v['peak_rss'] - since)}, counted {format_bytes(v['counted'])}, "
-                         f"uncounted {format_bytes(v['uncounted'] - since)}" for p, v in self.phases.items())
