@@ -61,3 +61,74 @@ def test_unknown_model_and_missing_store_give_one_error_line(zoo, tmp_path):
     assert missing.returncode == 2 and missing.stderr.startswith("error: no model 'nope'")
     nowhere = alsatian(tmp_path / "absent", "ls")
     assert nowhere.returncode == 2 and "no block store" in nowhere.stderr and "Traceback" not in nowhere.stderr
+
+
+def test_piped_output_is_one_whole_row_per_model(zoo):
+    ls = alsatian(zoo.store.root, "ls")  # a pipe, not a terminal: plain rows at any width
+    rows = [line for line in ls.stdout.splitlines() if any(m in line for m in zoo.models)]
+    assert len(rows) == 3 and all(sum(m in row for m in zoo.models) == 1 for row in rows)
+    assert "│" not in ls.stdout and "━" not in ls.stdout  # no rich box drawing in a pipe
+    narrow = subprocess.run([sys.executable, "-m", "alsatian_pl.app.cli", "store", "--root", str(zoo.store.root),
+                             "ls"], capture_output=True, text=True, timeout=120, env={"COLUMNS": "40", "PATH": ""})
+    assert [line for line in narrow.stdout.splitlines() if zoo.models[0] in line] == [rows[0]]
+
+
+@pytest.mark.parametrize("command", [["ls"], ["info", "MODEL"], ["verify"], ["du"], ["gc"]])
+def test_every_command_takes_json(zoo, command, tmp_path, capsys):
+    import json
+    import shutil
+    from alsatian_pl.app.cli import main
+    root = zoo.store.root
+    if command == ["gc"]:
+        root = tmp_path / "copy"
+        shutil.copytree(zoo.store.root, root)
+    args = [zoo.models[1] if a == "MODEL" else a for a in command]
+    assert main(["store", "--root", str(root), *args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    if command == ["ls"]:
+        assert {m["name"] for m in doc["models"]} == set(zoo.models)
+        assert all(m["arch"] == "mobilenetv3_small_050" for m in doc["models"])
+    elif command[0] == "info":
+        assert doc["model"]["name"] == zoo.models[1] and len(doc["blocks"]) == len(
+            zoo.store.manifest(zoo.models[1]).blocks)
+        assert set(zoo.models) - {zoo.models[1]} <= {u for b in doc["blocks"] for u in b["used_by"]}
+    elif command == ["verify"]:
+        assert doc["corrupt"] == [] and doc["blocks"] > 0
+    elif command == ["du"]:
+        assert doc["rows"][0]["models"] == "all" and doc["rows"][0]["count"] == 3
+    else:
+        assert doc["freed_bytes"] == 0
+
+
+def test_info_takes_the_short_name_a_ranking_prints(zoo):
+    short = zoo.models[2].rpartition("-")[2]
+    info = alsatian(zoo.store.root, "info", short)
+    assert info.returncode == 0 and info.stdout.startswith(zoo.models[2])
+    typo = alsatian(zoo.store.root, "info", zoo.models[2][:-1] + "x")
+    assert typo.returncode == 2 and f"did you mean {zoo.models[2]}" in typo.stderr
+
+
+def test_terminal_tables_fit_80_columns(zoo):
+    import io
+    import argparse
+    from rich.console import Console
+    from alsatian_pl.app.cli import COMMANDS
+    from alsatian_pl.app.output import Output
+    for name, extra in (("ls", dict(arch=None, family=None, tag=None, name=None, source=None, min_params=None,
+                                    max_params=None)), ("du", {})):
+        buffer = io.StringIO()
+        COMMANDS[name](zoo.store, argparse.Namespace(**extra), Output(Console(file=buffer, width=80,
+                                                                                force_terminal=True, color_system=None)))
+        lines = buffer.getvalue().splitlines()
+        assert lines and max(len(line) for line in lines) <= 80, buffer.getvalue()
+
+
+def test_help_says_what_each_command_does_with_an_example(capsys):
+    from alsatian_pl.app.cli import main
+    for argv in (["--help"], ["store", "--help"], *(["store", name, "--help"] for name in (
+            "ls", "info", "verify", "gc", "du"))):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        text = capsys.readouterr().out
+        assert done.value.code == 0 and "example:" in text and "alsatian store" in text, argv
+        assert "--json" in text or len(argv) < 3
