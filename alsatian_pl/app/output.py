@@ -64,13 +64,13 @@ class Output:
         self.console.print(table)
 
     def line(self, text: str, style: str | None = None) -> None:
-        """A line of text (``style``, e.g. ``red``, on a terminal only)."""
+        """A line of text: whole in a pipe; wrapped at spaces to the terminal's width (``style``, e.g. ``red``)."""
         if self.json:
             return
-        if self.plain or style is None:
+        if self.plain:
             self.console.out(text, highlight=False)
         else:
-            self.console.print(text, style=style, highlight=False, soft_wrap=True)
+            self.console.print(text, style=style, highlight=False, markup=False)
 
     def data(self, **values: Any) -> None:
         """Add to the JSON document (printed by :meth:`close` when ``json``)."""

@@ -10,12 +10,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 from rich.console import Console
-from rich.table import Table
 
 from ..errors import AlsatianWarning
 from ..halving import SearchCallback, SearchResult, SearchState, SuccessiveHalving
 from ..io import write_json
 from ..units import display_names, format_bytes
+from .output import Column, Output
 
 __all__ = ["SearchReport", "print_report"]
 
@@ -71,44 +71,53 @@ def _plots(report: dict[str, Any], out: Path) -> None:
 
 def print_report(report: dict[str, Any], console: Console | None = None, top: int = 10,
                  results: str | Path | None = None) -> None:
-    """The ranking as a table (short model names: the part that tells them apart) and the time breakdown, as a
-    person reads them; when only the top rows are shown, how many more there are and where (``results``, else the
-    report's ``results_file``)."""
-    console = console or Console()
+    """The ranking as a table (short model names: the part that tells them apart), the time breakdown and the
+    rounds, as a person reads them: rich tables that fit an 80-column terminal (short headers, units in the
+    headers), plain full-width rows when the console is not a terminal (a pipe, a log file). When only the top rows
+    are shown, how many more there are and where (``results``, else the report's ``results_file``)."""
+    out = Output(console or Console())
     ranking = report["ranking"]
     names = display_names([row["model"] for row in ranking])
-    table = Table(title=f"ranking ({report['strategy']}, zoo {report['zoo']})")
-    for col in ("#", "model", "score", "test loss", "eliminated in round"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for i, row in enumerate(ranking[:top]):
-        out = "-" if row["eliminated_in_round"] is None else str(row["eliminated_in_round"] + 1)
-        table.add_row(str(i + 1), names[row["model"]], f"{row['score']:.4f}", f"{row['test_loss']:.4f}", out)
-    console.print(table)
-    if len(ranking) > top:
-        where = results or report.get("results_file") or "results.json"
-        console.print(f"{len(ranking) - top} more rows in {where}", highlight=False)
-    _print_times(report, console)
+    rows = [[str(i + 1), names[row["model"]], f"{row['score']:.4f}", f"{row['test_loss']:.4f}",
+             "-" if row["eliminated_in_round"] is None else str(row["eliminated_in_round"] + 1)]
+            for i, row in enumerate(ranking[:top])]
+    out.table(f"ranking ({report['strategy']}, zoo {report['zoo']})", [
+        Column("#", right=True), Column("model", fold=True), Column("score", right=True),
+        Column("test loss", right=True), Column("out in", right=True)], rows)
+    more = len(ranking) - top
+    where = results or report.get("results_file") or "results.json"
+    out.line("out in: the round a model was eliminated in (-: kept to the end)")
+    if more > 0:
+        out.line(f"{more} more rows in {where}")
+    _print_times(report, out)
 
 
-def _print_times(report: dict[str, Any], console: Console) -> None:
+TIMES = {"prepare_data": "data", "prepare_model": "models", "inference": "inference", "proxy_scoring": "scoring",
+         "planning": "planning", "total": "total"}
+
+
+def _unit(values: list[int]) -> tuple[str, float]:
+    """The byte unit (and its size) that writes the largest of ``values`` with at most four digits."""
+    top = max(values, default=0)
+    for name, size in (("KiB", 1024.0), ("MiB", 1024.0 ** 2), ("GiB", 1024.0 ** 3)):
+        if top < 1000 * size:
+            return name, size
+    return "TiB", 1024.0 ** 4
+
+
+def _print_times(report: dict[str, Any], out: Output) -> None:
     """The time breakdown, the per-round table and the store line."""
     t = report["timings_s"]
-    times = Table(title="time (s)")
-    for k in ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "total"):
-        times.add_column(k, justify="right")
-    times.add_row(*(f"{t[k]:.2f}" for k in ("prepare_data", "prepare_model", "inference", "proxy_scoring",
-                                             "planning", "total")))
-    console.print(times)
-    rounds = Table(title="rounds")
-    for col in ("round", "models", "items", "partitions", "inference steps", "distinct blocks", "planned peak",
-                "observed peak"):
-        rounds.add_column(col, justify="right")
-    for r in report["rounds"]:
-        rounds.add_row(str(r["round"] + 1), str(r["models"]), str(r["items"]), str(r["partitions"]),
-                       str(r["inference_steps"]), str(r["distinct_blocks"]), format_bytes(r["planned_peak_bytes"]),
-                       format_bytes(r["observed_peak_bytes"]))
-    console.print(rounds)
+    out.table("time (s)", [Column(h, right=True) for h in TIMES.values()], [[f"{t[k]:.2f}" for k in TIMES]])
+    rounds = report["rounds"]
+    unit, size = _unit([r[k] for r in rounds for k in ("planned_peak_bytes", "observed_peak_bytes")])
+    columns = ("round", "models", "items", "parts", "steps", "blocks", "planned", "observed")
+    out.table(f"rounds (peak memory in {unit})", [Column(c, right=True) for c in columns], [
+        [str(r["round"] + 1), str(r["models"]), str(r["items"]), str(r["partitions"]), str(r["inference_steps"]),
+         str(r["distinct_blocks"]), f"{r['planned_peak_bytes'] / size:.1f}", f"{r['observed_peak_bytes'] / size:.1f}"]
+        for r in rounds])
+    out.line("parts: partitions of the data; steps: inference steps; blocks: distinct blocks")
     st = report["store"]
-    console.print(f"store: {st['models']} models, {st['distinct_blocks']} distinct blocks, "
-                  f"{format_bytes(st['logical_bytes'])} logical, {format_bytes(st['physical_bytes'])} on disk; "
-                  f"peak host RSS {format_bytes(report['memory']['peak_host_rss_bytes'])}")
+    out.line(f"store: {st['models']} models, {st['distinct_blocks']} distinct blocks, "
+             f"{format_bytes(st['logical_bytes'])} logical, {format_bytes(st['physical_bytes'])} on disk; "
+             f"peak host RSS {format_bytes(report['memory']['peak_host_rss_bytes'])}")
