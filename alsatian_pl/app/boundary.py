@@ -103,6 +103,9 @@ def _foreign(exc: BaseException) -> str | None:
         if cause is not None and not locating and not (isinstance(cause, TypeError) and "argument" in str(cause)):
             return None  # a failure inside a constructor that is not about its arguments: a bug
     if isinstance(exc, (HydraException, OmegaConfBaseException)):  # Hydra's missing-config error is an OSError too
+        taught = _config_hint(str(exc))
+        if taught:
+            return taught
         text, cause = _one_line(exc), exc.__cause__
         return f"{text} ({_one_line(cause)})" if cause is not None and _one_line(cause) not in text else text
     if isinstance(exc, OSError):
@@ -111,6 +114,15 @@ def _foreign(exc: BaseException) -> str | None:
         return (f"out of memory ({_one_line(exc)[:200] or 'no more memory'}): lower search.cache_budget, "
                 "search.batch_size, dataset.num_items or dataset.image_size, or use a machine with more memory")
     return None
+
+
+def _config_hint(message: str) -> str | None:
+    """The override to use for one Hydra could not apply (``app/hints.py``), if the config tree names one."""
+    try:
+        from .hints import compose_hint
+        return compose_hint(message)
+    except Exception:  # noqa: BLE001 - a hint is a bonus: Hydra's own line is printed without one
+        return None
 
 
 def _one_line(exc: BaseException) -> str:

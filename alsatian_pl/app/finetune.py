@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..checks import number, text, whole
 from ..finetune import FinetuneCallback, FinetuneModule, SafetensorsCheckpoint
 from ..io import check_folder
+from .hints import check_run
 
 __all__ = ["run_finetune"]
 
@@ -29,6 +30,7 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     fitted module, the trainer (``callback_metrics`` hold ``val/acc``) and the callback (``report``: the search).
     """
     f = cfg.finetune
+    check_run()
     _check_training(cfg)
     L.seed_everything(whole("finetune.seed", f.seed, at_least=0), workers=True, verbose=False)
     data = instantiate(cfg.dataset)

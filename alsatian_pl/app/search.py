@@ -26,6 +26,7 @@ from ..halving import SearchCallback, SearchResult, SuccessiveHalving
 from ..io import check_folder
 from ..store import BlockStore
 from .config import expected_size, spec_of
+from .hints import check_run
 from .report import SearchReport
 
 __all__ = ["ACCELERATORS", "SINGLE_PROCESS", "run_search", "LaunchedSuccessiveHalving", "make_callbacks", "make_logger"]
@@ -45,6 +46,7 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
 
     ``data``: an already built data module for ``cfg.dataset`` (its prepared items are reused), else one is made.
     """
+    check_run()  # search.scorer.name=logme and the like: the override to use, before anything runs
     data = data if data is not None else instantiate(cfg.dataset)
     store = BlockStore(cfg.store.root)
     spec = spec_of(cfg.models)
