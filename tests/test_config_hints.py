@@ -109,3 +109,16 @@ def test_search_py_prints_the_hint_in_one_line(tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and expected in lines[0], proc.stderr
         assert not (tmp_path / "store").exists()  # refused before anything was built
+
+
+def test_search_py_help_lists_every_group_in_one_line_and_examples(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "search.py"), "--help"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for group, options in TREE.items():
+        described = [line for line in lines if line.startswith(f"  {group} ")]
+        listed = [line for line in lines if line.startswith(f"{group}: ")]
+        assert len(described) == 1 and len(described[0].split(None, 1)[1]) > 20, group
+        assert len(listed) == 1 and set(listed[0].split(": ", 1)[1].split(", ")) == set(options), group
+    assert "Examples:" in proc.stdout and "python search.py search/scorer=logme" in proc.stdout
