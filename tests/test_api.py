@@ -1,4 +1,4 @@
-"""The public Python API as a notebook user meets it: the README's example runs as written."""
+"""The public Python API as a notebook user meets it: the user guide's examples (docs/guide/api.md) run as written."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ from pathlib import Path
 
 import alsatian_pl as ap
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "api.md"  # the guide's Python API page
 
 
 def _readme_example() -> str:
-    text = README.read_text()
+    text = API_PAGE.read_text()
     match = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README.md lost its <!-- api-example --> block"
+    assert match, "docs/guide/api.md lost its <!-- api-example --> block"
     return match.group(1)
 
 
 def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(_readme_example(), "README.md", "exec"), scope)
+    exec(compile(_readme_example(), "docs/guide/api.md", "exec"), scope)
     result = scope["result"]
     assert isinstance(result, ap.SearchResult) and len(result.ranking) == 4 and result.strategy == "alsatian"
     assert result.winner in capsys.readouterr().out
@@ -34,14 +34,14 @@ def test_public_names_resolve():
 
 
 def test_readme_callback_example_sees_every_round(tmp_path, monkeypatch, capsys):
-    """The README's notebook callback runs after the API example, in the same scope, and sees every round."""
+    """The guide's notebook callback runs after the API example, in the same scope, and sees every round."""
     monkeypatch.chdir(tmp_path)
-    text = README.read_text()
+    text = API_PAGE.read_text()
     match = re.search(r"<!-- callback-example -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README.md lost its <!-- callback-example --> block"
+    assert match, "docs/guide/api.md lost its <!-- callback-example --> block"
     scope: dict = {}
-    exec(compile(_readme_example(), "README.md", "exec"), scope)
-    exec(compile(match.group(1), "README.md", "exec"), scope)
+    exec(compile(_readme_example(), "docs/guide/api.md", "exec"), scope)
+    exec(compile(match.group(1), "docs/guide/api.md", "exec"), scope)
     rounds = scope["watch"].rounds
     assert [r[:3] for r in rounds] == [(1, 4, 140), (2, 2, 160)]  # round 1 pushes the 60 test items too
     assert len(rounds[0][3]) == 2 and len(rounds[1][3]) == 1
