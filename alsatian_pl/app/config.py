@@ -11,9 +11,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..checks import text
 from ..errors import ConfigError
-from ..zoo import Filtered, StoreModels, Where, ZooList, expect_kind, expected_size
+from ..zoo import (CheckpointFolder, Filtered, HFFolder, StoreModels, TimmNames, Where, ZooConfig, ZooList,
+                   expect_kind, expected_size)
 
-__all__ = ["spec_of", "zoos_spec", "expected_size"]
+__all__ = ["spec_of", "zoos_spec", "expected_size", "describe_zoo"]
 
 
 def spec_of(node: Any) -> Any:
@@ -36,3 +37,26 @@ def zoos_spec(*, zoos: Any, name: str = "zoos", where: Mapping[str, Any] | None 
     if not isinstance(items, (list, tuple)) or not items or not all(isinstance(z, Mapping) for z in items):
         raise ConfigError(f"models.zoos must be a non-empty list (or mapping) of zoo configs, got {zoos!r}")
     return ZooList(text("models.name", name), tuple(spec_of(z) for z in items), Where.of(where))
+
+
+def describe_zoo(spec: Any) -> str:
+    """What the candidates are, in words, as a run says it before searching: e.g. ``24 synthetic
+    tf_efficientnet_lite0 variants (top_layers) of the weights efficientnet_lite0`` or ``35 synthetic resnet152
+    variants (top_layers), random init (seed 0)``."""
+    if isinstance(spec, Filtered):
+        return f"{describe_zoo(spec.spec)}, cut by models.where"
+    if isinstance(spec, ZooList):
+        return f"{len(spec.zoos)} zoos: " + "; ".join(describe_zoo(z) for z in spec.zoos)
+    if isinstance(spec, ZooConfig):
+        weights = f"of the weights {spec.checkpoint}" if spec.checkpoint else f"random init (seed {spec.seed})"
+        return f"{spec.num_models} synthetic {spec.arch} variants ({spec.distribution}), {weights}"
+    if isinstance(spec, CheckpointFolder):
+        return f"the {spec.arch} checkpoints in {spec.path}"
+    if isinstance(spec, TimmNames):
+        shown = ", ".join(spec.names[:3]) + (f" and {len(spec.names) - 3} more" if len(spec.names) > 3 else "")
+        return f"{len(spec.names)} pretrained timm models ({shown})"
+    if isinstance(spec, HFFolder):
+        return f"Hugging Face models from {spec.path or 'the local hub cache'}"
+    if isinstance(spec, StoreModels):
+        return "the stored models" + (" that match models.where" if spec.where else "")
+    return type(spec).__name__

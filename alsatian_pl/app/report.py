@@ -24,13 +24,15 @@ class SearchReport(SearchCallback):
     """What results.json holds (strategy, config, zoo and candidates, the filter that chose them, the dataset, the
     result, the store), kept in :attr:`report` and, with an ``output_dir``, written there with the plots (rank 0)."""
 
-    def __init__(self, cfg: Any, zoo: Any, output_dir: str | Path | None = None):
-        self.cfg, self.zoo = cfg, zoo
+    def __init__(self, cfg: Any, zoo: Any, output_dir: str | Path | None = None, about: str | None = None):
+        self.cfg, self.zoo, self.about = cfg, zoo, about
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.report: dict[str, Any] | None = None
 
     def on_search_end(self, search: SuccessiveHalving, state: SearchState, result: SearchResult) -> None:
         report = results_json(self.cfg, self.zoo, search.data.describe(), result)
+        if self.about:
+            report["zoo_description"] = self.about
         if self.output_dir is not None:
             path = write_json(self.output_dir / "results.json", report)
             _plots(report, self.output_dir)
@@ -86,6 +88,8 @@ def print_report(report: dict[str, Any], console: Console | None = None, top: in
         Column("test loss", right=True), Column("out in", right=True)], rows)
     more = len(ranking) - top
     where = results or report.get("results_file") or "results.json"
+    if report.get("zoo_description"):
+        out.line(f"candidates: {report['zoo_description']}")
     out.line("out in: the round a model was eliminated in (-: kept to the end)")
     if more > 0:
         out.line(f"{more} more rows in {where}")

@@ -12,6 +12,7 @@ lightning-hydra-template's). Their error boundary is ``boundary.py``.
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..errors import ConfigError
 from ..halving import SearchCallback, SearchResult, SuccessiveHalving
 from ..io import check_folder
 from ..store import BlockStore
-from .config import expected_size, spec_of
+from .config import describe_zoo, expected_size, spec_of
 from .hints import check_run
 from .report import SearchReport
 
@@ -53,12 +54,15 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
     logger = make_logger(cfg.get("logger"), output_dir)
     callbacks = make_callbacks(cfg.get("callbacks"))
     searcher = _call(instantiate(cfg.search), "search", store=store, data=data, logger=logger, callbacks=callbacks)
+    about = describe_zoo(spec)
+    if searcher.progress:  # what the zoo is (random init or which weights), before a long build or search
+        print(f"candidates: {about}", file=sys.stderr, flush=True)
     size = expected_size(spec, store)
     searcher.strategy.cut_rounds(data, size, searcher.result_size)
     zoo = spec.build(store, progress=searcher.progress)
     if len(zoo.models) != size:  # a where filter kept fewer models than the zoos hold
         searcher.strategy.cut_rounds(data, len(zoo.models), searcher.result_size)
-    report = SearchReport(cfg, zoo, output_dir)  # results.json and the plots, written as the search ends
+    report = SearchReport(cfg, zoo, output_dir, about=about)  # results.json and the plots, written as the search ends
     searcher.callbacks.append(report)
     result, rank = launch_search(searcher, zoo.models, **getattr(searcher, "launch_options", SINGLE_PROCESS))
     return (result, report.report) if rank == 0 else (result, None)

@@ -362,9 +362,11 @@ def _workers(value: Any) -> int:
 @contextmanager
 def _progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
     """A transient progress bar (for 200 items or more) and the function that advances it."""
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True, disable=total < 200) as bar:
+    console = Console(stderr=True)  # a terminal's bar; nothing in a log or pipe (standard output keeps the report)
+    with Progress(transient=True, disable=total < 200 or not console.is_terminal, console=console) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 

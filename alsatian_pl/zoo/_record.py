@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from rich.console import Console
 from rich.progress import Progress
 
 from ..checks import text
@@ -105,7 +107,10 @@ def _build_zoo(store: BlockStore, zoo_id: str, config: dict[str, Any], build: Ca
                task: str, total: int, progress: bool) -> Zoo:
     """The models ``build()`` stores, with a progress bar, recorded as zoo ``zoo_id``."""
     names = []
-    with Progress(disable=not progress, transient=True) as bar:
+    console = Console(stderr=True)  # the bar on a terminal; in a log one line (standard output keeps the report)
+    if progress and not console.is_terminal:
+        print(f"{task}: {total} steps", file=sys.stderr, flush=True)
+    with Progress(disable=not progress or not console.is_terminal, transient=True, console=console) as bar:
         bar_task = bar.add_task(task, total=total)
         for name in build():
             names.append(name)
