@@ -161,3 +161,28 @@ def test_a_diverged_fine_tune_saves_nothing_and_says_why(tmp_path):
                                         r".*finetune.optimizer.lr"):
         save_finetuned(module, tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_lightning_says_only_what_the_user_needs(caplog, monkeypatch):
+    """No accelerator inventory or advertisement, no warning about Lightning's internals, no v_num in the bar."""
+    import logging
+    import warnings
+
+    from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+    from lightning.pytorch.utilities import rank_zero_info
+    from omegaconf import OmegaConf
+
+    from alsatian_pl.app.finetune import _progress_bar, _quiet
+
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with _quiet():
+            rank_zero_info("GPU available: False, used: False")
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", DeprecationWarning)
+        warnings.warn("a warning of the user's own")
+    assert "GPU available" not in caplog.text and [str(w.message) for w in seen] == ["a warning of the user's own"]
+    monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, t, m: {"v_num": 0, "val/acc": 0.5})
+    bars = _progress_bar(OmegaConf.create({"trainer": {"enable_progress_bar": True}}), None)
+    assert len(bars) == 1 and bars[0].get_metrics(None, None) == {"val/acc": 0.5}
+    assert _progress_bar(OmegaConf.create({"trainer": {"enable_progress_bar": False}}), None) == []
+    assert _progress_bar(OmegaConf.create({"trainer": {}}), [ProgressBar()]) == []  # the caller's own bar wins

@@ -3,8 +3,10 @@ Lightning ``Trainer`` through :class:`~alsatian_pl.finetune.FinetuneCallback`, f
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,9 +48,8 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     if f.get("checkpoint"):  # refuse a checkpoint path under a file now, not after training
         check_folder(Path(text("finetune.checkpoint", f.checkpoint)).parent, "finetune.checkpoint")
     extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
-    trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *(callbacks or [])])
-    with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    with _quiet():
+        trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *_progress_bar(cfg, callbacks), *(callbacks or [])])
         try:
             trainer.fit(module, datamodule=data)
         except SystemExit:  # Lightning ends a Ctrl-C in fit with sys.exit(1): hand the entry point an interruption
@@ -56,6 +57,46 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
                 raise KeyboardInterrupt from None
             raise
     return module, trainer, hand_off
+
+
+NOISE = (r".*module\(s\) in eval mode.*",  # frozen blocks are in eval mode on purpose
+         r".*isinstance\(treespec, LeafSpec\).*",  # a deprecation inside Lightning, not the user's to act on
+         r".*smaller than the logging interval.*")  # small data: each epoch is still logged
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Lightning's output reduced to what the user needs: no accelerator inventory ("GPU available: ...", "TPU
+    available: ..."), no advertisement, no warnings about its own internals; the progress bar and errors stay."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero",
+                                               "lightning.fabric.utilities.rank_zero")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for message in NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _progress_bar(cfg: DictConfig, callbacks: list[L.Callback] | None) -> list[L.Callback]:
+    """Lightning's rich bar without ``v_num`` (the logger's version, not a metric), when the trainer shows one and
+    the caller gave none."""
+    from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+    if not cfg.trainer.get("enable_progress_bar", True) or any(isinstance(c, ProgressBar) for c in callbacks or []):
+        return []
+
+    class Bar(RichProgressBar):
+        def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            return metrics
+    return [Bar()]
 
 
 def _check_training(cfg: DictConfig) -> None:
