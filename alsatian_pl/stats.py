@@ -37,6 +37,12 @@ class SearchStats:
         self.block_seconds: dict[str, float] = {}
         self.block_items: dict[str, int] = {}
         self.saved_seconds = 0.0  # inference time the feature cache's hits took when they were computed
+        self.started = time.perf_counter()  # this run's start: a round checkpoint saves the seconds run so far
+        self.earlier_seconds = 0.0  # a resumed search: the wall seconds of the runs before, up to their last round
+
+    def elapsed(self) -> float:
+        """Wall seconds of the search so far, the runs a resumed search continues included."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

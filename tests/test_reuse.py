@@ -126,6 +126,23 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(zoo, data, tmp_path, monke
     monkeypatch.undo()
     resumed = _search(zoo, data, checkpoint_dir=tmp_path, resume=True)
     assert resumed.resumed_from_round == 1 and _scores(resumed) == _scores(_search(zoo, data))
+    t = resumed.timings_s  # the total counts the earlier run's saved round too: the phases add up within it
+    assert sum(v for k, v in t.items() if k != "total") <= t["total"] * 1.05 + 0.05
+
+
+def test_a_resumed_report_says_so():
+    import io
+
+    from rich.console import Console
+
+    from alsatian_pl.app.report import print_report
+    from test_output import fake_report
+    buffer = io.StringIO()
+    print_report({**fake_report(), "resumed_from_round": 1}, Console(file=buffer, width=80))
+    assert "resumed after round 1: the times include the earlier run's rounds" in buffer.getvalue()
+    buffer = io.StringIO()
+    print_report(fake_report(), Console(file=buffer, width=80))
+    assert "resumed" not in buffer.getvalue()
 
 
 def test_rounds_are_logged_through_a_lightning_logger(zoo, data, tmp_path):

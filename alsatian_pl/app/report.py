@@ -121,6 +121,8 @@ def _print_times(report: dict[str, Any], out: Output) -> None:
          str(r["distinct_blocks"]), f"{r['planned_peak_bytes'] / size:.1f}", f"{r['observed_peak_bytes'] / size:.1f}"]
         for r in rounds])
     out.line("parts: partitions of the data; steps: inference steps; blocks: distinct blocks")
+    if report.get("resumed_from_round"):  # 0-based: the first round this run ran
+        out.line(f"resumed after round {report['resumed_from_round']}: the times include the earlier run's rounds")
     st = report["store"]
     out.line(f"store: {st['models']} models, {st['distinct_blocks']} distinct blocks, "
              f"{format_bytes(st['logical_bytes'])} logical, {format_bytes(st['physical_bytes'])} on disk; "

@@ -181,7 +181,7 @@ class SuccessiveHalving:
         result = search_result(state, engine, strategy=self.strategy.name,
                                higher_is_better=self.scorer.higher_is_better, group=self.group,
                                prepare_data=self.data.prepare_seconds,
-                               total=time.perf_counter() - wall + prepared_before,
+                               total=time.perf_counter() - wall + prepared_before + self.stats.earlier_seconds,
                                blocks_read=sum(self.store.blocks_read.values()), rebalance_below=self.rebalance_below)
         self.callbacks.call("on_search_end", self, state, result)
         return result

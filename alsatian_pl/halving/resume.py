@@ -129,6 +129,7 @@ class RoundCheckpoint(SearchCallback):
         s.counts.update(meta["counts"])
         s.block_seconds.update(meta["block_seconds"])
         s.block_items.update(meta["block_items"])
+        s.earlier_seconds = float(meta.get("elapsed_s", 0.0))  # the total counts the earlier runs' rounds too
         search.callbacks.load_state_dict(meta.get("callbacks", {}))
         state.saved_rounds = meta["round"] + 1
         return meta["round"] + 1
@@ -153,7 +154,8 @@ def _meta(search: SuccessiveHalving, state: SearchState) -> dict[str, Any]:
             "scores": {m: [p.score, p.test_loss] for m, p in state.scores.items()},
             "eliminated": {m: [r, p.score, p.test_loss] for m, (r, p) in state.eliminated.items()},
             "reports": [asdict(r) for r in state.reports], "timings": s.timings, "counts": dict(s.counts),
-            "block_seconds": s.block_seconds, "block_items": s.block_items, "schedule": search.schedule.options(),
+            "block_seconds": s.block_seconds, "block_items": s.block_items, "elapsed_s": s.elapsed(),
+            "schedule": search.schedule.options(),
             "callbacks": search.callbacks.state_dict()}
 
 
