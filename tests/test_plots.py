@@ -24,3 +24,15 @@ def test_plots_are_written_as_png(tmp_path):
     for draw, name in ((ranking_plot, "ranking.png"), (time_plot, "time.png")):
         path = draw(report, tmp_path / name)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_the_ranking_plot_spans_the_scores_and_names_the_scorer():
+    from alsatian_pl.app.plots import ranking_title, score_range
+
+    low, high = score_range([0.83, 0.7, 0.55])
+    assert 0.5 < low < 0.55 and 0.83 < high < 0.9  # not from 0: the spread stays visible
+    assert score_range([-3.0, -1.0]) == (-3.2, -0.8) and score_range([0.5, 0.5]) == (0.475, 0.525)
+    report = {"strategy": "alsatian", "rounds": [{}], "ranking": [{}] * 3,
+              "config": {"search": {"scorer": {"name": "logme", "kwargs": {}}}}}
+    assert ranking_title(report) == "ranking by logme score (alsatian, 3 models, 1 rounds)"
+    assert ranking_title({**report, "config": {}}).startswith("ranking by proxy score")

@@ -50,3 +50,20 @@ def test_differing_rankings_are_reported_loudly(tmp_path):
     assert [j["first_difference"] for j in summary["jobs"]] == [None, 1]
     assert "RANKINGS DIFFER" in console.export_text()
     assert json.loads((tmp_path / "summary.json").read_text())["rankings_identical"] is False
+
+
+def test_a_time_difference_between_identical_plans_is_called_load(tmp_path):
+    from alsatian_pl.app.sweep import timing_note
+    jobs = [{"job": "0", "total_s": 10.0, "plan": [[1, 8, 94]]}, {"job": "1", "total_s": 17.0, "plan": [[1, 8, 94]]},
+            {"job": "2", "total_s": 30.0, "plan": [[3, 24, 94]]}]
+    note = timing_note(jobs)
+    assert note is not None and note.startswith("jobs 0 and 1 ran identical plans yet differ 1.7x in time")
+    assert timing_note([jobs[0], jobs[2]]) is None  # different plans: the time may differ for a reason
+    assert timing_note([jobs[0], {**jobs[1], "total_s": 11.0}]) is None  # within 20%
+    a = _fake(tmp_path / "0" / "results.json", ["m1", "m2"], "1GB")
+    b = _fake(tmp_path / "1" / "results.json", ["m1", "m2"], "8GB")
+    b.write_text(b.read_text().replace('"total": 1.0', '"total": 2.0'))
+    console = Console(record=True, width=200)
+    summarize([a, b], tmp_path, console)
+    assert "note: jobs 0 and 1 ran identical plans yet differ 2.0x in time" in console.export_text()
+    assert (tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"

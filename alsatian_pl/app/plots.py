@@ -10,7 +10,7 @@ from typing import Any
 from ..io import atomic_write
 from ..units import display_names
 
-__all__ = ["PHASES", "ranking_plot", "time_plot"]
+__all__ = ["PHASES", "ranking_plot", "time_plot", "score_range", "scorer_name"]
 
 PHASES = ("prepare_data", "prepare_model", "inference", "proxy_scoring", "planning", "checkpoint")
 
@@ -23,23 +23,44 @@ def _pyplot():
 
 
 def ranking_plot(report: dict[str, Any], path: str | Path) -> Path:
-    """Bars of every model's last score, best first, coloured by the round it was eliminated in (or kept)."""
+    """Bars of every model's last score, best first, coloured by the round it was eliminated in (or kept), on an
+    axis that spans the scores (not from 0: a 0.55-0.83 spread stays visible); the title names the scorer."""
     plt = _pyplot()
     ranking, rounds = report["ranking"], len(report["rounds"])
     names = display_names([r["model"] for r in ranking])
     colors = plt.get_cmap("viridis", max(rounds, 1))
+    low, high = score_range([r["score"] for r in ranking])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(ranking) + 2), 4))
     for i, r in enumerate(ranking):
         out = r["eliminated_in_round"]
-        ax.bar(i, r["score"], color="#d62728" if out is None else colors(out),
+        ax.bar(i, r["score"] - low, bottom=low, color="#d62728" if out is None else colors(out),
                label="kept" if out is None else f"out in round {out + 1}")
+    ax.set_ylim(low, high)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xticks(range(len(ranking)), [names[r["model"]] for r in ranking], rotation=90, fontsize=7)
-    ax.set_ylabel("proxy score (last round scored)")
-    ax.set_title(f"ranking ({report['strategy']}, {len(ranking)} models, {rounds} rounds)")
+    ax.set_ylabel(f"{scorer_name(report)} score (last round scored)")
+    ax.set_title(ranking_title(report))
     return _save(fig, plt, path)
+
+
+def scorer_name(report: dict[str, Any]) -> str:
+    """The proxy scorer of the report's config (``search.scorer.name``), else ``proxy``."""
+    scorer = ((report.get("config") or {}).get("search") or {}).get("scorer") or {}
+    return str(scorer.get("name", "proxy")) if isinstance(scorer, dict) else "proxy"
+
+
+def ranking_title(report: dict[str, Any]) -> str:
+    return (f"ranking by {scorer_name(report)} score ({report['strategy']}, {len(report['ranking'])} models, "
+            f"{len(report['rounds'])} rounds)")
+
+
+def score_range(scores: list[float]) -> tuple[float, float]:
+    """The axis limits: the scores' range with 10% room either side (a lone or tied score gets room too)."""
+    low, high = min(scores, default=0.0), max(scores, default=1.0)
+    pad = (high - low) * 0.1 or abs(high) * 0.05 or 0.05
+    return low - pad, high + pad
 
 
 def time_plot(report: dict[str, Any], path: str | Path) -> Path:

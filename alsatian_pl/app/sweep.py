@@ -59,7 +59,23 @@ def _row(path: Path, r: dict[str, Any]) -> dict[str, Any]:
         "peak_host_rss_bytes": r["memory"]["peak_host_rss_bytes"],
         "peak_accelerator_bytes": r["memory"]["peak_accelerator_bytes"],
         "ranking": [m["model"] for m in r["ranking"]],
+        "plan": [[x.get("partitions"), x.get("inference_steps"), x.get("items")] for x in rounds],
     }
+
+
+def timing_note(jobs: list[dict[str, Any]], ratio: float = 1.2) -> str | None:
+    """A line when jobs that ran identical plans (partitions, inference steps, items per round) differ in time by
+    ``ratio`` or more: the difference is the machine's load, not what the sweep varied."""
+    by_plan: dict[str, list[dict[str, Any]]] = {}
+    for j in jobs:
+        by_plan.setdefault(repr(j.get("plan")), []).append(j)
+    for same in by_plan.values():
+        fast, slow = min(same, key=lambda j: j["total_s"]), max(same, key=lambda j: j["total_s"])
+        times = slow["total_s"] / fast["total_s"] if fast["total_s"] > 0 else 1.0
+        if len(same) > 1 and times >= ratio:
+            return (f"jobs {fast['job']} and {slow['job']} ran identical plans yet differ {times:.1f}x in time: "
+                    "that is the machine's load, not what the sweep varied")
+    return None
 
 
 def _failed(path: Path) -> dict[str, Any]:
@@ -132,6 +148,9 @@ def print_summary(summary: dict, console: Console) -> None:
     console.print(f"winner: {', '.join(sorted({j['ranking'][0] for j in jobs if j['ranking']}))}")
     console.print("* peak RSS (and GPU) are per process: jobs run one after another in one process report the "
                   "running maximum")
+    note = timing_note(jobs)
+    if note:
+        console.print(f"note: {note}", highlight=False)
     if differ:
         console.print(f"[bold red]WARNING: RANKINGS DIFFER: job(s) {', '.join(differ)} rank the models differently "
                       f"from job {jobs[0]['job']}. A cache budget must never change the ranking: if the jobs differ "
@@ -179,6 +198,9 @@ def draw_summary(summary: dict, path: str | Path) -> Path:
     title = "rankings identical in all jobs" if ok else f"RANKINGS DIFFER: jobs {', '.join(summary['differing_jobs'])}"
     title += f"; {len(failed)} job(s) failed: {', '.join(f['job'] for f in failed)}" if failed else ""
     fig.suptitle(title, color="green" if ok and not failed else "#c80000", fontsize=11)
+    note = timing_note(jobs)
+    if note:
+        axes[0].set_xlabel(note.replace(" yet ", "\nyet ").replace(": ", ":\n", 1), fontsize=7, color="#555555")
     return _save(fig, plt, path)
 
 
