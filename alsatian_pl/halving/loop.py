@@ -331,6 +331,10 @@ class SuccessiveHalving:
                 m = manifests[bad[0]]
                 fix = (f"set dataset.max_length to {m.input_size[-1]}" if default is not None else
                        f"set dataset.image_size to {m.input_size[-1]}")
+                if (default is not None) == (len(m.input_size) == 3):  # texts for image models, or the reverse
+                    fix = ("a text dataset needs text models (models=minilm_zoo, models=bert_base_zoo or "
+                           "models=hf_dirs)" if default is not None else "an image dataset needs image models "
+                           "(models=effnet_lite0_zoo, models=resnet18_zoo, models=checkpoints, ...)")
                 raise DataError(f"model {bad[0]} expects inputs of size {list(m.input_size)} but the dataset "
                                 f"prepares {list(shape)} ({len(bad)} model(s) differ): {fix}, or rebuild the zoo to "
                                 "match.")
