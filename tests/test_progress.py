@@ -41,7 +41,7 @@ def test_the_terminal_bar_counts_the_rounds_steps(zoo, data):
     stream = io.StringIO()
     search(zoo, data, callbacks=[ProgressBar(stream=stream, plain=False)], **OPTIONS)
     text = stream.getvalue()
-    assert "rounds" in text and "search: " not in text  # the bar, not the plain lines
+    assert "round 3/3" in text and "━" in text and "search: " not in text  # the bar (its last state), no lines
 
 
 def test_step_text_counts_from_the_rounds_start():
@@ -76,3 +76,28 @@ def test_the_run_says_what_the_zoo_is():
     assert describe_zoo(spec_of(timm.models)) == ("4 pretrained timm models (resnet18.a1_in1k, resnet50.a1_in1k, "
                                                 "resnet34.a1_in1k and 1 more)")
     assert describe_zoo(spec_of(where.models)).endswith("random init (seed 0), cut by models.where")
+
+
+def test_the_terminal_bar_fits_80_columns():
+    import time
+
+    from rich.console import Console
+
+    from alsatian_pl.halving.progress import _RoundSteps, _StepsColumn
+    from alsatian_pl.stats import SearchStats
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    stats, steps = SearchStats(), _RoundSteps()
+    steps.open(stats)
+    steps.planned, steps.started = 1234, time.perf_counter() - 100
+    stats.count("inference_steps", 617)
+    buffer = io.StringIO()
+    bar = ProgressBar(stream=buffer, plain=False)
+    bar._steps = steps
+    console = Console(file=buffer, width=80, force_terminal=True, color_system=None)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=8), TimeElapsedColumn(),
+                        _StepsColumn(steps), console=console)  # as ProgressBar draws it
+    progress.add_task("round 10/10 · 1000 models · 99999 items", total=10, completed=9)
+    console.print(progress.get_renderable())
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= 80 and "step 617/1234, 6.2/s" in lines[0], lines

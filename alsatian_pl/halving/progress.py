@@ -43,7 +43,7 @@ class _RoundSteps:
         if not self.planned:
             return ""
         done, seconds = self.done(), time.perf_counter() - self.started
-        rate = f", {done / seconds:.1f} steps/s" if done and seconds > 0 else ""
+        rate = f", {done / seconds:.1f}/s" if done and seconds > 0 else ""
         return f"step {min(done, self.planned)}/{self.planned}{rate}"
 
 
@@ -55,7 +55,7 @@ class _StepsColumn(ProgressColumn):
         self.steps = steps
 
     def render(self, task: Any) -> Text:
-        return Text(self.steps.text())
+        return Text(self.steps.text(), no_wrap=True, overflow="ellipsis")
 
 
 class ProgressBar(SearchCallback):
@@ -77,11 +77,11 @@ class ProgressBar(SearchCallback):
         if plain:
             self._say(f"search: {state.rounds} rounds over {len(state.alive)} models{resumed}")
             return
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                             TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(),
-                             _StepsColumn(self._steps), console=console, transient=False)
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=8), TimeElapsedColumn(),
+                             _StepsColumn(self._steps), console=console)  # 80 columns hold it
         self._bar.start()
-        self._task = self._bar.add_task("search" + resumed, total=state.rounds, completed=state.first_round)
+        self._task = self._bar.add_task(f"search, {state.rounds} rounds{resumed}", total=state.rounds,
+                                        completed=state.first_round)
 
     def on_round_start(self, search: SuccessiveHalving, state: SearchState) -> None:
         self._steps.open(search.stats)
