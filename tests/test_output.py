@@ -62,6 +62,7 @@ def test_in_a_pipe_the_report_is_plain_rows_with_every_name_whole():
         short = row["model"].rpartition("-")[2]
         assert sum(1 for line in lines if re.search(rf"\s{short}\s", line)) == 1
     assert "25 more rows in outputs/search/2026-12-07_01-45-31-123456/results.json" in lines
+    assert "zoo resnet152_zoo" in lines and lines[0] == "ranking (alsatian)"
     assert any(line.split()[:2] == ["1", "35"] and line.split()[-2:] == ["4.0", "3.9"] for line in lines)
 
 

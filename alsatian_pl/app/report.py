@@ -83,13 +83,13 @@ def print_report(report: dict[str, Any], console: Console | None = None, top: in
     rows = [[str(i + 1), names[row["model"]], f"{row['score']:.4f}", f"{row['test_loss']:.4f}",
              "-" if row["eliminated_in_round"] is None else str(row["eliminated_in_round"] + 1)]
             for i, row in enumerate(ranking[:top])]
-    out.table(f"ranking ({report['strategy']}, zoo {report['zoo']})", [
+    out.table(f"ranking ({report['strategy']})", [
         Column("#", right=True), Column("model", fold=True), Column("score", right=True),
         Column("test loss", right=True), Column("out in", right=True)], rows)
     more = len(ranking) - top
     where = results or report.get("results_file") or "results.json"
-    if report.get("zoo_description"):
-        out.line(f"candidates: {report['zoo_description']}")
+    about = report.get("zoo_description")
+    out.line(f"zoo {report['zoo']}" + (f": {about}" if about else ""))
     out.line("out in: the round a model was eliminated in (-: kept to the end)")
     if more > 0:
         out.line(f"{more} more rows in {where}")
