@@ -101,3 +101,15 @@ def test_the_terminal_bar_fits_80_columns():
     console.print(progress.get_renderable())
     lines = buffer.getvalue().splitlines()
     assert len(lines) == 1 and len(lines[0]) <= 80 and "step 617/1234, 6.2/s" in lines[0], lines
+
+
+def test_the_rate_stops_with_the_rounds_inference():
+    from alsatian_pl.halving.progress import _RoundSteps
+    from alsatian_pl.stats import SearchStats
+
+    stats, steps = SearchStats(), _RoundSteps()
+    steps.open(stats)
+    steps.planned, steps.started = 10, 100.0
+    stats.count("inference_steps", 10)
+    steps.executed = 105.0  # inference took 5 s: scoring afterwards does not lower the rate
+    assert steps.text() == "step 10/10, 2.0/s"

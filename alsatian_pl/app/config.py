@@ -48,8 +48,8 @@ def describe_zoo(spec: Any) -> str:
     if isinstance(spec, ZooList):
         return f"{len(spec.zoos)} zoos: " + "; ".join(describe_zoo(z) for z in spec.zoos)
     if isinstance(spec, ZooConfig):
-        weights = f"of the weights {spec.checkpoint}" if spec.checkpoint else f"random init (seed {spec.seed})"
-        return f"{spec.num_models} synthetic {spec.arch} variants ({spec.distribution}), {weights}"
+        weights = f" of the weights {spec.checkpoint}" if spec.checkpoint else f", random init (seed {spec.seed})"
+        return f"{spec.num_models} synthetic {spec.arch} variants ({spec.distribution}){weights}"
     if isinstance(spec, CheckpointFolder):
         return f"the {spec.arch} checkpoints in {spec.path}"
     if isinstance(spec, TimmNames):

@@ -12,11 +12,11 @@ lightning-hydra-template's). Their error boundary is ``boundary.py``.
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
+from rich.console import Console
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..checks import choice, text, whole
@@ -28,6 +28,7 @@ from ..io import check_folder
 from ..store import BlockStore
 from .config import describe_zoo, expected_size, spec_of
 from .hints import check_run
+from .output import Output
 from .report import SearchReport
 
 __all__ = ["ACCELERATORS", "SINGLE_PROCESS", "run_search", "LaunchedSuccessiveHalving", "make_callbacks", "make_logger"]
@@ -56,7 +57,7 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
     searcher = _call(instantiate(cfg.search), "search", store=store, data=data, logger=logger, callbacks=callbacks)
     about = describe_zoo(spec)
     if searcher.progress:  # what the zoo is (random init or which weights), before a long build or search
-        print(f"candidates: {about}", file=sys.stderr, flush=True)
+        Output(Console(stderr=True)).line(f"candidates: {about}")  # wrapped at spaces on a terminal, whole in a log
     size = expected_size(spec, store)
     searcher.strategy.cut_rounds(data, size, searcher.result_size)
     zoo = spec.build(store, progress=searcher.progress)

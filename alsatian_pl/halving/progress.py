@@ -31,9 +31,10 @@ class _RoundSteps:
     def __init__(self) -> None:
         self.stats: Any = None
         self.start_count, self.planned, self.started = 0, 0, time.perf_counter()
+        self.executed: float | None = None  # when the round's inference ended (its rate stops there)
 
     def open(self, stats: Any) -> None:
-        self.stats, self.planned, self.started = stats, 0, time.perf_counter()
+        self.stats, self.planned, self.started, self.executed = stats, 0, time.perf_counter(), None
         self.start_count = stats.counts["inference_steps"]
 
     def done(self) -> int:
@@ -42,7 +43,7 @@ class _RoundSteps:
     def text(self) -> str:
         if not self.planned:
             return ""
-        done, seconds = self.done(), time.perf_counter() - self.started
+        done, seconds = self.done(), (self.executed or time.perf_counter()) - self.started
         rate = f", {done / seconds:.1f}/s" if done and seconds > 0 else ""
         return f"step {min(done, self.planned)}/{self.planned}{rate}"
 
@@ -100,6 +101,7 @@ class ProgressBar(SearchCallback):
                       f"{plan.partitions} partition(s)")
 
     def on_round_executed(self, search: SuccessiveHalving, state: SearchState) -> None:
+        self._steps.executed = time.perf_counter()
         if self._bar is None:
             self._say(f"round {state.round + 1}/{state.rounds}: inference done ({self._steps.text() or 'no steps'}), "
                       "scoring")
@@ -132,7 +134,9 @@ class ProgressBar(SearchCallback):
 
         def tick() -> None:
             while not self._stop_ticks.wait(self.every_s):
-                if self._steps.planned:
+                if self._steps.executed is not None:
+                    self._say(f"{label}: scoring, {time.perf_counter() - self._steps.executed:.0f} s so far")
+                elif self._steps.planned:
                     self._say(f"{label}: {self._steps.text()}")
         self._ticker = threading.Thread(target=tick, name="alsatian-progress", daemon=True)
         self._ticker.start()
