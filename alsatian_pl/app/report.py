@@ -87,7 +87,28 @@ def print_report(report: dict[str, Any], console: Console | None = None, top: in
     if len(ranking) > top:
         where = results or report.get("results_file") or "results.json"
         console.print(f"{len(ranking) - top} more rows in {where}", highlight=False)
+    for line in confidence_lines(report, names):
+        console.print(line, highlight=False)
     _print_times(report, console)
+
+
+def confidence_lines(report: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """How sure the ranking is, in a line or three: the models that could be best at the search's level, those
+    halving pruned though they could have been, and an ensemble's agreement (nothing when the search has no level)."""
+    level, best = report.get("confidence"), report.get("confident_set")
+    lines = []
+    if level is not None:
+        shown = ", ".join(names.get(m, m) for m in best) if best else "unknown (the scores carry no uncertainty)"
+        lines.append(f"could be best ({level:.0%}): {shown}")
+    pruned = report.get("pruned_contenders") or []
+    if pruned:
+        rounds = {r["model"]: r["eliminated_in_round"] for r in report["ranking"]}
+        lines.append("pruned by halving though it could have been best then: "
+                     + ", ".join(f"{names.get(m, m)} (round {rounds[m] + 1})" for m in pruned))
+    if report.get("agreement"):
+        lines.append(f"agreement of the ensemble's scorers (Kendall tau, all candidates): "
+                     f"{report['agreement']['mean']:.2f}")
+    return lines
 
 
 def _print_times(report: dict[str, Any], console: Console) -> None:

@@ -27,7 +27,7 @@ from ..errors import AlsatianWarning, ConfigError, DataError
 from ..features import FeatureStore
 from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_round
 from ..resources import release_free_memory, reset_peak_memory, resolve_device
-from ..score import ProxyScore, ProxyScorer, rank
+from ..score import JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, rank, replicating
 from ..stats import SearchStats
 from ..store import BlockStore, ModelManifest
 from ..zoo import model_tokenizer
@@ -83,7 +83,8 @@ class SuccessiveHalving:
     ``noise_margin``: the opt-in robust successive-halving schedule (:mod:`alsatian_pl.halving.schedule`, which
     states their cost; None: the paper's schedule). ``rebalance_below``: a distributed search whose survivors'
     predicted balance over the ranks falls below this moves subtrees and their features between ranks
-    (:mod:`alsatian_pl.halving.rebalance`; None: never).
+    (:mod:`alsatian_pl.halving.rebalance`; None: never). ``confidence``: the level of the scores' intervals and of
+    the set of models that could be best (:mod:`alsatian_pl.score._confidence`; None: neither, and no replicates).
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -95,19 +96,23 @@ class SuccessiveHalving:
                  feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB",
                  checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None,
                  group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None,
-                 rebalance_below: float | None = 0.8, callbacks: Sequence[SearchCallback] | None = None):
+                 rebalance_below: float | None = 0.8, callbacks: Sequence[SearchCallback] | None = None,
+                 confidence: float | None = 0.9):
         check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
                       channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
-                      feature_cache=feature_cache, checkpoint_dir=checkpoint_dir,
+                      feature_cache=feature_cache, checkpoint_dir=checkpoint_dir, confidence=confidence,
                       sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
                              "device_capacity": device_capacity})
         self.rebalance_below = rebalance.check_threshold(rebalance_below)
         self.store, self.data = store, data
         self._set_strategy(strategy, Schedule(min_class_items, noise_margin))
         self.scorer = make_scorer(scorer, scorer_kwargs, seed)
-        if self.schedule.noise_margin is not None and not self.scorer.reports_stderr:
+        self.confidence = None if confidence is None else float(confidence)
+        errors = self.scorer.reports_stderr or (confidence is not None and self.scorer.gives_replicates)
+        if self.schedule.noise_margin is not None and not errors:
             warnings.warn(f"search.noise_margin={self.schedule.noise_margin:g} keeps nobody extra with scorer "
-                          f"{self.scorer.name!r}: its scores carry no standard error (linear and knn do)",
+                          f"{self.scorer.name or type(self.scorer).__name__!r}: its scores carry no standard error "
+                          "(linear and knn always do; every built-in scorer does with search.confidence set)",
                           AlsatianWarning, stacklevel=2)
         self.result_size, self.batch_size = result_size, batch_size
         self.cache_budget = to_bytes(cache_budget)
@@ -180,7 +185,8 @@ class SuccessiveHalving:
                 self.engine = None
         result = search_result(state, engine, strategy=self.strategy.name,
                                higher_is_better=self.scorer.higher_is_better, group=self.group,
-                               prepare_data=self.data.prepare_seconds,
+                               prepare_data=self.data.prepare_seconds, confidence=self.confidence,
+                               limits=self.scorer.score_range,
                                total=time.perf_counter() - wall + prepared_before,
                                blocks_read=sum(self.store.blocks_read.values()), rebalance_below=self.rebalance_below)
         self.callbacks.call("on_search_end", self, state, result)
@@ -276,7 +282,8 @@ class SuccessiveHalving:
         engine.cache.reserve(self.data.held_bytes + state.features.held_bytes())
         engine.cache.reset_peak()
         mine = [m for m in state.alive if m in state.features.models]
-        with engine.stats.phase("proxy_scoring"), engine.cache.hold_weights(memory.scoring):
+        with engine.stats.phase("proxy_scoring"), engine.cache.hold_weights(memory.scoring), \
+                replicating(self.scorer, self._replicates(state)):
             state.features.close_round()
             scores = self.scorer.score(state.features.train(mine), torch.cat(state.labels), state.features.test(mine),
                                        state.test_labels, self.data.num_classes) if mine else {}
@@ -284,7 +291,15 @@ class SuccessiveHalving:
         engine.cache.reserve(0)
         release_free_memory()
         with engine.stats.phase("communication"):
-            return {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
+            gathered = {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
+        return self.scorer.combine(gathered)
+
+    def _replicates(self, state: SearchState) -> int:
+        """Jackknife groups the scorer attaches this round: with a confidence level, in the last round, and in every
+        round where they cost no rescoring or the noise margin reads their standard error."""
+        wanted = (state.round == state.rounds - 1 or not self.scorer.costly_replicates
+                  or self.schedule.noise_margin is not None)
+        return JACKKNIFE_GROUPS if self.confidence is not None and wanted else 0
 
     def _prune(self, state: SearchState, engine: Engine, scores: dict[str, ProxyScore]) -> None:
         """Keep the better part (the strategy's survivors and, with a noise margin, the models within it), report
@@ -293,7 +308,8 @@ class SuccessiveHalving:
         alive = self.strategy.keep(order, scores, r, state.rounds, self.result_size, self.scorer.higher_is_better)
         going_on = set(alive)
         dropped = [m for m in order if m not in going_on]
-        state.reports.append(round_report(state, engine, self.group, len(alive)))
+        state.reports.append(round_report(state, engine, self.group, len(alive), scores))
+        state.leaders[r] = (order[0], scores[order[0]])
         for m in dropped:
             state.eliminated[m] = (r, scores[m])
         state.features.drop(dropped)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RoundCheckpoint", "SearchCheckpoint", "interrupted"]
 
-CHECKPOINT_FORMAT = "alsatian-search-state-v1"
+CHECKPOINT_FORMAT = "alsatian-search-state-v2"  # v2: scores keep replicates, members; round leaders
 
 
 @dataclass
@@ -150,11 +150,25 @@ def checkpoint_file(search: SuccessiveHalving, state: SearchState, folder: Path)
 def _meta(search: SuccessiveHalving, state: SearchState) -> dict[str, Any]:
     s = search.stats
     return {"round": state.round, "alive": state.alive, "kept_items": state.features.kept_items,
-            "scores": {m: [p.score, p.test_loss] for m, p in state.scores.items()},
-            "eliminated": {m: [r, p.score, p.test_loss] for m, (r, p) in state.eliminated.items()},
+            "scores": {m: _saved(p) for m, p in state.scores.items()},
+            "eliminated": {m: [r, _saved(p)] for m, (r, p) in state.eliminated.items()},
+            "leaders": {str(r): [m, _saved(p)] for r, (m, p) in state.leaders.items()},
             "reports": [asdict(r) for r in state.reports], "timings": s.timings, "counts": dict(s.counts),
             "block_seconds": s.block_seconds, "block_items": s.block_items, "schedule": search.schedule.options(),
             "callbacks": search.callbacks.state_dict()}
+
+
+def _saved(p: ProxyScore) -> dict[str, Any]:
+    """A score as JSON: its value, test loss, standard error, replicates and (an ensemble's) member scores."""
+    members = None if p.members is None else {n: _saved(q) for n, q in p.members.items()}
+    return {"score": p.score, "test_loss": p.test_loss, "stderr": p.stderr,
+            "replicates": None if p.replicates is None else list(p.replicates), "members": members}
+
+
+def _restored(v: dict[str, Any]) -> ProxyScore:
+    members = None if v["members"] is None else {n: _restored(q) for n, q in v["members"].items()}
+    reps = None if v["replicates"] is None else tuple(v["replicates"])
+    return ProxyScore(v["score"], v["test_loss"], v["stderr"], reps, members)
 
 
 def _labels(state: SearchState) -> dict[str, torch.Tensor]:
@@ -165,8 +179,9 @@ def restore_state(search: SuccessiveHalving, state: SearchState, meta: dict[str,
                   tensors: dict[str, torch.Tensor]) -> None:
     """The saved rounds' survivors, scores, reports, labels and kept features back into ``state``."""
     state.alive, state.reports = list(meta["alive"]), [RoundReport(**r) for r in meta["reports"]]
-    state.scores = {m: ProxyScore(*v) for m, v in meta["scores"].items()}
-    state.eliminated = {m: (r, ProxyScore(a, b)) for m, (r, a, b) in meta["eliminated"].items()}
+    state.scores = {m: _restored(v) for m, v in meta["scores"].items()}
+    state.eliminated = {m: (r, _restored(v)) for m, (r, v) in meta["eliminated"].items()}
+    state.leaders = {int(r): (m, _restored(v)) for r, (m, v) in meta.get("leaders", {}).items()}
     state.labels = [tensors[f"labels/{i}"] for i in range(meta["round"] + 1)]
     distributed = search.group.world_size > 1  # each rank saved its own models' features
     mine = [m for m in state.alive if not distributed or f"{m}/test" in tensors]
