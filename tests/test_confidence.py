@@ -99,6 +99,15 @@ def test_intervals_hold_the_score_widen_with_the_level_and_stay_in_range(name):
         assert lo <= wide[0] <= narrow[0] <= p.score <= narrow[1] <= wide[1] <= hi
 
 
+def test_a_lone_model_gets_replicates_too():
+    """The linear probe pads a lone head with a partner (another gemm path otherwise); its hits are its own."""
+    train, y, test, yt, c = _features()
+    scorer = get_scorer("linear", epochs=5)
+    scorer.jackknife = JACKKNIFE_GROUPS
+    alone = scorer.score({"m0": train["m0"]}, y, {"m0": test["m0"]}, yt, c)["m0"]
+    assert len(alone.replicates) == JACKKNIFE_GROUPS and interval(alone, 0.9) is not None
+
+
 def test_the_confident_set_keeps_the_winner_and_drops_a_clearly_worse_model():
     scorer, scores = _scored("logme")
     best = could_be_best(scores, 0.9, True)

@@ -102,9 +102,10 @@ def confidence_lines(report: dict[str, Any], names: dict[str, str]) -> list[str]
         lines.append(f"could be best ({level:.0%}): {shown}")
     pruned = report.get("pruned_contenders") or []
     if pruned:
-        rounds = {r["model"]: r["eliminated_in_round"] for r in report["ranking"]}
-        lines.append("pruned by halving though it could have been best then: "
-                     + ", ".join(f"{names.get(m, m)} (round {rounds[m] + 1})" for m in pruned))
+        rounds = sorted({r["eliminated_in_round"] + 1 for r in report["ranking"] if r["model"] in pruned})
+        lines.append(f"halving pruned {len(pruned)} model(s) its round could not yet rule out (round(s) "
+                     f"{', '.join(map(str, rounds))}: pruned_contenders in results.json); search.noise_margin=1 "
+                     "keeps such models longer")
     if report.get("agreement"):
         lines.append(f"agreement of the ensemble's scorers (Kendall tau, all candidates): "
                      f"{report['agreement']['mean']:.2f}")

@@ -241,7 +241,7 @@ class LinearScorer(ProxyScorer):
         scores = {m: ProxyScore(a, l, binomial_stderr(a, t)) for m, a, l in zip(ids, accuracy.tolist(), loss.tolist())}
         if not self.jackknife:
             return scores
-        hits = probes(xt[:len(ids)]).argmax(1) == target            # [M, T]: the heads' per-item hits
+        hits = probes(xt)[:len(ids)].argmax(1) == target            # [M, T]: the heads' per-item hits
         replicates = hit_replicates(ids, hits, self.seed, self.jackknife)
         return scores if replicates is None else with_replicates(scores, replicates)
 
