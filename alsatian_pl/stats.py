@@ -36,7 +36,7 @@ class SearchStats:
         self.counts: Counter[str] = Counter({c: 0 for c in COUNTERS})
         self.block_seconds: dict[str, float] = {}
         self.block_items: dict[str, int] = {}
-        self.saved_seconds = 0.0  # inference time the feature cache's hits took when they were computed
+        self.saved_seconds = 0.0  # inference seconds of the blocks only the feature cache's hits needed (spared)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -132,6 +132,7 @@ class SearchState:
     saved_rounds: int = 0  # how many finished rounds that file holds
     memory: RoundMemory | None = None  # the memory model of the plan made last (what the planner was given)
     leaders: dict[int, tuple[str, ProxyScore]] = field(default_factory=dict)  # each finished round's top model
+    block_seconds_before: dict[str, float] = field(default_factory=dict)  # the blocks' seconds as the group's run began
 
     @property
     def trees(self) -> list[TaskTree]:
