@@ -233,7 +233,7 @@ class SuccessiveHalving:
             for g in groups:
                 g.specs = {m: block_specs(manifests[m], self.batch_size) for m in g.models}
                 g.tree = self.strategy.make_tree(g.specs)
-        features = FeatureStore({n: m.blocks[-1].out_bytes for n, m in manifests.items()})
+        features = FeatureStore({n: m.blocks[-1].out_bytes for n, m in manifests.items()}, self.device)
         state = SearchState(rounds, groups, features, list(manifests), self.data.test_items()[1], manifests=manifests)
         state.feature_dims = {n: math.prod(m.blocks[-1].out_shape) for n, m in manifests.items()}
         if self.group.world_size > 1:
