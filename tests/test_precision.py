@@ -63,6 +63,8 @@ def test_bf16_mixed_alsatian_shift_and_base_agree_exactly(bf16):
     base = {r.model: (r.score, r.test_loss) for r in b.ranking}
     assert base[a.winner] == (a.ranking[0].score, a.ranking[0].test_loss)  # the same features, the same probe
     assert a.precision == s.precision == b.precision == "bf16-mixed"
+    # float32 between blocks: the memory model counts bf16-mixed's intermediates and features as it counts 32-true's
+    assert all(r.observed_peak_bytes == r.planned_peak_bytes for r in a.rounds)
 
 
 def test_bf16_mixed_changes_the_features_but_they_reach_the_scorer_as_float32(small, data, bf16):
