@@ -308,6 +308,15 @@ def setup(args: argparse.Namespace) -> Context:
     return ctx
 
 
+def stage(report: Report, name: str, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``; an exception is a failed check naming the stage (the other stages still run)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported as a failure, never skipped
+        report.check(f"{name}: ran", False, f"{type(exc).__name__}: {str(exc).strip()[:400]}")
+        return None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cpu-dry-run", action="store_true", help="run every path that is not CUDA-specific on the CPU")
@@ -331,13 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         args.store = args.store or Path(tmp) / "store"
         ctx, report = setup(args), Report()
-        runs = device_vs_cpu(ctx, report)
-        tiers_and_prefetch(ctx, report, runs["alsatian"])
-        precisions(ctx, report, runs)
+        runs = stage(report, "strategies", device_vs_cpu, ctx, report)
+        if runs is not None:
+            stage(report, "device tiers and prefetch", tiers_and_prefetch, ctx, report, runs["alsatian"])
+            stage(report, "precisions", precisions, ctx, report, runs)
+            if "distributed" not in skip:
+                stage(report, "2-process search", distributed, ctx, report, runs["alsatian"])
         if "paper" not in skip:
-            paper_cell(ctx, report, Path(tmp) / "cells")
-        if "distributed" not in skip:
-            distributed(ctx, report, runs["alsatian"])
+            stage(report, "paper-scale cell", paper_cell, ctx, report, Path(tmp) / "cells")
     command = "python bench/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(ctx, report, command, time.perf_counter() - t0)
     device = "cpu-dry-run" if ctx.dry_run else torch.cuda.get_device_name(0).lower().replace(" ", "-")

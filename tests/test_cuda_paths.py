@@ -55,3 +55,20 @@ def test_feature_buffers_live_on_the_search_device_whatever_tier_the_first_rows_
     plain.open_round(4)
     plain.write("m", 0, torch.ones(2, 3))
     assert plain.current("m").device.type == "cpu"
+
+
+def test_16_mixed_features_that_overflowed_stop_the_search_naming_the_model():
+    from types import SimpleNamespace
+
+    from alsatian_pl.errors import DataError
+    from alsatian_pl.halving.monitor import FiniteFeatures
+    from alsatian_pl.precision import Precision
+
+    features = FeatureStore({"ok": 12, "bad": 12})
+    features.open_round(2)
+    features.write("ok", 0, torch.ones(2, 3))
+    features.write("bad", 0, torch.tensor([[1.0, float("inf"), 0.0], [0.0, 0.0, 0.0]]))
+    search = SimpleNamespace(precision=Precision("16-mixed", "cuda"))
+    state = SimpleNamespace(features=features, round=1)
+    with pytest.raises(DataError, match="the features of model bad are not finite in round 2"):
+        FiniteFeatures().on_round_executed(search, state)

@@ -40,7 +40,7 @@ def test_without_cuda_and_without_the_dry_run_it_says_so_and_exits_2(gpu_check, 
     assert "no CUDA device here" in capsys.readouterr().err
 
 
-def test_a_failed_check_exits_1_and_names_it(gpu_check, monkeypatch, tmp_path, capsys):
+def test_a_failed_check_or_a_crashed_stage_exits_1_and_names_it(gpu_check, monkeypatch, tmp_path, capsys):
     def fails(ctx, report):
         report.check("features: CUDA against CPU", False, "largest relative error 1.0e-01")
         return {"alsatian": {}}
@@ -48,9 +48,15 @@ def test_a_failed_check_exits_1_and_names_it(gpu_check, monkeypatch, tmp_path, c
     monkeypatch.setattr(gpu_check, "setup", lambda args: gpu_check.Context("cpu", args.store, gpu_check.TINY, 4,
                                                                              None, dry_run=True))
     monkeypatch.setattr(gpu_check, "device_vs_cpu", fails)
-    for step in ("tiers_and_prefetch", "precisions", "paper_cell", "distributed"):
+    for step in ("tiers_and_prefetch", "paper_cell", "distributed"):
         monkeypatch.setattr(gpu_check, step, lambda *a: None)
+
+    def crashes(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(gpu_check, "precisions", crashes)
     out = tmp_path / "x.md"
     assert gpu_check.main(["--cpu-dry-run", "--out", str(out)]) == 1
-    assert "GPU CHECK FAILED: features: CUDA against CPU" in capsys.readouterr().err
-    assert "| features: CUDA against CPU | FAILED |" in out.read_text()
+    assert "GPU CHECK FAILED: features: CUDA against CPU, precisions: ran" in capsys.readouterr().err
+    text = out.read_text()
+    assert "| features: CUDA against CPU | FAILED |" in text
+    assert "| precisions: ran | FAILED | RuntimeError: CUDA error: an illegal memory access" in text

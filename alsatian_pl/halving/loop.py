@@ -37,6 +37,7 @@ from .budget import Budget, in_flight_bytes
 from .callbacks import CallbackList, SearchCallback
 from .engine import Engine, open_engine
 from .metrics import LogMetrics
+from .monitor import FiniteFeatures
 from .options import check_options, make_scorer, to_bytes
 from .progress import ProgressBar
 from .reports import round_report, search_result
@@ -153,6 +154,8 @@ class SuccessiveHalving:
         front = [ProgressBar()] if self.progress and missing(ProgressBar) else []
         if self.logger is not None and missing(LogMetrics):
             front.append(LogMetrics(self.logger))
+        if self.precision.name == "16-mixed" and missing(FiniteFeatures):  # float16 can overflow
+            front.append(FiniteFeatures())
         checkpoints = [c for c in given if isinstance(c, RoundCheckpoint)]
         if self.checkpoint_dir is not None and not checkpoints:
             checkpoints = [RoundCheckpoint(self.checkpoint_dir, self.resume)]
