@@ -71,6 +71,9 @@ def agreement(ref: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
             "models_compared": len(same_round),
             "ranking_rho": spearman(list(range(len(order_a))), [pos_b[m] for m in order_a]),
             "same_winner": order_a[0] == other["ranking"][0]["model"],
+            "in_confident_set": (None if ref.get("confident_set") is None
+                                 else other["ranking"][0]["model"] in ref["confident_set"]),
+            "confident_set": ref.get("confident_set"),
             "winner": order_a[0], "other_winner": other["ranking"][0]["model"],
             "max_score_diff": max((abs(a[m][1]["score"] - b[m][1]["score"]) for m in same_round), default=None)}
 
@@ -149,7 +152,7 @@ def markdown(cells: list[dict[str, Any]], command: str, machine: dict[str, Any])
                          f"models, {c['items']} items | "
                          f"{r['strategy']} | {r['precision']} | {inf[FP32]:.2f} / {inf[r['precision']]:.2f} | "
                          f"{r['inference_ratio']:.2f} | {r['total_ratio']:.2f} | {rho} | "
-                         f"{r['ranking_rho']:.3f} | {'yes' if r['same_winner'] else 'no'} | {diff} | "
+                         f"{r['ranking_rho']:.3f} | {_winner(r)} | {diff} | "
                          f"{min(r['other_cores']):.2f}-{max(r['other_cores']):.2f} |")
     for c in cells:
         for p, b in c.get("bound", {}).items():
@@ -197,6 +200,15 @@ def forwards(repeats: int = 7, batch: int = 64) -> list[str]:
                      f"| {err['mixed']:.4f} | {err['true']:.4f} |")
         print(lines[-1], flush=True)
     return lines
+
+
+def _winner(row: dict[str, Any]) -> str:
+    """Same winner, else whether the other precision's winner is inside float32's confident set."""
+    if row["same_winner"]:
+        return "yes"
+    inside = row.get("in_confident_set")
+    return "no" if inside is None else f"no ({'inside' if inside else 'outside'} fp32's confident set of " \
+                                       f"{len(row['confident_set'])})"
 
 
 def _parser() -> argparse.ArgumentParser:

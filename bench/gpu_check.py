@@ -212,7 +212,8 @@ def precisions(ctx: Context, report: Report, fp32: dict[str, dict[str, Any]]) ->
             rho = "—" if a["score_rho"] is None else f"{a['score_rho']:.3f}"
             report.measured(f"{p} against 32-true, {s}",
                             f"inference time ratio {ratio:.2f}, score rho {rho}, ranking rho {a['ranking_rho']:.3f},"
-                            f" same winner {a['same_winner']}, largest score difference {a['max_score_diff']:.4f}")
+                            f" same winner {a['same_winner']} (inside 32-true's confident set: "
+                            f"{a['in_confident_set']}), largest score difference {a['max_score_diff']:.4f}")
 
 
 def paper_cell(ctx: Context, report: Report, out: Path) -> None:
