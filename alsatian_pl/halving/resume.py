@@ -2,8 +2,9 @@
 round and, with ``resume``, restores it before the first round; :class:`SearchCheckpoint` is the file.
 
 The file is named by what defines the search's result (strategy, models' blocks, scorer and its options, result
-size, batch size, device type, layout, the data's keys and chunk sizes, and the robust schedule's knobs when set), so
-a search resumes only its own rounds. In a distributed search every rank saves its own models' features in its own
+size, batch size, device type, layout, the data's keys and chunk sizes, and the robust schedule's knobs and the
+precision when they are not the defaults), so a search resumes only its own rounds; rounds saved by the same search
+under other knobs or another precision are named in the warning, never continued. In a distributed search every rank saves its own models' features in its own
 folder (``rank-<r>-of-<world>``). The callbacks' ``state_dict``s are saved with the state and restored with it.
 """
 
@@ -22,6 +23,7 @@ from safetensors.torch import save as st_save
 
 from ..errors import SearchInterrupted
 from ..io import atomic_write
+from ..precision import DEFAULT_PRECISION
 from ..score import ProxyScore
 from . import rebalance
 from .callbacks import SearchCallback
@@ -141,9 +143,11 @@ def checkpoint_file(search: SuccessiveHalving, state: SearchState, folder: Path)
     parts = [search.strategy.name, [(n, m.hashes) for n, m in state.manifests.items()],
              type(search.scorer).__name__, vars(search.scorer), search.result_size, search.batch_size,
              search.device.type, search.channels_last, x.key, items_key(y), data.test_items()[0].key]
-    # the paper's schedule keeps the key it always had; the robust knobs are part of the key when set
+    # the paper's schedule and 32-true keep the key they always had; the robust knobs and another precision are part
+    # of the key when set (not of the family: the warning names the saved search's values)
     schedule = [] if search.schedule.is_paper else [search.schedule.options()]
-    key = fingerprint([*parts, data.chunk_sizes, *schedule])
+    precision = [] if search.precision.name == DEFAULT_PRECISION else [{"precision": search.precision.name}]
+    key = fingerprint([*parts, data.chunk_sizes, *schedule, *precision])
     return SearchCheckpoint(folder / f"search-{key}.safetensors", key, family=fingerprint(parts))
 
 
@@ -155,7 +159,7 @@ def _meta(search: SuccessiveHalving, state: SearchState) -> dict[str, Any]:
             "leaders": {str(r): [m, _saved(p)] for r, (m, p) in state.leaders.items()},
             "reports": [asdict(r) for r in state.reports], "timings": s.timings, "counts": dict(s.counts),
             "block_seconds": s.block_seconds, "block_items": s.block_items, "schedule": search.schedule.options(),
-            "callbacks": search.callbacks.state_dict()}
+            "precision": search.precision.name, "callbacks": search.callbacks.state_dict()}
 
 
 def _saved(p: ProxyScore) -> dict[str, Any]:
@@ -198,7 +202,7 @@ def _other_schedules(checkpoint: SearchCheckpoint) -> str:
     if not others:
         return ""
     path, state = others[0]
-    saved = Schedule(**state.get("schedule", {})).options()
+    saved = {**Schedule(**state.get("schedule", {})).options(), "precision": state.get("precision", DEFAULT_PRECISION)}
     knobs = ", ".join(f"search.{k}={'null' if v is None else v}" for k, v in saved.items())
     return f" ({path} holds rounds of this search run with {knobs}: resume with those values to continue it)"
 

@@ -5,7 +5,8 @@ A cached entry is one model's features of one round's inputs. Its key hashes the
 hashes of all its blocks, so the same function), the identity of the round's prepared inputs (``Items.key``: the
 prepared set's key, which covers every file's path, size and mtime for a set on disk and the bytes of a set in
 memory, plus the rows and their normalisation), and what changes the arithmetic (batch size, device type,
-channels-last layout). A file rewritten therefore never serves stale features: it makes a new prepared set.
+channels-last layout, and ``search.precision`` when it is not ``32-true``). A file rewritten therefore never serves
+stale features: it makes a new prepared set.
 
 Every entry carries the xxh3 checksum of its features' bytes and the inference seconds of each block of its chain:
 an entry whose bytes no longer match (a flipped bit, a truncated file) is deleted with a warning and recomputed, and
@@ -68,7 +69,7 @@ class FeatureCache:
     """Features on disk under ``root``, at most ``max_bytes`` (least recently used entries go first; None: no bound).
 
     ``context`` holds what, besides the model and the items, changes the features' bits (batch size, device type,
-    layout). Hits, misses, bytes read and the inference seconds the hits saved go to ``stats``.
+    layout, precision). Hits, misses, bytes read and the inference seconds the hits saved go to ``stats``.
     """
 
     def __init__(self, root: str | os.PathLike[str], max_bytes: int | None, stats: SearchStats,

@@ -78,6 +78,7 @@ class SearchResult:
     confident_set: list[str] | None = None  # the last round's models that could be best at that level, best first
     pruned_contenders: list[str] = field(default_factory=list)  # pruned by halving, though they could have been best
     agreement: dict[str, float] | None = None  # an ensemble's Kendall tau between its members over all candidates
+    precision: str = "32-true"  # search.precision: what block inference ran in (alsatian_pl.precision)
 
     @property
     def winner(self) -> str:
