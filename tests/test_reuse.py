@@ -94,6 +94,19 @@ def test_a_flipped_bit_is_caught_healed_and_reported_by_verify(tmp_path):
     assert not damaged.exists() and cache.get(keys[0]) is not None
 
 
+def test_a_killed_writers_temporary_file_goes_once_an_hour_old(tmp_path):
+    import os
+    import time
+    cache = FeatureCache(tmp_path, max_bytes=None, stats=SearchStats(), context={})
+    young, old = tmp_path / "ab" / ".x.safetensors.1.tmp", tmp_path / "cd" / ".y.safetensors.2.tmp"
+    for p in (young, old):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    cache.put(cache.key(["b"], "items"), torch.zeros(3), {"b": 0.1})
+    assert young.exists() and not old.exists()
+
+
 def test_a_search_over_damaged_entries_recomputes_them_and_scores_as_without_a_cache(zoo, data, tmp_path):
     cache = tmp_path / "features"
     first = _search(zoo, data, feature_cache=cache)

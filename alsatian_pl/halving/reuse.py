@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
@@ -112,6 +113,15 @@ class FeatureCache:
         self._evict()
 
     def _evict(self) -> None:
+        """Least recently used entries out until the cache holds ``max_bytes``; a killed writer's temporary files
+        go once an hour old."""
+        stale = time.time() - 3600
+        for tmp in self.root.glob("*/.*.tmp"):
+            try:
+                if tmp.stat().st_mtime < stale:
+                    tmp.unlink()
+            except FileNotFoundError:
+                continue
         if self.max_bytes is None:
             return
         files = sorted(self.root.glob("*/*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
