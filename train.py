@@ -25,6 +25,11 @@ def main(cfg: DictConfig) -> float:
     p = module.provenance
     print(f"fine-tuned {p['model']} (search rank {p['search_rank']}, {module.frozen_blocks}/{len(module.backbone)} "
           f"blocks frozen): val accuracy {acc:.4f}")
+    if p.get("confirmation"):
+        c = p["confirmation"]
+        tried = ", ".join(f"{r['model']} {r['val_acc']:.4f}" for r in c["candidates"])
+        print(f"confirmed by {c['epochs']}-epoch fine-tunes of the search's top {len(c['candidates'])}: {tried}; "
+              f"chosen: {c['winner']} (the search's winner: {c['search_winner']})")
     if cfg.finetune.get("checkpoint"):
         print(f"checkpoint: {cfg.finetune.checkpoint}")
     return acc

@@ -61,14 +61,23 @@ class Group:
 
     def exchange(self, sends: list[tuple[int, int, torch.Tensor]], recvs: list[tuple[int, int, torch.Tensor]]) -> None:
         """Point-to-point tensors: each ``(peer, tag, tensor)`` of ``sends`` goes to ``peer``, each of ``recvs`` is
-        filled from ``peer`` (the peers post the matching calls); DistributedError if a peer does not answer."""
+        filled from ``peer`` (the peers post the matching calls); DistributedError if a peer does not answer.
+
+        On NCCL the calls go out as one batch (``batch_isend_irecv``): NCCL ignores tags and runs a pair of ranks'
+        point-to-point calls in the order posted on one stream, so two ranks that both send first and receive
+        second would each wait for the other's receive; batched, NCCL matches them as a group."""
         if not sends and not recvs:
             return
         import torch.distributed as dist
 
         try:
-            works = [dist.isend(t.contiguous(), peer, tag=tag) for peer, tag, t in sends]
-            works += [dist.irecv(t, peer, tag=tag) for peer, tag, t in recvs]
+            if dist.get_backend() == "nccl":
+                ops = [dist.P2POp(dist.isend, t.contiguous(), peer, tag=tag) for peer, tag, t in sends]
+                works = dist.batch_isend_irecv(ops + [dist.P2POp(dist.irecv, t, peer, tag=tag)
+                                                      for peer, tag, t in recvs])
+            else:
+                works = [dist.isend(t.contiguous(), peer, tag=tag) for peer, tag, t in sends]
+                works += [dist.irecv(t, peer, tag=tag) for peer, tag, t in recvs]
             for work in works:
                 work.wait(timeout=_dt.timedelta(seconds=self.timeout_s))
         except RuntimeError as exc:

@@ -1,6 +1,7 @@
 """The execution engine (paper §4.3): runs a round's plan steps over the round's items.
 
-Block inference runs batch-wise under ``torch.inference_mode`` on the chosen device; node outputs the plan caches
+Block inference runs batch-wise under ``torch.inference_mode`` on the chosen device, in the search's precision
+(:class:`~alsatian_pl.precision.Precision`: autocast around the blocks, float32 between them); node outputs the plan caches
 live in the :class:`~alsatian_pl.cache.CacheService`, block weights come from the
 :class:`~alsatian_pl.weights.WeightCache` under the strategy's weight keys. The executor needs nothing but the plan:
 the plan says what to run, what to cache and when to release it.
@@ -15,6 +16,7 @@ import torch
 
 from .cache import CacheService
 from .errors import AlsatianError
+from .precision import Precision
 from .plan import InferenceStep, ReleaseStep, RoundPlan, ScoreStep, Step, TaskTree
 from .stats import SearchStats
 from .weights import WeightCache, readahead_windows
@@ -29,8 +31,10 @@ class Executor:
     """Runs :class:`RoundPlan` steps; ``weight_key`` (the strategy's) says which steps share a loaded block."""
 
     def __init__(self, *, device: torch.device, batch_size: int, stats: SearchStats, cache: CacheService,
-                 weights: WeightCache, weight_key: WeightKey, prefetch: bool = False):
+                 weights: WeightCache, weight_key: WeightKey, prefetch: bool = False,
+                 precision: Precision | None = None):
         self.device, self.batch_size, self.prefetch = device, batch_size, prefetch
+        self.precision = precision if precision is not None else Precision(device_type=device.type)
         self.stats, self.cache, self.weights, self.weight_key = stats, cache, weights, weight_key
 
     def run_round(self, plan: RoundPlan, inputs: torch.Tensor, sink: FeatureSink) -> None:
@@ -94,15 +98,15 @@ class Executor:
         each batch's output handed to ``write(first item, batch)`` instead; returns None)."""
         with self.stats.phase("prepare_model"):
             blocks = [self.weights.get(self.weight_key(b.hash, step.models), b.hash) for b in step.blocks]
-        with self.stats.phase("inference"), torch.inference_mode():
+        with self.stats.phase("inference"), torch.inference_mode(), self.precision.autocast():
             t0 = time.perf_counter()
             out = None
             for s in range(0, len(x), self.batch_size):
                 y = x[s:s + self.batch_size].to(self.device, non_blocking=True)
                 if self.weights.channels_last and y.dim() == 4:
                     y = y.contiguous(memory_format=torch.channels_last)
-                for block in blocks:
-                    y = block(y)
+                for block in blocks:  # float32 between blocks in every precision (alsatian_pl.precision)
+                    y = self.precision.output(block(y))
                 if write is not None:
                     write(s, y)
                     continue

@@ -20,8 +20,9 @@ class FeatureStore:
     Each model's training features are kept as one tensor (the chunks so far, joined as each round closes, one model
     at a time), so the scorer reads them without a copy of every survivor's features."""
 
-    def __init__(self, feature_bytes: Mapping[str, int]):
+    def __init__(self, feature_bytes: Mapping[str, int], device: torch.device | None = None):
         self.feature_bytes = dict(feature_bytes)
+        self.device = device  # where the buffers live (None: where each model's first features arrive)
         self._train: dict[str, list[torch.Tensor]] = {m: [] for m in feature_bytes}
         self._test: dict[str, torch.Tensor] = {}
         self._buffers: dict[str, torch.Tensor] = {}
@@ -56,7 +57,9 @@ class FeatureStore:
     def write(self, model: str, start: int, feats: torch.Tensor) -> None:
         """The executor's feature sink: rows ``start:start+len(feats)`` of ``model``'s features of this round."""
         if model not in self._buffers:
-            self._buffers[model] = torch.empty((self._rows, *feats.shape[1:]), dtype=feats.dtype, device=feats.device)
+            # on the search's device even when the first rows come from the cache's host tier
+            self._buffers[model] = torch.empty((self._rows, *feats.shape[1:]), dtype=feats.dtype,
+                                               device=feats.device if self.device is None else self.device)
         self._buffers[model][start:start + len(feats)] = feats
 
     def current(self, model: str) -> torch.Tensor:

@@ -30,8 +30,8 @@ from .io import atomic_write, read_json
 from .store import BlockStore, ModelManifest, block_tensors, materialize
 from .zoo import model_tokenizer
 
-__all__ = ["FinetuneModule", "FinetuneCallback", "SafetensorsCheckpoint", "save_finetuned", "load_finetuned",
-           "make_head", "read_results"]
+__all__ = ["FinetuneModule", "FinetuneCallback", "confirm", "confirm_candidates", "SafetensorsCheckpoint",
+           "save_finetuned", "load_finetuned", "make_head", "read_results"]
 
 CHECKPOINT_FORMAT = "alsatian-finetuned-v1"
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
@@ -155,13 +155,14 @@ class FinetuneCallback(L.Callback):
 
     def __init__(self, search: Callable[[Any], dict[str, Any]] | None = None, results: str | Path | None = None,
                  model: str | None = None, store_root: str | Path | None = None,
-                 on_search: Callable[[dict[str, Any]], None] | None = None, config: Any = None):
-        if search is None and results is None and (model is None or store_root is None):
+                 on_search: Callable[[dict[str, Any]], None] | None = None, config: Any = None,
+                 report: dict[str, Any] | None = None, confirmation: dict[str, Any] | None = None):
+        if search is None and results is None and report is None and (model is None or store_root is None):
             raise ConfigError("FinetuneCallback needs a search, a results.json path, or a model and a store")
         self.search, self.results, self.model = search, (None if results is None else Path(results)), model
         self.store_root, self.on_search = store_root, on_search
-        self.config = config
-        self.report: dict[str, Any] | None = None
+        self.config, self.confirmation = config, confirmation  # confirmation: how short fine-tunes chose ``model``
+        self.report: dict[str, Any] | None = report  # a search's report already at hand (its winner, unless model)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or getattr(pl_module, "installed", False):
@@ -204,6 +205,7 @@ class FinetuneCallback(L.Callback):
             "class_names": list(getattr(data, "class_names", [])), "train_blocks": pl_module.train_blocks,
             "config": self.config,
             "search_config": (report or {}).get("config"),
+            "confirmation": self.confirmation,
         }
         pl_module.install(backbone, head, data.num_classes, provenance)
 
@@ -221,6 +223,31 @@ class FinetuneCallback(L.Callback):
                                   "finetune.results empty to search now")
             self.report = read_results(self.results)
         return self.report
+
+
+def confirm_candidates(report: dict[str, Any], top_k: int | str) -> list[str]:
+    """The models short fine-tunes confirm: the ranking's first ``top_k``, or with ``"confident"`` the search's
+    confident set (ConfigError when the search computed none)."""
+    if top_k == "confident":
+        chosen = report.get("confident_set")
+        if not chosen:
+            raise ConfigError("finetune.confirm_top_k=confident needs the search's confident set, and this search "
+                              "has none (search.confidence=null, or its scorer gives no uncertainty): set "
+                              "search.confidence=0.9 or give a number, e.g. finetune.confirm_top_k=3")
+        return list(chosen)
+    return [r["model"] for r in report["ranking"][:whole("finetune.confirm_top_k", top_k, hint=" or confident")]]
+
+
+def confirm(candidates: list[str], fit: Callable[[str], float], report: dict[str, Any] | None = None,
+            epochs: int | None = None) -> dict[str, Any]:
+    """Short fine-tunes of ``candidates`` (``fit(model)``: one's validation accuracy after ``epochs``), the winner by
+    that accuracy (ties and NaN: the earlier candidate); the record that goes into the checkpoint's provenance."""
+    ranked = {r["model"]: (i + 1, r["score"]) for i, r in enumerate((report or {}).get("ranking", []))}
+    rows = [{"model": m, "search_rank": ranked.get(m, (None, None))[0], "proxy_score": ranked.get(m, (None, None))[1],
+             "val_acc": fit(m)} for m in candidates]
+    best = max(rows, key=lambda r: (not math.isnan(r["val_acc"]), r["val_acc"], -candidates.index(r["model"])))
+    return {"candidates": rows, "epochs": epochs, "search_winner": candidates[0], "winner": best["model"],
+            "winner_val_acc": best["val_acc"], "confident_set": (report or {}).get("confident_set")}
 
 
 def read_results(path: str | Path) -> dict[str, Any]:

@@ -41,10 +41,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def device_capacity(device: torch.device, budget: int | None, reserve: int = 0) -> int | None:
     """Bytes of cached outputs the accelerator's tier takes now: ``DEVICE_HEADROOM`` of its free memory less
-    ``reserve`` (what the round still allocates there), at most ``budget``; None on the CPU (one tier: host memory)."""
+    ``reserve`` (what the round still allocates there), at most ``budget``; None on the CPU (one tier: host memory).
+
+    Free memory counts what torch's caching allocator holds unused (reserved less allocated): ``mem_get_info`` sees
+    it as taken, so without it the tier would shrink round after round by the blocks earlier rounds freed."""
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     capacity = max(0, int(free * DEVICE_HEADROOM) - reserve)
     return capacity if budget is None else min(capacity, budget)
 

@@ -30,6 +30,7 @@ from alsatian_pl.data import SearchDataModule, num_rounds  # noqa: E402
 from alsatian_pl.data import FASHION_MNIST_DIR  # noqa: E402
 from alsatian_pl.errors import BudgetTooSmallError  # noqa: E402
 from alsatian_pl.halving import SearchCallback, SearchState, SuccessiveHalving, block_specs  # noqa: E402
+from alsatian_pl.precision import Precision  # noqa: E402
 from alsatian_pl.plan import RoundMemory, TaskTree, plan_round  # noqa: E402
 from alsatian_pl.resources import peak_rss, resolve_device, rss_now  # noqa: E402
 from alsatian_pl.halving import get_strategy  # noqa: E402
@@ -104,6 +105,7 @@ class SearchSettings:
     result_size: int = 1
     threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
     channels_last: bool = True  # conv activations and weights channels-last, as the search runs them by default
+    precision: str = "32-true"  # search.precision (block inference; the calibration pass runs the blocks in it too)
 
     def apply_threads(self) -> None:
         if self.threads:
@@ -159,7 +161,8 @@ def run_search(store_root: Path, models: Sequence[str], data: dict[str, Any], st
     searcher = SuccessiveHalving(store, dm, strategy=strategy, scorer="linear", scorer_kwargs=settings.scorer_kwargs,
                                  result_size=settings.result_size, batch_size=settings.batch_size,
                                  device=settings.device, cache_budget=budget, seed=settings.seed, progress=False,
-                                 callbacks=[recorder], channels_last=settings.channels_last)
+                                 callbacks=[recorder], channels_last=settings.channels_last,
+                                 precision=settings.precision)
     load_before = os.getloadavg()[0]
     rss_before = rss_now()
     meter = CpuMeter()
@@ -326,7 +329,7 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
     ``CALIBRATION_WARMUP`` times on the first batch to warm up, then is timed once on each batch (whose outputs feed
     its children); its cost is the median over the batches divided by the batch size. Loading a block is outside
     the timed region. Weights and inputs are laid out as the search lays them out (channels-last for conv blocks unless
-    ``settings.channels_last`` is off). The pass also warms the OS page cache, the block skeletons and the kernels
+    ``settings.channels_last`` is off), in ``settings.precision`` as the executor runs them. The pass also warms the OS page cache, the block skeletons and the kernels
     for all strategies of the cell alike.
     """
     device = resolve_device(settings.device)
@@ -338,6 +341,7 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
     cost: dict[str, float] = {}
     samples: dict[str, list[float]] = {}
     t_start = time.perf_counter()
+    precision = Precision(settings.precision, device.type)
 
     def visit(node_id: int, inputs: list[torch.Tensor]) -> None:
         for child_id in tree.node(node_id).children:
@@ -345,14 +349,14 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
             block = place_block(store.load_block(h), device, channels_last)  # as the search's weight cache does
             timed = h not in cost
             outputs, ts = [], []
-            with torch.inference_mode():
+            with torch.inference_mode(), precision.autocast():
                 if timed:  # warm-up: first calls pay one-off costs (kernel selection, first-touch of fresh memory)
                     for _ in range(CALIBRATION_WARMUP):
                         block(inputs[0])
                 for x in inputs:
                     _sync(device)
                     t0 = time.perf_counter()
-                    outputs.append(block(x))
+                    outputs.append(precision.output(block(x)))
                     _sync(device)
                     ts.append(time.perf_counter() - t0)
             if timed:

@@ -187,3 +187,33 @@ def test_lightning_says_only_what_the_user_needs(caplog, monkeypatch):
     assert len(bars) == 1 and bars[0].get_metrics(None, None) == {"val/acc": 0.5}
     assert _progress_bar(OmegaConf.create({"trainer": {"enable_progress_bar": False}}), None) == []
     assert _progress_bar(OmegaConf.create({"trainer": {}}), [ProgressBar()]) == []  # the caller's own bar wins
+
+
+def test_confirmation_fine_tunes_the_top_k_and_records_both_winners(fitted, tmp_path):
+    """finetune.confirm_top_k=3 on a finished search: three short fine-tunes, the best by val accuracy fine-tuned,
+    and the provenance (checkpoint metadata too) names the search's and the confirmation's winners."""
+    cfg, *_ = fitted
+    results = Path(cfg.output_dir) / "results.json"
+    ranking = [r["model"] for r in json.loads(results.read_text())["ranking"]]
+    cfg2 = train_cfg(tmp_path / "out", Path(cfg.store.root), f"finetune.results={results}",
+                     "finetune.confirm_top_k=3", "finetune.train_blocks=0", "finetune.scheduler=null",
+                     f"finetune.checkpoint={tmp_path / 'ft.safetensors'}")
+    module, trainer, hand_off = run_finetune(cfg2)
+    record = module.provenance["confirmation"]
+    assert [r["model"] for r in record["candidates"]] == ranking[:3] and record["search_winner"] == ranking[0]
+    assert [r["search_rank"] for r in record["candidates"]] == [1, 2, 3] and record["epochs"] == 1
+    accs = [r["val_acc"] for r in record["candidates"]]
+    assert all(0 <= a <= 1 for a in accs) and record["winner_val_acc"] == max(accs)
+    assert record["winner"] == record["candidates"][accs.index(max(accs))]["model"] == module.provenance["model"]
+    assert load_finetuned(tmp_path / "ft.safetensors").provenance["confirmation"] == record
+
+
+def test_confirming_the_confident_set_needs_one(fitted, tmp_path):
+    from alsatian_pl.finetune import confirm_candidates
+    report = {"ranking": [{"model": "a", "score": 0.9}, {"model": "b", "score": 0.8}], "confident_set": None}
+    with pytest.raises(ConfigError, match="search.confidence=0.9 or give a number"):
+        confirm_candidates(report, "confident")
+    assert confirm_candidates({**report, "confident_set": ["a", "b"]}, "confident") == ["a", "b"]
+    assert confirm_candidates(report, 1) == ["a"]
+    with pytest.raises(ConfigError, match="finetune.confirm_top_k"):
+        confirm_candidates(report, 0)

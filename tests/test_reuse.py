@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
 
 from alsatian_pl.data import SearchDataModule
 from alsatian_pl.halving import SuccessiveHalving
-from alsatian_pl.halving import FeatureCache, items_key
+from alsatian_pl.halving import FeatureCache, items_key, verify_features
 from alsatian_pl.stats import SearchStats
 from alsatian_pl.store import BlockStore
 
@@ -59,13 +60,70 @@ def test_feature_cache_is_bounded_content_addressed_and_heals(tmp_path):
     assert items_key(x) != items_key(x + 1) != items_key(x.reshape(3, 4))  # new content or shape: a new key
     keys = [cache.key(["a", "b"], items_key(x + i)) for i in range(3)]
     for i, k in enumerate(keys):
-        cache.put(k, torch.full((100,), float(i)), compute_s=0.5)  # ~500 bytes each with the header
-    assert cache.get(keys[0]) is None and torch.equal(cache.get(keys[2]), torch.full((100,), 2.0))
+        cache.put(k, torch.full((100,), float(i)), {"a": 0.25, "b": 0.5})  # ~600 bytes each with the header
+    assert cache.get(keys[0]) is None
+    hit = cache.get(keys[2])
+    assert torch.equal(hit.features, torch.full((100,), 2.0)) and hit.block_seconds == {"a": 0.25, "b": 0.5}
     path = next(tmp_path.glob(f"*/{keys[2]}.safetensors"))
     path.write_bytes(path.read_bytes()[:40])  # damaged: deleted and reported as a miss
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(UserWarning, match="damaged"):
         assert cache.get(keys[2]) is None
-    assert not path.exists() and stats.counts["feature_cache_hits"] == 1 and stats.saved_seconds == 0.5
+    assert not path.exists() and stats.counts["feature_cache_hits"] == 1
+
+
+def _flip_a_bit(path: Path, back: int = 9) -> None:
+    """One bit of a stored float flipped, ``back`` bytes before the file's end (inside the features)."""
+    data = bytearray(path.read_bytes())
+    data[-back] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_is_caught_healed_and_reported_by_verify(tmp_path):
+    stats = SearchStats()
+    cache = FeatureCache(tmp_path, max_bytes=None, stats=stats, context={})
+    keys = [cache.key([f"b{i}"], "items") for i in range(3)]
+    for i, k in enumerate(keys):
+        cache.put(k, torch.randn(20, 8, generator=torch.Generator().manual_seed(i)), {f"b{i}": 1.0})
+    assert verify_features(tmp_path) == (3, [])
+    damaged = next(tmp_path.glob(f"*/{keys[1]}.safetensors"))
+    _flip_a_bit(damaged)
+    entries, bad = verify_features(tmp_path)
+    assert entries == 3 and [p for p, _ in bad] == [damaged] and "checksum" in bad[0][1]
+    with pytest.warns(UserWarning, match="do not match their checksum"):
+        assert cache.get(keys[1]) is None  # never served: deleted, so the search computes it again
+    assert not damaged.exists() and cache.get(keys[0]) is not None
+
+
+def test_a_killed_writers_temporary_file_goes_once_an_hour_old(tmp_path):
+    import os
+    import time
+    cache = FeatureCache(tmp_path, max_bytes=None, stats=SearchStats(), context={})
+    young, old = tmp_path / "ab" / ".x.safetensors.1.tmp", tmp_path / "cd" / ".y.safetensors.2.tmp"
+    for p in (young, old):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    cache.put(cache.key(["b"], "items"), torch.zeros(3), {"b": 0.1})
+    assert young.exists() and not old.exists()
+
+
+def test_a_search_over_damaged_entries_recomputes_them_and_scores_as_without_a_cache(zoo, data, tmp_path):
+    cache = tmp_path / "features"
+    first = _search(zoo, data, feature_cache=cache)
+    entries = sorted(cache.glob("*/*.safetensors"))
+    for path in entries[:5]:
+        _flip_a_bit(path)
+    with pytest.warns(UserWarning, match="do not match their checksum"):
+        again = _search(zoo, data, feature_cache=cache)
+    assert _scores(again) == _scores(first) == _scores(_search(zoo, data))
+    assert again.cache["feature_cache_misses"] == 5
+    assert verify_features(cache)[1] == []  # healed: the recomputed entries were written again
+
+
+def test_the_seconds_saved_never_exceed_the_inference_that_filled_the_cache(zoo, data, tmp_path):
+    first = _search(zoo, data, feature_cache=tmp_path / "features")
+    again = _search(zoo, data, feature_cache=tmp_path / "features")
+    assert 0 < again.cache["feature_cache_saved_s"] <= first.timings_s["inference"] * 1.0001
 
 
 KILLED_RUN = """

@@ -241,6 +241,10 @@ def test_noise_margin_in_a_search_keeps_extra_models_and_ends_with_result_size(z
 
 def test_noise_margin_without_standard_errors_warns_once_and_keeps_nobody_extra(zoo, data):
     with pytest.warns(AlsatianWarning, match="keeps nobody extra with scorer 'logme'"):
+        SuccessiveHalving(zoo.store, data, scorer="logme", noise_margin=1.0, device="cpu", progress=False,
+                          confidence=None)
+    with warnings.catch_warnings():  # with a confidence level, logme's jackknife gives its standard error
+        warnings.simplefilter("error", AlsatianWarning)
         SuccessiveHalving(zoo.store, data, scorer="logme", noise_margin=1.0, device="cpu", progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -73,7 +73,7 @@ def test_grace_period_keeps_young_unused_blocks(copied, zoo):
     assert copied.gc(grace_s=600) > 0 and not any(p.exists() for p in paths) and copied.verify() == []
 
 
-def test_gc_leaves_the_feature_cache_and_checkpoints_under_the_store_alone(copied):
+def test_gc_keeps_feature_cache_entries_and_checkpoints_and_drops_their_stale_temporary_files(copied):
     kept = [copied.root / "features" / "ab" / "abcdef.safetensors", copied.root / "searches" / "run.safetensors",
             copied.root / "searches" / ".run.safetensors.123.tmp", copied.root / "tokenizers" / ".k.json.1.tmp"]
     stale = [copied.root / "blocks" / "zz" / ".x.safetensors.1.tmp", copied.root / "models" / ".m.json.2.tmp"]
@@ -82,8 +82,10 @@ def test_gc_leaves_the_feature_cache_and_checkpoints_under_the_store_alone(copie
         p.write_bytes(b"x" * 10)
     assert copied.gc() == 20 and all(p.exists() for p in kept) and not any(p.exists() for p in stale)
     old = time.time() - 2 * BlockStore.UNLOCKED_TMP_S
-    os.utime(kept[-1], (old, old))  # a tokenizer's temporary file: collected once it is an hour old
-    assert copied.gc() == 10 and not kept[-1].exists()
+    for p in kept:  # a killed search's or a tokenizer's temporary file: collected once it is an hour old
+        os.utime(p, (old, old))
+    assert copied.gc() == 20 and not kept[-1].exists() and not kept[2].exists()
+    assert kept[0].exists() and kept[1].exists()  # finished feature-cache entries and checkpoints stay
 
 
 def test_cli_gc_grace_option(copied, zoo):

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..checks import number, text, whole
-from ..finetune import FinetuneCallback, FinetuneModule, SafetensorsCheckpoint
+from ..finetune import FinetuneCallback, FinetuneModule, SafetensorsCheckpoint, confirm, confirm_candidates, read_results
 from ..io import check_folder
 from ..store import BlockStore
 from .hints import check_run
@@ -38,23 +38,14 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     L.seed_everything(whole("finetune.seed", f.seed, at_least=0), workers=True, verbose=False)
     data = instantiate(cfg.dataset)
     data.batch_size = whole("finetune.batch_size", f.batch_size)
-    module = FinetuneModule(instantiate(f.optimizer), instantiate(f.scheduler) if f.get("scheduler") else None,
-                            f.train_blocks)
-    results, search = f.get("results"), None
-    if results is None and f.get("model") is None:  # search now, on the same data; its results.json: output_dir
-        search = partial(_search, cfg, cfg.output_dir)
-        results = None if cfg.output_dir is None else Path(cfg.output_dir) / "results.json"
-    model = f.get("model")
-    if model is not None:  # a short name as a ranking prints it (009) names the one stored model ending in -009
-        from .cli import resolve_model
-        model = resolve_model(BlockStore(cfg.store.root), text("finetune.model", model))
-    hand_off = FinetuneCallback(search, results=results, model=model, store_root=cfg.store.root,
-                                on_search=on_search, config=OmegaConf.to_container(cfg, resolve=True))
+    module = _module(f)
+    hand_off = _hand_off(cfg, data, on_search)
     if f.get("checkpoint"):  # refuse a checkpoint path under a file now, not after training
         check_folder(Path(text("finetune.checkpoint", f.checkpoint)).parent, "finetune.checkpoint")
     extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
     with _quiet():
-        trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *_progress_bar(cfg, callbacks), *(callbacks or [])])
+        bar = _progress_bar(cfg, callbacks)
+        trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *bar, *(callbacks or [])])
         try:
             trainer.fit(module, datamodule=data)
         except SystemExit:  # Lightning ends a Ctrl-C in fit with sys.exit(1): hand the entry point an interruption
@@ -62,6 +53,49 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
                 raise KeyboardInterrupt from None
             raise
     return module, trainer, hand_off
+
+
+def _module(f: DictConfig) -> FinetuneModule:
+    return FinetuneModule(instantiate(f.optimizer), instantiate(f.scheduler) if f.get("scheduler") else None,
+                          f.train_blocks)
+
+
+def _hand_off(cfg: DictConfig, data: Any, on_search: Callable[[dict[str, Any]], None] | None) -> FinetuneCallback:
+    """The callback that installs the model to fine-tune: ``finetune.model``, else the search's winner (a search
+    run now on ``data``, or ``finetune.results``), or with ``finetune.confirm_top_k`` the best of short fine-tunes of
+    the search's top models."""
+    f, config = cfg.finetune, OmegaConf.to_container(cfg, resolve=True)
+    model = f.get("model")
+    if model is not None:  # a short name as a ranking prints it (009) names the one stored model ending in -009
+        from .cli import resolve_model
+        model = resolve_model(BlockStore(cfg.store.root), text("finetune.model", model))
+    results, search = f.get("results"), None
+    if results is None and f.get("model") is None:  # search now, on the same data; its results.json: output_dir
+        search = partial(_search, cfg, cfg.output_dir)
+        results = None if cfg.output_dir is None else Path(cfg.output_dir) / "results.json"
+    if f.get("confirm_top_k") is None or f.get("model") is not None:
+        return FinetuneCallback(search, results=results, model=model, store_root=cfg.store.root,
+                                on_search=on_search, config=config)
+    report = search(data) if search is not None else read_results(results)
+    if search is not None and on_search is not None:
+        on_search(report)
+    epochs = whole("finetune.confirm_epochs", f.get("confirm_epochs", 1))
+    record = confirm(confirm_candidates(report, f.confirm_top_k), partial(_short_finetune, cfg, data, epochs),
+                     report, epochs)
+    return FinetuneCallback(results=results, model=record["winner"], store_root=cfg.store.root, config=config,
+                            report=report, confirmation=record)
+
+
+def _short_finetune(cfg: DictConfig, data: Any, epochs: int, model: str) -> float:
+    """The validation accuracy of ``model`` after ``epochs`` of the recipe (its schedule follows the shorter run),
+    from the recipe's seed, with no logger or checkpoint."""
+    short = OmegaConf.merge(cfg, {"trainer": {"max_epochs": epochs}})
+    L.seed_everything(cfg.finetune.seed, workers=True, verbose=False)
+    with _quiet():
+        trainer = instantiate(short.trainer, callbacks=[FinetuneCallback(model=model, store_root=cfg.store.root)],
+                              logger=False, enable_checkpointing=False, enable_model_summary=False)
+        trainer.fit(_module(short.finetune), datamodule=data)
+    return float(trainer.callback_metrics.get("val/acc", float("nan")))
 
 
 NOISE = (r".*module\(s\) in eval mode.*",  # frozen blocks are in eval mode on purpose

@@ -93,7 +93,29 @@ def print_report(report: dict[str, Any], console: Console | None = None, top: in
     out.line("out in: the round a model was eliminated in (-: kept to the end)")
     if more > 0:
         out.line(f"{more} more rows in {where}")
+    for line in confidence_lines(report, names):
+        out.line(line)
     _print_times(report, out)
+
+
+def confidence_lines(report: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """How sure the ranking is, in a line or three: the models that could be best at the search's level, those
+    halving pruned though they could have been, and an ensemble's agreement (nothing when the search has no level)."""
+    level, best = report.get("confidence"), report.get("confident_set")
+    lines = []
+    if level is not None:
+        shown = ", ".join(names.get(m, m) for m in best) if best else "unknown (the scores carry no uncertainty)"
+        lines.append(f"could be best ({level:.0%}): {shown}")
+    pruned = report.get("pruned_contenders") or []
+    if pruned:
+        rounds = sorted({r["eliminated_in_round"] + 1 for r in report["ranking"] if r["model"] in pruned})
+        lines.append(f"halving pruned {len(pruned)} model(s) its round could not yet rule out (round(s) "
+                     f"{', '.join(map(str, rounds))}: pruned_contenders in results.json); search.noise_margin=1 "
+                     "keeps such models longer")
+    if report.get("agreement"):
+        lines.append(f"agreement of the ensemble's scorers (Kendall tau, all candidates): "
+                     f"{report['agreement']['mean']:.2f}")
+    return lines
 
 
 TIMES = {"prepare_data": "data", "prepare_model": "models", "inference": "inference", "proxy_scoring": "scoring",

@@ -10,6 +10,7 @@
 | ``reuse`` | the feature cache and the loop's reuse stage |
 | ``resume`` | :class:`RoundCheckpoint` (a callback): save each round, resume from the last one saved |
 | ``reports`` | each round's report and the search's result |
+| ``confidence`` | the confident set, the pruned contenders and an ensemble's agreement |
 | ``progress``, ``metrics``, ``monitor`` | callbacks: :class:`ProgressBar`, :class:`LogMetrics`, :class:`RoundLog`, :class:`MemoryMonitor` |
 | ``strategies``, ``schedule`` | what differs between alsatian, shift and base; the halving schedule |
 | ``rebalance`` | a distributed search's share per rank, and rebalancing after pruning |
@@ -23,7 +24,7 @@ from .metrics import LogMetrics
 from .monitor import MemoryMonitor, RoundLog
 from .progress import ProgressBar
 from .resume import RoundCheckpoint, SearchCheckpoint
-from .reuse import FeatureCache, fingerprint, items_key
+from .reuse import FeatureCache, fingerprint, items_key, verify_features
 from .schedule import PAPER, Schedule
 from .state import RankedModel, RoundReport, SearchResult, SearchState, TokenizerGroup, assemble_ranking
 from .strategies import STRATEGIES, Strategy, get_strategy
@@ -31,4 +32,4 @@ from .strategies import STRATEGIES, Strategy, get_strategy
 __all__ = ["SuccessiveHalving", "SearchCallback", "CallbackList", "ProgressBar", "LogMetrics", "RoundLog", "MemoryMonitor",
            "RoundCheckpoint", "SearchCheckpoint", "SearchState", "SearchResult", "RoundReport", "RankedModel",
            "TokenizerGroup", "assemble_ranking", "block_specs", "Budget", "in_flight_bytes", "Engine",
-           "FeatureCache", "fingerprint", "items_key", "Schedule", "PAPER", "Strategy", "STRATEGIES", "get_strategy"]
+           "FeatureCache", "fingerprint", "items_key", "verify_features", "Schedule", "PAPER", "Strategy", "STRATEGIES", "get_strategy"]

@@ -13,6 +13,7 @@ import torch
 
 from ..cache import CacheService
 from ..execute import Executor
+from ..precision import Precision
 from ..stats import SearchStats
 from ..store import BlockStore
 from ..weights import WeightCache
@@ -36,13 +37,13 @@ class Engine:
 def open_engine(store: BlockStore, stats: SearchStats, *, device: torch.device, batch_size: int, channels_last: bool,
                 prefetch: bool, weight_key: Callable[..., Any], cache_budget: int | None, spill_dir: Path | None,
                 feature_cache: Path | None, feature_cache_bytes: int | None,
-                feature_context: dict[str, Any]) -> Iterator[Engine]:
+                feature_context: dict[str, Any], precision: Precision | None = None) -> Iterator[Engine]:
     """Cache service, weight cache, executor and feature cache for one search (and a spill folder, removed after)."""
     spill = None if spill_dir is None else Path(tempfile.mkdtemp(prefix="spill-", dir=_mkdir(spill_dir)))
     cache = CacheService(device=device, capacity=cache_budget if spill else None, spill_dir=spill, stats=stats)
     weights = WeightCache(store, device, channels_last=channels_last, stats=stats)
     executor = Executor(device=device, batch_size=batch_size, stats=stats, cache=cache, weights=weights,
-                        weight_key=weight_key, prefetch=prefetch)
+                        weight_key=weight_key, prefetch=prefetch, precision=precision)
     features = None if feature_cache is None else FeatureCache(feature_cache, feature_cache_bytes, stats,
                                                                feature_context)
     try:

@@ -25,9 +25,10 @@ from ..data import Items, SearchDataModule
 from ..distributed import SINGLE, Group
 from ..errors import AlsatianWarning, ConfigError, DataError
 from ..features import FeatureStore
+from ..precision import DEFAULT_PRECISION, Precision
 from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_round
 from ..resources import release_free_memory, reset_peak_memory, resolve_device
-from ..score import ProxyScore, ProxyScorer, rank
+from ..score import JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, rank, replicating
 from ..stats import SearchStats
 from ..store import BlockStore, ModelManifest
 from ..zoo import model_tokenizer
@@ -36,6 +37,7 @@ from .budget import Budget, in_flight_bytes
 from .callbacks import CallbackList, SearchCallback
 from .engine import Engine, open_engine
 from .metrics import LogMetrics
+from .monitor import FiniteFeatures
 from .options import check_options, make_scorer, to_bytes
 from .progress import ProgressBar
 from .reports import round_report, search_result
@@ -83,7 +85,10 @@ class SuccessiveHalving:
     ``noise_margin``: the opt-in robust successive-halving schedule (:mod:`alsatian_pl.halving.schedule`, which
     states their cost; None: the paper's schedule). ``rebalance_below``: a distributed search whose survivors'
     predicted balance over the ranks falls below this moves subtrees and their features between ranks
-    (:mod:`alsatian_pl.halving.rebalance`; None: never).
+    (:mod:`alsatian_pl.halving.rebalance`; None: never). ``confidence``: the level of the scores' intervals and of
+    the set of models that could be best (:mod:`alsatian_pl.score._confidence`; None: neither, and no replicates).
+    ``precision``: block inference in Lightning's names, ``32-true`` (float32, the default), ``bf16-mixed`` or
+    ``16-mixed`` (accelerators only) (:mod:`alsatian_pl.precision`; features reach the scorer as float32).
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -95,23 +100,29 @@ class SuccessiveHalving:
                  feature_cache: str | Path | None = None, feature_cache_bytes: int | str | None = "8GB",
                  checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None,
                  group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None,
-                 rebalance_below: float | None = 0.8, callbacks: Sequence[SearchCallback] | None = None):
+                 rebalance_below: float | None = 0.8, callbacks: Sequence[SearchCallback] | None = None,
+                 confidence: float | None = 0.9, precision: str = DEFAULT_PRECISION):
         check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
+                      precision=precision,
                       channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
-                      feature_cache=feature_cache, checkpoint_dir=checkpoint_dir,
+                      feature_cache=feature_cache, checkpoint_dir=checkpoint_dir, confidence=confidence,
                       sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
                              "device_capacity": device_capacity})
         self.rebalance_below = rebalance.check_threshold(rebalance_below)
         self.store, self.data = store, data
         self._set_strategy(strategy, Schedule(min_class_items, noise_margin))
         self.scorer = make_scorer(scorer, scorer_kwargs, seed)
-        if self.schedule.noise_margin is not None and not self.scorer.reports_stderr:
+        self.confidence = None if confidence is None else float(confidence)
+        errors = self.scorer.reports_stderr or (confidence is not None and self.scorer.gives_replicates)
+        if self.schedule.noise_margin is not None and not errors:
             warnings.warn(f"search.noise_margin={self.schedule.noise_margin:g} keeps nobody extra with scorer "
-                          f"{self.scorer.name!r}: its scores carry no standard error (linear and knn do)",
+                          f"{self.scorer.name or type(self.scorer).__name__!r}: its scores carry no standard error "
+                          "(linear and knn always do; every built-in scorer does with search.confidence set)",
                           AlsatianWarning, stacklevel=2)
         self.result_size, self.batch_size = result_size, batch_size
         self.cache_budget = to_bytes(cache_budget)
         self.device = resolve_device(device)
+        self.precision = Precision.on(precision, self.device)
         self.progress, self.channels_last = progress, channels_last
         # On a CPU the reads compete with inference for the same cores (measured on 2 cores: no gain).
         self.prefetch = self.device.type != "cpu" if prefetch in ("auto", None) else bool(prefetch)
@@ -143,6 +154,8 @@ class SuccessiveHalving:
         front = [ProgressBar()] if self.progress and missing(ProgressBar) else []
         if self.logger is not None and missing(LogMetrics):
             front.append(LogMetrics(self.logger))
+        if self.precision.name == "16-mixed" and missing(FiniteFeatures):  # float16 can overflow
+            front.append(FiniteFeatures())
         checkpoints = [c for c in given if isinstance(c, RoundCheckpoint)]
         if self.checkpoint_dir is not None and not checkpoints:
             checkpoints = [RoundCheckpoint(self.checkpoint_dir, self.resume)]
@@ -152,6 +165,7 @@ class SuccessiveHalving:
         """This searcher for one rank of a distributed search (``device``: the rank's own; None: unchanged)."""
         rank = copy.copy(self)
         rank.group, rank.device = group, self.device if device is None else device
+        rank.precision = Precision(self.precision.name, rank.device.type)
         rank.stats = SearchStats(rank.device)
         return rank
 
@@ -180,9 +194,11 @@ class SuccessiveHalving:
                 self.engine = None
         result = search_result(state, engine, strategy=self.strategy.name,
                                higher_is_better=self.scorer.higher_is_better, group=self.group,
-                               prepare_data=self.data.prepare_seconds,
+                               prepare_data=self.data.prepare_seconds, confidence=self.confidence,
+                               limits=self.scorer.score_range,
                                total=time.perf_counter() - wall + prepared_before + self.stats.earlier_seconds,
-                               blocks_read=sum(self.store.blocks_read.values()), rebalance_below=self.rebalance_below)
+                               blocks_read=sum(self.store.blocks_read.values()), rebalance_below=self.rebalance_below,
+                               precision=self.precision.name)
         self.callbacks.call("on_search_end", self, state, result)
         return result
 
@@ -220,7 +236,7 @@ class SuccessiveHalving:
             for g in groups:
                 g.specs = {m: block_specs(manifests[m], self.batch_size) for m in g.models}
                 g.tree = self.strategy.make_tree(g.specs)
-        features = FeatureStore({n: m.blocks[-1].out_bytes for n, m in manifests.items()})
+        features = FeatureStore({n: m.blocks[-1].out_bytes for n, m in manifests.items()}, self.device)
         state = SearchState(rounds, groups, features, list(manifests), self.data.test_items()[1], manifests=manifests)
         state.feature_dims = {n: math.prod(m.blocks[-1].out_shape) for n, m in manifests.items()}
         if self.group.world_size > 1:
@@ -276,7 +292,8 @@ class SuccessiveHalving:
         engine.cache.reserve(self.data.held_bytes + state.features.held_bytes())
         engine.cache.reset_peak()
         mine = [m for m in state.alive if m in state.features.models]
-        with engine.stats.phase("proxy_scoring"), engine.cache.hold_weights(memory.scoring):
+        with engine.stats.phase("proxy_scoring"), engine.cache.hold_weights(memory.scoring), \
+                replicating(self.scorer, self._replicates(state)):
             state.features.close_round()
             scores = self.scorer.score(state.features.train(mine), torch.cat(state.labels), state.features.test(mine),
                                        state.test_labels, self.data.num_classes) if mine else {}
@@ -284,7 +301,15 @@ class SuccessiveHalving:
         engine.cache.reserve(0)
         release_free_memory()
         with engine.stats.phase("communication"):
-            return {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
+            gathered = {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
+        return self.scorer.combine(gathered)
+
+    def _replicates(self, state: SearchState) -> int:
+        """Jackknife groups the scorer attaches this round: with a confidence level, in the last round, and in every
+        round where they cost no rescoring or the noise margin reads their standard error."""
+        wanted = (state.round == state.rounds - 1 or not self.scorer.costly_replicates
+                  or self.schedule.noise_margin is not None)
+        return JACKKNIFE_GROUPS if self.confidence is not None and wanted else 0
 
     def _prune(self, state: SearchState, engine: Engine, scores: dict[str, ProxyScore]) -> None:
         """Keep the better part (the strategy's survivors and, with a noise margin, the models within it), report
@@ -293,7 +318,8 @@ class SuccessiveHalving:
         alive = self.strategy.keep(order, scores, r, state.rounds, self.result_size, self.scorer.higher_is_better)
         going_on = set(alive)
         dropped = [m for m in order if m not in going_on]
-        state.reports.append(round_report(state, engine, self.group, len(alive)))
+        state.reports.append(round_report(state, engine, self.group, len(alive), scores))
+        state.leaders[r] = (order[0], scores[order[0]])
         for m in dropped:
             state.eliminated[m] = (r, scores[m])
         state.features.drop(dropped)
@@ -345,8 +371,11 @@ class SuccessiveHalving:
         options; the feature cache keys on what changes the features' bits."""
         context = {"strategy": self.strategy.name, "batch_size": self.batch_size, "device": self.device.type,
                    "channels_last": self.channels_last, "torch": torch.__version__}
+        if self.precision.name != DEFAULT_PRECISION:  # 32-true keeps the key it always had
+            context["precision"] = self.precision.name
         return open_engine(self.store, self.stats, device=self.device, batch_size=self.batch_size,
                            channels_last=self.channels_last, prefetch=self.prefetch,
                            weight_key=self.strategy.weight_key, cache_budget=self.cache_budget,
                            spill_dir=self.spill_dir, feature_cache=self.feature_cache,
-                           feature_cache_bytes=self.feature_cache_bytes, feature_context=context)
+                           feature_cache_bytes=self.feature_cache_bytes, feature_context=context,
+                           precision=self.precision)

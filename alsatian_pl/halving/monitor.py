@@ -1,6 +1,7 @@
-"""Two :class:`SearchCallback` monitors for people and benchmarks: :class:`RoundLog` (one plain line per round, for
+""":class:`SearchCallback` monitors: for people and benchmarks :class:`RoundLog` (one plain line per round, for
 logs and pipes) and :class:`MemoryMonitor` (host memory by phase of each round, against what the memory model
-counts). ``python search.py callbacks=rounds`` or ``callbacks=[rounds,memory]`` turns them on."""
+counts), which ``python search.py callbacks=rounds`` or ``callbacks=[rounds,memory]`` turns on; and
+:class:`FiniteFeatures`, which the searcher adds in ``search.precision=16-mixed`` (float16 can overflow)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Mapping, TextIO
 
+import torch
+
+from ..errors import DataError
 from ..resources import rss_now
 from .callbacks import SearchCallback
 
@@ -19,7 +23,22 @@ if TYPE_CHECKING:
     from .loop import SuccessiveHalving
     from .state import RoundReport, SearchResult, SearchState
 
-__all__ = ["RoundLog", "MemoryMonitor"]
+__all__ = ["RoundLog", "MemoryMonitor", "FiniteFeatures"]
+
+
+class FiniteFeatures(SearchCallback):
+    """After each round's inference, a DataError naming the first model whose new features are not finite (in
+    16-mixed, a block whose activations exceed float16's largest value, 65504, gives infinities that would score as
+    numbers). One reduction per model and round; every rank checks its own models."""
+
+    rank_zero_only = False
+
+    def on_round_executed(self, search: SuccessiveHalving, state: SearchState) -> None:
+        for m in state.features.models:
+            if not bool(torch.isfinite(state.features.current(m)).all()):
+                raise DataError(f"search.precision={search.precision.name}: the features of model {m} are not finite "
+                                f"in round {state.round + 1} (float16 overflowed); use search.precision=bf16-mixed "
+                                "or 32-true")
 
 
 class RoundLog(SearchCallback):

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from ..checks import flag, text, whole
 from ..errors import ConfigError
 from ..io import check_folder
+from ..precision import check_precision
 from ..score import ProxyScorer, get_scorer
 from ..units import parse_bytes
 
@@ -17,8 +18,13 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 
 
 def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any, progress: Any,
-                  channels_last: Any, resume: Any, sizes: dict[str, Any], **folders: Any) -> None:
+                  channels_last: Any, resume: Any, confidence: Any, sizes: dict[str, Any],
+                  precision: Any = "32-true", **folders: Any) -> None:
     """ConfigError (DiskError for a folder that is a file) naming the first ``search.*`` value that is wrong."""
+    if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, (int, float))
+                                   or not 0.5 <= confidence < 1):
+        raise ConfigError("search.confidence must be a level in [0.5, 1) such as 0.9 (the models that could be best "
+                          f"at 90%), or null for no intervals; got {confidence!r}")
     for key, value in sizes.items():
         try:
             parse_bytes(None if value == "auto" else value)
@@ -33,6 +39,7 @@ def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any
         flag(f"search.{key}", value)
     if prefetch not in ("auto", None, True, False):
         raise ConfigError(f"search.prefetch must be auto, true or false, got {prefetch!r}")
+    check_precision(precision)
     for key, folder in folders.items():
         if folder is not None:
             check_folder(text(f"search.{key}", folder), f"search.{key}")

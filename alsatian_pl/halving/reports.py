@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..distributed import Group
 from ..resources import peak_accelerator_bytes, peak_rss
+from ..score import ProxyScore
 from . import rebalance
+from .confidence import agreement, confident_set, pruned_contenders
 from .state import RoundReport, SearchResult, SearchState, assemble_ranking
 
 if TYPE_CHECKING:
@@ -16,9 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["round_report", "search_result"]
 
 
-def round_report(state: SearchState, engine: Engine, group: Group, keep: int) -> RoundReport:
+def round_report(state: SearchState, engine: Engine, group: Group, keep: int,
+                 scores: Mapping[str, ProxyScore]) -> RoundReport:
     """The current round's report, before pruning (counters since the round opened; every rank's part gathered:
-    peaks and partitions are per rank, steps and runs add up, distinct blocks unite)."""
+    peaks and partitions are per rank, steps and runs add up, distinct blocks unite; an ensemble's agreement over
+    the round's gathered ``scores``)."""
     plans, peaks = [p for p, _ in state.runs], [o for _, o in state.runs]
     since = engine.stats.since
     mine = (max((p.partitions for p in plans), default=0), since(state.counts_before, "inference_steps"),
@@ -30,20 +36,29 @@ def round_report(state: SearchState, engine: Engine, group: Group, keep: int) ->
     return RoundReport(state.round, len(state.alive), state.round_items, max(r[0] for r in ranks),
                        sum(r[1] for r in ranks), sum(r[2] for r in ranks), len(frozenset().union(*(r[3] for r in ranks))),
                        max(r[4] for r in ranks), max(r[5] for r in ranks), keep, max(r[6] for r in ranks),
-                       max(r[7] for r in ranks))
+                       max(r[7] for r in ranks), agreement(scores))
 
 
 def search_result(state: SearchState, engine: Engine, *, strategy: str, higher_is_better: bool, group: Group,
-                  prepare_data: float, total: float, blocks_read: int,
-                  rebalance_below: float | None) -> SearchResult:
-    """The finished search: its ranking, statistics and memory (and, distributed, every rank's summary)."""
+                  prepare_data: float, total: float, blocks_read: int, rebalance_below: float | None,
+                  confidence: float | None = None,
+                  limits: tuple[float, float] = (-math.inf, math.inf),
+                  precision: str = "32-true") -> SearchResult:
+    """The finished search: its ranking (with intervals and the confident set at the ``confidence`` level),
+    statistics and memory (and, distributed, every rank's summary)."""
     stats = engine.stats.compute(prepare_data=prepare_data, total=total, blocks_read=blocks_read)
     device = engine.executor.device
     memory = {"peak_host_rss_bytes": peak_rss(), "peak_accelerator_bytes": peak_accelerator_bytes(device),
               "peak_cache_bytes": max(rep.observed_peak_bytes for rep in state.reports),
               "weight_cache_bytes": engine.weights.bytes}
-    result = SearchResult(strategy, assemble_ranking(state, higher_is_better), state.reports, memory=memory, **stats)
+    result = SearchResult(strategy, assemble_ranking(state, higher_is_better, confidence, limits), state.reports,
+                          memory=memory, **stats)
     result.resumed_from_round = state.first_round or None
+    result.confidence = confidence
+    result.confident_set = confident_set(state, confidence, higher_is_better)
+    result.pruned_contenders = pruned_contenders(state, confidence, higher_is_better)
+    result.agreement = state.reports[0].agreement if state.reports else None
+    result.precision = precision
     if group.world_size > 1:
         mine = {**stats, "memory": memory, "bytes_sent": group.bytes_sent, "collectives": group.collectives,
                 "migration_s": [m.seconds for m in state.migrations]}

@@ -2,8 +2,9 @@
 round and, with ``resume``, restores it before the first round; :class:`SearchCheckpoint` is the file.
 
 The file is named by what defines the search's result (strategy, models' blocks, scorer and its options, result
-size, batch size, device type, layout, the data's keys and chunk sizes, and the robust schedule's knobs when set), so
-a search resumes only its own rounds. In a distributed search every rank saves its own models' features in its own
+size, batch size, device type, layout, the data's keys and chunk sizes, and the robust schedule's knobs and the
+precision when they are not the defaults), so a search resumes only its own rounds; rounds saved by the same search
+under other knobs or another precision are named in the warning, never continued. In a distributed search every rank saves its own models' features in its own
 folder (``rank-<r>-of-<world>``). The callbacks' ``state_dict``s are saved with the state and restored with it.
 """
 
@@ -22,6 +23,7 @@ from safetensors.torch import save as st_save
 
 from ..errors import SearchInterrupted
 from ..io import atomic_write
+from ..precision import DEFAULT_PRECISION
 from ..score import ProxyScore
 from . import rebalance
 from .callbacks import SearchCallback
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RoundCheckpoint", "SearchCheckpoint", "interrupted"]
 
-CHECKPOINT_FORMAT = "alsatian-search-state-v1"
+CHECKPOINT_FORMAT = "alsatian-search-state-v2"  # v2: scores keep replicates, members; round leaders
 
 
 @dataclass
@@ -142,21 +144,37 @@ def checkpoint_file(search: SuccessiveHalving, state: SearchState, folder: Path)
     parts = [search.strategy.name, [(n, m.hashes) for n, m in state.manifests.items()],
              type(search.scorer).__name__, vars(search.scorer), search.result_size, search.batch_size,
              search.device.type, search.channels_last, x.key, items_key(y), data.test_items()[0].key]
-    # the paper's schedule keeps the key it always had; the robust knobs are part of the key when set
+    # the paper's schedule and 32-true keep the key they always had; the robust knobs and another precision are part
+    # of the key when set (not of the family: the warning names the saved search's values)
     schedule = [] if search.schedule.is_paper else [search.schedule.options()]
-    key = fingerprint([*parts, data.chunk_sizes, *schedule])
+    precision = [] if search.precision.name == DEFAULT_PRECISION else [{"precision": search.precision.name}]
+    key = fingerprint([*parts, data.chunk_sizes, *schedule, *precision])
     return SearchCheckpoint(folder / f"search-{key}.safetensors", key, family=fingerprint(parts))
 
 
 def _meta(search: SuccessiveHalving, state: SearchState) -> dict[str, Any]:
     s = search.stats
     return {"round": state.round, "alive": state.alive, "kept_items": state.features.kept_items,
-            "scores": {m: [p.score, p.test_loss] for m, p in state.scores.items()},
-            "eliminated": {m: [r, p.score, p.test_loss] for m, (r, p) in state.eliminated.items()},
+            "scores": {m: _saved(p) for m, p in state.scores.items()},
+            "eliminated": {m: [r, _saved(p)] for m, (r, p) in state.eliminated.items()},
+            "leaders": {str(r): [m, _saved(p)] for r, (m, p) in state.leaders.items()},
             "reports": [asdict(r) for r in state.reports], "timings": s.timings, "counts": dict(s.counts),
             "block_seconds": s.block_seconds, "block_items": s.block_items, "elapsed_s": s.elapsed(),
-            "schedule": search.schedule.options(),
+            "schedule": search.schedule.options(), "precision": search.precision.name,
             "callbacks": search.callbacks.state_dict()}
+
+
+def _saved(p: ProxyScore) -> dict[str, Any]:
+    """A score as JSON: its value, test loss, standard error, replicates and (an ensemble's) member scores."""
+    members = None if p.members is None else {n: _saved(q) for n, q in p.members.items()}
+    return {"score": p.score, "test_loss": p.test_loss, "stderr": p.stderr,
+            "replicates": None if p.replicates is None else list(p.replicates), "members": members}
+
+
+def _restored(v: dict[str, Any]) -> ProxyScore:
+    members = None if v["members"] is None else {n: _restored(q) for n, q in v["members"].items()}
+    reps = None if v["replicates"] is None else tuple(v["replicates"])
+    return ProxyScore(v["score"], v["test_loss"], v["stderr"], reps, members)
 
 
 def _labels(state: SearchState) -> dict[str, torch.Tensor]:
@@ -167,8 +185,9 @@ def restore_state(search: SuccessiveHalving, state: SearchState, meta: dict[str,
                   tensors: dict[str, torch.Tensor]) -> None:
     """The saved rounds' survivors, scores, reports, labels and kept features back into ``state``."""
     state.alive, state.reports = list(meta["alive"]), [RoundReport(**r) for r in meta["reports"]]
-    state.scores = {m: ProxyScore(*v) for m, v in meta["scores"].items()}
-    state.eliminated = {m: (r, ProxyScore(a, b)) for m, (r, a, b) in meta["eliminated"].items()}
+    state.scores = {m: _restored(v) for m, v in meta["scores"].items()}
+    state.eliminated = {m: (r, _restored(v)) for m, (r, v) in meta["eliminated"].items()}
+    state.leaders = {int(r): (m, _restored(v)) for r, (m, v) in meta.get("leaders", {}).items()}
     state.labels = [tensors[f"labels/{i}"] for i in range(meta["round"] + 1)]
     distributed = search.group.world_size > 1  # each rank saved its own models' features
     mine = [m for m in state.alive if not distributed or f"{m}/test" in tensors]
@@ -185,7 +204,7 @@ def _other_schedules(checkpoint: SearchCheckpoint) -> str:
     if not others:
         return ""
     path, state = others[0]
-    saved = Schedule(**state.get("schedule", {})).options()
+    saved = {**Schedule(**state.get("schedule", {})).options(), "precision": state.get("precision", DEFAULT_PRECISION)}
     knobs = ", ".join(f"search.{k}={'null' if v is None else v}" for k, v in saved.items())
     return f" ({path} holds rounds of this search run with {knobs}: resume with those values to continue it)"
 

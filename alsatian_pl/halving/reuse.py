@@ -5,7 +5,13 @@ A cached entry is one model's features of one round's inputs. Its key hashes the
 hashes of all its blocks, so the same function), the identity of the round's prepared inputs (``Items.key``: the
 prepared set's key, which covers every file's path, size and mtime for a set on disk and the bytes of a set in
 memory, plus the rows and their normalisation), and what changes the arithmetic (batch size, device type,
-channels-last layout). A file rewritten therefore never serves stale features: it makes a new prepared set.
+channels-last layout, and ``search.precision`` when it is not ``32-true``). A file rewritten therefore never serves
+stale features: it makes a new prepared set.
+
+Every entry carries the xxh3 checksum of its features' bytes and the inference seconds of each block of its chain:
+an entry whose bytes no longer match (a flipped bit, a truncated file) is deleted with a warning and recomputed, and
+:func:`verify_features` checks a whole cache (``alsatian store verify``). The seconds a round's hits saved are those
+of the blocks only the hit models needed (a block the round still runs for another model saved nothing).
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+import xxhash
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from ..cache import tensor_bytes
@@ -33,9 +40,22 @@ if TYPE_CHECKING:
     from .state import SearchState, TokenizerGroup
     from .strategies import Strategy
 
-__all__ = ["FeatureCache", "items_key", "fingerprint", "reuse_features", "remember_features"]
+__all__ = ["FeatureCache", "Cached", "items_key", "fingerprint", "reuse_features", "remember_features",
+           "verify_features"]
 
-FEATURE_FORMAT = "alsatian-features-v1"
+FEATURE_FORMAT = "alsatian-features-v2"  # v2: a checksum of the features and each block's seconds
+
+
+class Cached(NamedTuple):
+    """A feature-cache hit: the features and the inference seconds each block of the model's chain took for them."""
+
+    features: torch.Tensor
+    block_seconds: dict[str, float]
+
+
+def _checksum(feats: torch.Tensor) -> str:
+    flat = feats.detach().contiguous().cpu().reshape(-1)
+    return xxhash.xxh3_64_hexdigest(flat.view(torch.uint8).numpy().data if flat.numel() else b"")
 
 
 def items_key(x: torch.Tensor) -> str:
@@ -50,7 +70,7 @@ class FeatureCache:
     """Features on disk under ``root``, at most ``max_bytes`` (least recently used entries go first; None: no bound).
 
     ``context`` holds what, besides the model and the items, changes the features' bits (batch size, device type,
-    layout). Hits, misses, bytes read and the inference seconds the hits saved go to ``stats``.
+    layout, precision). Hits, misses, bytes read and the inference seconds the hits saved go to ``stats``.
     """
 
     def __init__(self, root: str | os.PathLike[str], max_bytes: int | None, stats: SearchStats,
@@ -64,36 +84,44 @@ class FeatureCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str) -> Cached | None:
         """The cached features under ``key``, or None (a damaged entry is deleted with a warning)."""
         path = self._path(key)
         if not path.is_file():
             self.stats.count("feature_cache_misses")
             return None
         try:
-            entry = load_file(path)
-            feats, saved = entry["features"], float(entry["compute_s"].item())
+            hit = read_entry(path)
         except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as exc:
-            warnings.warn(f"feature cache entry {path} is unreadable ({exc}); it is deleted and recomputed")
+            warnings.warn(f"feature cache entry {path} is damaged ({exc}); it is deleted and recomputed")
             path.unlink(missing_ok=True)
             self.stats.count("feature_cache_misses")
             return None
         os.utime(path)  # most recently used
         self.stats.count("feature_cache_hits")
-        self.stats.count("feature_cache_bytes_read", tensor_bytes(feats))
-        self.stats.saved_seconds += saved
-        return feats
+        self.stats.count("feature_cache_bytes_read", tensor_bytes(hit.features))
+        return hit
 
-    def put(self, key: str, feats: torch.Tensor, compute_s: float) -> None:
-        """Store ``feats`` (computed in about ``compute_s`` inference seconds), then evict down to ``max_bytes``."""
-        data = st_save({"features": feats.detach().contiguous().cpu(),
-                        "compute_s": torch.tensor(float(compute_s), dtype=torch.float64)},
-                       metadata={"format": FEATURE_FORMAT})
+    def put(self, key: str, feats: torch.Tensor, block_seconds: Mapping[str, float]) -> None:
+        """Store ``feats`` (their chain's blocks took ``block_seconds`` to compute them), then evict down to
+        ``max_bytes``."""
+        feats = feats.detach().contiguous().cpu()
+        data = st_save({"features": feats}, metadata={"format": FEATURE_FORMAT, "xxh3": _checksum(feats),
+                                                      "block_seconds": json.dumps(dict(block_seconds))})
         atomic_write(self._path(key), data)
         self.stats.count("feature_cache_bytes_written", len(data))
         self._evict()
 
     def _evict(self) -> None:
+        """Least recently used entries out until the cache holds ``max_bytes``; a killed writer's temporary files
+        go once an hour old."""
+        stale = time.time() - 3600
+        for tmp in self.root.glob("*/.*.tmp"):
+            try:
+                if tmp.stat().st_mtime < stale:
+                    tmp.unlink()
+            except FileNotFoundError:
+                continue
         if self.max_bytes is None:
             return
         files = sorted(self.root.glob("*/*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
@@ -103,6 +131,31 @@ class FeatureCache:
                 break
             total -= p.stat().st_size
             p.unlink(missing_ok=True)
+
+
+def read_entry(path: Path) -> Cached:
+    """A feature-cache file, checked: ValueError when its format is not this version's or its bytes do not match
+    their checksum (SafetensorError, OSError when it is not a readable safetensors file)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FEATURE_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, not {FEATURE_FORMAT!r}")
+        feats = f.get_tensor("features")
+    if _checksum(feats) != meta.get("xxh3"):
+        raise ValueError("its features do not match their checksum")
+    return Cached(feats, {str(k): float(v) for k, v in json.loads(meta["block_seconds"]).items()})
+
+
+def verify_features(root: str | os.PathLike[str]) -> tuple[int, list[tuple[Path, str]]]:
+    """Every entry of the feature cache under ``root`` checked: (entries, [(damaged entry, why)])."""
+    files = sorted(Path(root).expanduser().glob("*/*.safetensors"))
+    bad = []
+    for path in files:
+        try:
+            read_entry(path)
+        except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as exc:
+            bad.append((path, str(exc)))
+    return len(files), bad
 
 
 def fingerprint(parts: Iterable[Any]) -> str:
@@ -118,13 +171,17 @@ def reuse_features(state: SearchState, engine: Engine, strategy: Strategy, group
     if engine.features is None:
         return group.tree
     state.inputs_key = inputs.key
-    missing = {}
+    state.block_seconds_before = dict(engine.stats.block_seconds)
+    missing, hit_blocks = {}, {}
     for m in sorted(group.tree.models):
-        feats = engine.features.get(engine.features.key(group.chain(m), state.inputs_key))
-        if feats is None:
+        hit = engine.features.get(engine.features.key(group.chain(m), state.inputs_key))
+        if hit is None:
             missing[m] = group.specs[m]
         else:
-            state.features.write(m, 0, feats.to(device))
+            state.features.write(m, 0, hit.features.to(device))
+            hit_blocks.update(hit.block_seconds)
+    still_run = {b.hash for specs in missing.values() for b in specs}
+    engine.stats.saved_seconds += sum(s for h, s in hit_blocks.items() if h not in still_run)
     if len(missing) == len(group.tree.models):
         return group.tree
     with engine.stats.phase("planning"):
@@ -133,11 +190,13 @@ def reuse_features(state: SearchState, engine: Engine, strategy: Strategy, group
 
 def remember_features(state: SearchState, engine: Engine, group: TokenizerGroup, tree: TaskTree,
                       inputs: Items) -> None:
-    """With a feature cache: store the features just computed (``tree``'s models), with their inference time."""
+    """With a feature cache: store the features just computed (``tree``'s models), with the seconds each block of
+    their chains took on these inputs (what running them again would cost)."""
     if engine.features is None:
         return
-    per_item = {h: s / engine.stats.block_items[h] for h, s in engine.stats.block_seconds.items()}
+    before, now = state.block_seconds_before, engine.stats.block_seconds
+    took = {h: now[h] - before.get(h, 0.0) for h in now}
     for m in tree.models:
         hashes = group.chain(m)
         engine.features.put(engine.features.key(hashes, state.inputs_key), state.features.current(m),
-                            compute_s=sum(per_item.get(h, 0.0) for h in hashes) * len(inputs))
+                            {h: took.get(h, 0.0) for h in hashes})

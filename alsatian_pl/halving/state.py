@@ -6,6 +6,7 @@ it, and :func:`assemble_ranking` turns it into the final order.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ import torch
 from ..features import FeatureStore
 from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree
 from ..plan.partition import Assignment
-from ..score import ProxyScore, rank
+from ..score import ProxyScore, interval, rank
 
 if TYPE_CHECKING:
     from ..store import ModelManifest
@@ -44,14 +45,19 @@ class RoundReport:
     kept: int
     groups: int = 1  # tokenizer groups planned and run this round (each on its own prepared inputs)
     scoring_peak_bytes: int = 0  # of the peaks: the scoring phase's (planned; kept features + scorer's working set)
+    agreement: dict[str, float] | None = None  # an ensemble's Kendall tau between its members' scores this round
 
 
 @dataclass
 class RankedModel:
+    """A model's place in the ranking: its last score, test loss, round of elimination (None: it survived) and the
+    score's interval at the search's confidence level (None: no level, or the score carries no uncertainty)."""
+
     model: str
     score: float
     test_loss: float
     eliminated_in_round: int | None
+    score_interval: list[float] | None = None
 
 
 @dataclass
@@ -68,6 +74,11 @@ class SearchResult:
     block_items: dict[str, int] = field(default_factory=dict)
     resumed_from_round: int | None = None  # the first round this process ran, when it resumed a saved search
     distributed: dict[str, Any] | None = None  # per-rank timings, bytes and load balance of a distributed search
+    confidence: float | None = None  # the level of the intervals and of the confident set (None: none computed)
+    confident_set: list[str] | None = None  # the last round's models that could be best at that level, best first
+    pruned_contenders: list[str] = field(default_factory=list)  # pruned by halving, though they could have been best
+    agreement: dict[str, float] | None = None  # an ensemble's Kendall tau between its members over all candidates
+    precision: str = "32-true"  # search.precision: what block inference ran in (alsatian_pl.precision)
 
     @property
     def winner(self) -> str:
@@ -121,6 +132,8 @@ class SearchState:
     saved_to: str | None = None  # where finished rounds are saved (None: they are not)
     saved_rounds: int = 0  # how many finished rounds that file holds
     memory: RoundMemory | None = None  # the memory model of the plan made last (what the planner was given)
+    leaders: dict[int, tuple[str, ProxyScore]] = field(default_factory=dict)  # each finished round's top model
+    block_seconds_before: dict[str, float] = field(default_factory=dict)  # the blocks' seconds as the group's run began
 
     @property
     def trees(self) -> list[TaskTree]:
@@ -144,10 +157,16 @@ class SearchState:
         return self.new_items + (len(self.test_labels) if self.round == 0 else 0)
 
 
-def assemble_ranking(state: SearchState, higher_is_better: bool) -> list[RankedModel]:
-    """The survivors in their final order, then the models eliminated in each round, later rounds first."""
-    ranking = [RankedModel(m, state.scores[m].score, state.scores[m].test_loss, None) for m in state.alive]
+def assemble_ranking(state: SearchState, higher_is_better: bool, level: float | None = None,
+                     limits: tuple[float, float] = (-math.inf, math.inf)) -> list[RankedModel]:
+    """The survivors in their final order, then the models eliminated in each round, later rounds first; with a
+    confidence ``level``, each score's interval (within the scorer's ``limits``)."""
+    def ranked(m: str, p: ProxyScore, r: int | None) -> RankedModel:
+        bounds = None if level is None else interval(p, level, limits)
+        return RankedModel(m, p.score, p.test_loss, r, None if bounds is None else list(bounds))
+
+    ranking = [ranked(m, state.scores[m], None) for m in state.alive]
     for r in reversed(range(state.rounds)):
         out = {m: s for m, (rr, s) in state.eliminated.items() if rr == r}
-        ranking += [RankedModel(m, out[m].score, out[m].test_loss, r) for m in rank(out, higher_is_better)]
+        ranking += [ranked(m, out[m], r) for m in rank(out, higher_is_better)]
     return ranking

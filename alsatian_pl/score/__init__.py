@@ -5,7 +5,9 @@ Every model of a round has features for the same train items (same order) and fo
 scores its test accuracy; all heads of a round train together in :class:`LinearProbes`. ``"knn"`` votes over the
 nearest train items. ``"logme"``, ``"hscore"``, ``"hscore_reg"``, ``"gbc"`` and ``"transrate"`` are transferability
 scores of the train features and labels, no training (:mod:`._transfer`). A model's score depends only on its own
-features, the labels and the seed, never on the other models scored with it.
+features, the labels and the seed, never on the other models scored with it; the one exception is ``"ensemble"``,
+which combines several scorers' ranks among the round's models (:mod:`._ensemble`). Asked for replicates, every
+scorer attaches a jackknife of its score (:mod:`._confidence`): the intervals and the models that could be best.
 
 This module holds the registry (``SCORERS``, :func:`register_scorer`, :func:`get_scorer`); the contract lives in
 ``_base``, the scorers in their own modules, which register themselves on import below.
@@ -20,11 +22,13 @@ from typing import TypeVar
 from ..errors import ConfigError
 from ..registry import Registry
 from ._base import ProxyScore, ProxyScorer, binomial_stderr, check_inputs, rank
+from ._confidence import GROUPS as JACKKNIFE_GROUPS, could_be_best, interval, replicating
 
 __all__ = ["ProxyScore", "ProxyScorer", "LinearProbes", "LinearScorer", "KNNScorer", "LogMEScorer", "HScorer",
            "RegularizedHScorer", "GBCScorer", "TransRateScorer", "TransferabilityScorer",
            "SCORERS", "register_scorer", "get_scorer", "available_scorers", "rank", "check_inputs",
-           "binomial_stderr", "dual_is_cheaper"]
+           "binomial_stderr", "dual_is_cheaper", "EnsembleScorer", "JACKKNIFE_GROUPS", "could_be_best", "interval",
+           "replicating"]
 
 SCORERS: Registry[type[ProxyScorer]] = Registry("proxy scorer", plural="scorers")
 _S = TypeVar("_S", bound=type[ProxyScorer])
@@ -67,3 +71,4 @@ from ._hscore import HScorer, RegularizedHScorer  # noqa: E402
 from ._gbc import GBCScorer  # noqa: E402
 from ._transrate import TransRateScorer  # noqa: E402
 from ._source import LEEPScorer, NCEScorer, SourceHeadScorer  # noqa: E402,F401  (heads: leep, nce)
+from ._ensemble import EnsembleScorer  # noqa: E402

@@ -21,13 +21,17 @@ class ProxyScore:
     says what it is: the linear probe's mean test cross-entropy, for instance).
 
     ``stderr``: the score's standard error, where the scorer can estimate it (None otherwise; the test-accuracy
-    scorers give the binomial one, :func:`binomial_stderr`); the schedule's ``noise_margin`` reads it. Not compared:
-    two scores are equal when score and test loss are.
+    scorers give the binomial one, :func:`binomial_stderr`, the others the jackknife's when asked for replicates);
+    the schedule's ``noise_margin`` reads it. ``replicates``: the score without each jackknife group of items
+    (:mod:`._confidence`), when the scorer was asked for them. ``members``: an ensemble's member scores. None of
+    these are compared: two scores are equal when score and test loss are.
     """
 
     score: float
     test_loss: float
     stderr: float | None = field(default=None, compare=False)
+    replicates: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
+    members: Mapping[str, ProxyScore] | None = field(default=None, compare=False, repr=False)
 
 
 class ProxyScorer:
@@ -36,11 +40,25 @@ class ProxyScorer:
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     reports_stderr: ClassVar[bool] = False  # whether its scores carry a standard error (ProxyScore.stderr)
+    jackknife: int = 0  # > 0: attach that many jackknife replicates to every score (the search sets it; 0: none)
+    gives_replicates: ClassVar[bool] = False  # whether it honours ``jackknife`` (every built-in scorer does)
+    costly_replicates: ClassVar[bool] = False  # whether replicates recompute the score once per group
+    score_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)  # where its scores lie (intervals are clipped)
 
     def score(self, train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor],
               test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         """One score per model id: ``train[m]`` is [N, D_m] (same N items for every model), ``test[m]`` is [T, D_m]."""
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        """Its class and public options (stable across runs: a search's checkpoint key records nested scorers so)."""
+        options = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()) if not k.startswith("_"))
+        return f"{type(self).__name__}({options})"
+
+    def combine(self, scores: dict[str, ProxyScore]) -> dict[str, ProxyScore]:
+        """The round's scores of all models (gathered over the ranks) as ranked: as given, unless the scorer ranks a
+        model against the others (the ensemble's rank aggregation)."""
+        return scores
 
     def working_bytes(self, train_rows: int, test_rows: int, dims: Mapping[str, int], num_classes: int) -> int:
         """At least the bytes :meth:`score` holds at once beyond its inputs, for ``train_rows`` and ``test_rows``

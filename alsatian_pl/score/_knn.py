@@ -10,6 +10,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from . import register_scorer
+from ._confidence import hit_replicates, with_replicates
 from ._base import ProxyScore, ProxyScorer, _check_option, _is_int, binomial_stderr, check_inputs
 
 
@@ -24,6 +25,8 @@ class KNNScorer(ProxyScorer):
 
     higher_is_better = True
     reports_stderr = True
+    gives_replicates = True
+    score_range = (0.0, 1.0)
 
     def __init__(self, *, k: int = 5, seed: int = 0, chunk_items: int = 4096):
         _check_option("k", k, _is_int(k, 1), "an integer >= 1")
@@ -57,4 +60,7 @@ class KNNScorer(ProxyScorer):
             accuracy = multiclass_accuracy(key, target, num_classes=num_classes, average="micro")
             loss = F.nll_loss(((votes + 1) / (k + num_classes)).log(), target)
             out[m] = ProxyScore(float(accuracy), float(loss), binomial_stderr(float(accuracy), len(target)))
+            replicates = hit_replicates([m], (key.argmax(1) == target)[None], self.seed, self.jackknife) \
+                if self.jackknife else None
+            out[m] = out[m] if replicates is None else with_replicates({m: out[m]}, replicates)[m]
         return out

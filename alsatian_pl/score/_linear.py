@@ -14,6 +14,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from . import register_scorer
 from ._base import ProxyScore, ProxyScorer, _check_option, _is_int, _model_chunks, binomial_stderr, check_inputs
+from ._confidence import hit_replicates, with_replicates
 from ..errors import ConfigError
 
 
@@ -163,6 +164,8 @@ class LinearScorer(ProxyScorer):
 
     higher_is_better = True
     reports_stderr = True
+    gives_replicates = True
+    score_range = (0.0, 1.0)
     probes_class: type[LinearProbes] = LinearProbes  # the heads' module (a subclass may train them another way)
 
     def __init__(self, *, epochs: int = 100, lr: float = 0.1, momentum: float = 0.0, batch_size: int = 64,
@@ -233,8 +236,13 @@ class LinearScorer(ProxyScorer):
         probes = self.probes_class(heads, dim, num_classes, lr=self.lr, momentum=self.momentum, seed=self.seed)
         probes.to(device).fit(x, train_labels.to(device, torch.long), epochs=self.epochs, batch_size=self.batch_size,
                               generator=torch.Generator().manual_seed(self.seed))
-        accuracy, loss = probes.evaluate(xt, test_labels.to(device, torch.long))
-        return {m: ProxyScore(a, l, binomial_stderr(a, t))
-                for m, a, l in zip(ids, accuracy.tolist(), loss.tolist())}
+        target = test_labels.to(device, torch.long)
+        accuracy, loss = probes.evaluate(xt, target)
+        scores = {m: ProxyScore(a, l, binomial_stderr(a, t)) for m, a, l in zip(ids, accuracy.tolist(), loss.tolist())}
+        if not self.jackknife:
+            return scores
+        hits = probes(xt)[:len(ids)].argmax(1) == target            # [M, T]: the heads' per-item hits
+        replicates = hit_replicates(ids, hits, self.seed, self.jackknife)
+        return scores if replicates is None else with_replicates(scores, replicates)
 
 

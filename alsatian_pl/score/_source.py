@@ -12,6 +12,7 @@ own features and head.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor
 from ..errors import ConfigError, StoreError
 from . import register_scorer
 from ._base import ProxyScore, ProxyScorer, check_inputs
+from ._confidence import jackknife_groups, leave_out, with_replicates
 
 _TINY = 1e-12
 
@@ -51,6 +53,8 @@ class SourceHeadScorer(ProxyScorer):
 
     higher_is_better = True
     hard = False
+    gives_replicates = True
+    score_range = (-math.inf, 0.0)  # a mean log-probability (LEEP), minus a conditional entropy (NCE)
 
     def __init__(self, *, store: str | None = None, heads: Mapping[str, tuple[Tensor, Tensor | None]] | None = None,
                  seed: int = 0):
@@ -100,13 +104,19 @@ class SourceHeadScorer(ProxyScorer):
         """The score of every model from its train features through its head; test_loss as in the module doc."""
         check_inputs(train, train_labels, test, test_labels, num_classes)
         formula = nce if self.hard else leep
+        group = jackknife_groups(len(train_labels), self.seed, self.jackknife) if self.jackknife else None
         out = {}
         for m in train:
-            value, conditional = formula(self._probs(m, train[m]), train_labels, num_classes)
+            probs = self._probs(m, train[m])
+            value, conditional = formula(probs, train_labels, num_classes)
             predicted = self._probs(m, test[m]) @ conditional
             target = test_labels.to(predicted.device, torch.long)[:, None]
             loss = -predicted.gather(1, target).clamp_min(_TINY).log().mean()
             out[m] = ProxyScore(value, float(loss))
+            if group is not None:  # the score without each group of train items
+                again = [formula(probs[keep.to(probs.device)], train_labels[keep.to(train_labels.device)],
+                                 num_classes)[0] for keep in leave_out(group, self.jackknife)]
+                out[m] = with_replicates({m: out[m]}, {m: again})[m]
         return out
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ._base import ProxyScore, ProxyScorer, _check_option, _is_int, _model_chunks, check_inputs
+from ._confidence import jackknife_groups, leave_out, with_replicates
 
 
 class TransferabilityScorer(ProxyScorer):
@@ -27,6 +28,8 @@ class TransferabilityScorer(ProxyScorer):
     opinion that only breaks ties. Higher is better. ``seed`` is accepted for a uniform interface and unused."""
 
     higher_is_better = True
+    costly_replicates = True
+    gives_replicates = True
 
     def __init__(self, *, seed: int = 0, max_chunk_bytes: int = 256 * 2**20):
         _check_option("seed", seed, _is_int(seed, 0), "an integer >= 0")
@@ -37,12 +40,18 @@ class TransferabilityScorer(ProxyScorer):
               test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         """The metric on the train items (score) and minus the metric on the test items (test_loss), per model."""
         check_inputs(train, train_labels, test, test_labels, num_classes)
+        group = jackknife_groups(len(train_labels), self.seed, self.jackknife) if self.jackknife else None
         out: dict[str, ProxyScore] = {}
         for ids in _model_chunks(train, len(train_labels) + len(test_labels), self.max_chunk_bytes, 8):
             device = train[ids[0]].device
-            on_train = self.metric(_stack(train, ids, device), train_labels.to(device, torch.long))
-            on_test = self.metric(_stack(test, ids, device), test_labels.to(device, torch.long))
-            out.update({m: ProxyScore(a, -b) for m, a, b in zip(ids, on_train.tolist(), on_test.tolist())})
+            x, y = _stack(train, ids, device), train_labels.to(device, torch.long)
+            on_train, on_test = self.metric(x, y), self.metric(_stack(test, ids, device), test_labels.to(device, torch.long))
+            chunk = {m: ProxyScore(a, -b) for m, a, b in zip(ids, on_train.tolist(), on_test.tolist())}
+            if group is not None:  # the metric without each group of train items, [G, M] -> per model
+                again = torch.stack([self.metric(x[:, keep], y[keep]) for keep in leave_out(group.to(device),
+                                                                                             self.jackknife)])
+                chunk = with_replicates(chunk, dict(zip(ids, again.T.tolist())))
+            out.update(chunk)
         return {m: out[m] for m in train}
 
     def metric(self, x: Tensor, y: Tensor) -> Tensor:

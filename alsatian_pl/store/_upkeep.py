@@ -105,13 +105,16 @@ class StoreHealth:
 
     def collectable(self, used: set[str]) -> Iterable[tuple[Path, float]]:
         """The files gc may delete, each with the age it must have: unused block and head files, ``*.corrupt`` and
-        ``*.tmp`` files in the store's own folders (a tokenizer's temporary file only after UNLOCKED_TMP_S)."""
+        ``*.tmp`` files in the store's own folders; the temporary files of writers that take no lock (tokenizers, and
+        a killed search's in the feature cache and checkpoints that may live here: ``features/``, ``searches/``)
+        only after UNLOCKED_TMP_S. Their finished files are never touched."""
         store = self.store
-        tensors = (store.blocks_dir, store.root / "heads")  # not features/ nor searches/, which may live here too
-        for folder in (*tensors, store.models_dir, store.root / "zoos", store.root / "tokenizers"):
+        tensors = (store.blocks_dir, store.root / "heads")
+        unlocked = ("tokenizers", "features", "searches")
+        for folder in (*tensors, store.models_dir, *(store.root / f for f in ("zoos", *unlocked))):
             for p in sorted(folder.rglob("*")):
                 if p.name.endswith(".tmp"):
-                    yield p, store.UNLOCKED_TMP_S if folder.name == "tokenizers" else 0.0
+                    yield p, store.UNLOCKED_TMP_S if folder.name in unlocked else 0.0
                 elif p.name.endswith(".corrupt") or (folder in tensors and p.suffix == ".safetensors"
                                                      and p.stem not in used and p.is_file()):
                     yield p, 0.0
