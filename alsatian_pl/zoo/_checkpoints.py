@@ -65,7 +65,19 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise StoreError(f"checkpoint {path} is not a state dict of tensors")
+    _check_finite(path, state)
     return state
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """StoreError naming the file and its first tensor with NaN or infinite values (such a model cannot be scored:
+    its features would be NaN, and checking its split fails)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise StoreError(f"checkpoint {path}: tensor {key} holds {bad} NaN or infinite value(s) of "
+                             f"{value.numel()}; the model cannot be scored. Remove the file from the folder, or "
+                             "save it again from a run that did not diverge")
 
 
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm step counters: other code bases often do not save them
