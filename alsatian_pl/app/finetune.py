@@ -91,13 +91,18 @@ def _short_finetune(cfg: DictConfig, data: Any, epochs: int, model: str) -> floa
 
 
 def _check_training(cfg: DictConfig) -> None:
-    """ConfigError naming ``trainer.max_epochs`` (a positive whole number: 0 trains nothing, -1 never ends) or
-    ``finetune.optimizer.lr`` (a positive number) when they are not, before anything runs."""
+    """ConfigError naming ``trainer.max_epochs`` (a positive whole number: 0 trains nothing, -1 never ends),
+    ``finetune.optimizer.lr`` (a positive number) or the confirmation's ``finetune.confirm_top_k`` and
+    ``confirm_epochs`` when they are not, before anything runs."""
     whole("trainer.max_epochs", cfg.trainer.get("max_epochs"),
           hint=" (0 would train nothing and -1 would never end: give the number of epochs)")
     lr = cfg.finetune.get("optimizer", {}).get("lr")
     if lr is not None:
         number("finetune.optimizer.lr", lr, above=0)
+    top_k = cfg.finetune.get("confirm_top_k")
+    if top_k is not None and top_k != "confident":
+        whole("finetune.confirm_top_k", top_k, hint=" or confident (the search's confident set), or null")
+    whole("finetune.confirm_epochs", cfg.finetune.get("confirm_epochs", 1))
 
 
 def _search(cfg: DictConfig, output_dir: str | Path | None, data: Any) -> dict[str, Any]:
