@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..checks import number, text, whole
+from ..errors import ConfigError
 from ..finetune import FinetuneCallback, FinetuneModule, SafetensorsCheckpoint, confirm, confirm_candidates, read_results
 from ..io import check_folder
 
@@ -34,11 +35,12 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     data = instantiate(cfg.dataset)
     data.batch_size = whole("finetune.batch_size", f.batch_size)
     module = _module(f)
-    hand_off = _hand_off(cfg, data, on_search)
     if f.get("checkpoint"):  # refuse a checkpoint path under a file now, not after training
         check_folder(Path(text("finetune.checkpoint", f.checkpoint)).parent, "finetune.checkpoint")
     extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
-    trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *(callbacks or [])])
+    trainer = _trainer(cfg.trainer, callbacks=[*extra, *(callbacks or [])])  # a bad trainer.* fails before work
+    hand_off = _hand_off(cfg, data, on_search)
+    trainer.callbacks.insert(0, hand_off)  # first: it installs the model that the others see
     with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         try:
@@ -48,6 +50,23 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
                 raise KeyboardInterrupt from None
             raise
     return module, trainer, hand_off
+
+
+def _trainer(node: DictConfig, **kwargs: Any) -> L.Trainer:
+    """The ``trainer`` group's Trainer; a value Lightning refuses (``trainer.precision=7``, an accelerator without
+    its package) is one ConfigError quoting Lightning's reason."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException)):
+            raise
+        reason = " ".join(str(cause).split())[:400]
+        raise ConfigError(f"the trainer group refused a value: {reason} (fix that trainer.* override; "
+                          "conf/trainer/default.yaml lists the keys)") from None
 
 
 def _module(f: DictConfig) -> FinetuneModule:
@@ -82,8 +101,8 @@ def _short_finetune(cfg: DictConfig, data: Any, epochs: int, model: str) -> floa
     from the recipe's seed, with no logger or checkpoint."""
     short = OmegaConf.merge(cfg, {"trainer": {"max_epochs": epochs}})
     L.seed_everything(cfg.finetune.seed, workers=True, verbose=False)
-    trainer = instantiate(short.trainer, callbacks=[FinetuneCallback(model=model, store_root=cfg.store.root)],
-                          logger=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = _trainer(short.trainer, callbacks=[FinetuneCallback(model=model, store_root=cfg.store.root)],
+                       logger=False, enable_checkpointing=False, enable_model_summary=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         trainer.fit(_module(short.finetune), datamodule=data)

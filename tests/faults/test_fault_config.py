@@ -113,6 +113,8 @@ TRAIN_BAD = {
     "trainer.max_epochs": ["abc", "0", "-1", "1.5"],
     "finetune.confirm_top_k": ["abc", "0", "1.5"],
     "finetune.confirm_epochs": ["abc", "0"],
+    "trainer.precision": ["7"],  # Lightning's refusal used to end in a "bug" traceback
+    "trainer.devices": ["abc"],
 }
 
 
