@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import AlsatianError
+from .errors import AlsatianError, ConfigError
 
 __all__ = ["COLLECTIVE_TIMEOUT_S", "DistributedError", "Group", "SINGLE", "fabric_group", "launch", "launch_search",
            "rank_device"]
@@ -114,6 +114,7 @@ def launch(fn: Callable[[Group], Any], *, devices: int | str = 1, num_nodes: int
 
     if int(devices) * int(num_nodes) == 1 and accelerator in ("auto", "cpu"):
         return fn(SINGLE)
+    check_launcher(num_nodes)
     strategy = DDPStrategy(timeout=_dt.timedelta(seconds=timeout_s), start_method=start_method)
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
     fabric.launch()
@@ -124,6 +125,25 @@ def launch(fn: Callable[[Group], Any], *, devices: int | str = 1, num_nodes: int
         return fn(group)
     finally:
         _close()
+
+
+def check_launcher(num_nodes: int) -> None:
+    """ConfigError when a search over several machines was started without a launcher (it would wait forever)."""
+    if int(num_nodes) > 1 and not launched_by_cluster():
+        raise ConfigError(f"search.num_nodes={num_nodes} needs a launcher that starts the processes on every "
+                          "machine (torchrun --nnodes, SLURM's srun, mpirun); started without one it would wait "
+                          "for the other machines forever. Launch it so, or set search.num_nodes=1")
+
+
+def launched_by_cluster() -> bool:
+    """Whether a launcher Lightning detects (torchrun, SLURM, LSF, MPI) started this process, or one that set the
+    process group's variables itself (WORLD_SIZE, RANK, MASTER_ADDR: Kubeflow, a hand-written launcher)."""
+    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
+                                                       TorchElasticEnvironment)
+
+    by_hand = all(k in os.environ for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR"))
+    return by_hand or any(env.detect() for env in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment,
+                                                   MPIEnvironment))
 
 
 def launch_search(searcher: Any, models: list[str], *, devices: int | str = 1, num_nodes: int = 1,

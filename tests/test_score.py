@@ -301,3 +301,15 @@ def test_bad_inputs_raise_data_error(name, case, message):
     train, y, test, yt, n = _bad(case)
     with pytest.raises(DataError, match=message):
         get_scorer(name).score(train, y, test, yt, n)
+
+
+def test_a_diverged_linear_probe_is_one_config_error_naming_the_learning_rate():
+    """lr=1e30 used to rank on a test loss of 1e31 without a word (issue 30, class 3)."""
+    from alsatian_pl.errors import ConfigError
+    from alsatian_pl.score import get_scorer
+    g = torch.Generator().manual_seed(0)
+    y, yt = torch.randint(0, 5, (200,), generator=g), torch.randint(0, 5, (100,), generator=g)
+    train, test = {"a": torch.randn(200, 16, generator=g)}, {"a": torch.randn(100, 16, generator=g)}
+    with pytest.raises(ConfigError, match=r"diverged .* lr=1e\+30: lower search.scorer.kwargs.lr"):
+        get_scorer("linear", lr=1e30, epochs=5).score(train, y, test, yt, 5)
+    assert get_scorer("linear", lr=0.1, epochs=5).score(train, y, test, yt, 5)["a"].test_loss < 5

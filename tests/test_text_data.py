@@ -51,6 +51,15 @@ def test_csv_file_is_tokenised_into_ids_and_masks(tmp_path):
     assert dm.describe()["max_length"] == 8
 
 
+def test_a_csv_field_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    """A 200,000-character document is one field (Python's csv refused fields over 131,072 characters)."""
+    rows = reviews()
+    rows[0] = ("good " * 40_000, "pos")
+    dm = module(write_csv(tmp_path / "long.csv", rows), tmp_path)
+    dm.setup(num_rounds=2)
+    assert dm.describe()["items"] == len(rows)
+
+
 def test_jsonl_gz_and_tsv_files(tmp_path):
     rows = [{"review": t, "stars": 5 if y == "pos" else 1} for t, y in reviews(30)]
     with gzip.open(tmp_path / "r.jsonl.gz", "wt") as f:

@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from alsatian_pl.errors import ConfigError, StoreError
+from alsatian_pl.errors import AlsatianWarning, ConfigError, StoreError
 from alsatian_pl.store import BlockStore
 from alsatian_pl.zoo import (DISTRIBUTIONS, ZooConfig, build_synthetic_zoo, efficientnet_lite0_checkpoint,
                              import_checkpoint_folder, sample_num_reinit)
@@ -75,6 +75,12 @@ def test_checkpoint_folder_shares_blocks_by_hash(store, tmp_path):
     assert zoo.stats().distinct_blocks == len(a.hashes) + 1
     with pytest.raises(StoreError, match="no checkpoints"):
         import_checkpoint_folder(store, name="none", path=str(tmp_path / "empty"), arch="resnet18")
+    (folder / "copy.pth").write_bytes((folder / "base.pth").read_bytes())  # a copy made by mistake: said
+    with pytest.warns(AlsatianWarning, match=r"byte-identical copies of each other \(base.pth = copy.pth\)"):
+        again = import_checkpoint_folder(store, name="mine", path=str(folder), arch="mobilenetv3_small_050",
+                                         input_size=(3, 32, 32), progress=False)
+    first, copy = (again.store.manifest(m) for m in again.models if m.endswith(("-base", "-copy")))
+    assert first.hashes == copy.hashes  # one model under two names
 
 
 @pytest.mark.integration

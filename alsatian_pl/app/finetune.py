@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..checks import number, text, whole
+from ..errors import ConfigError
 from ..finetune import FinetuneCallback, FinetuneModule, SafetensorsCheckpoint, confirm, confirm_candidates, read_results
 from ..io import check_folder
 from ..store import BlockStore
@@ -39,13 +40,14 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     data = instantiate(cfg.dataset)
     data.batch_size = whole("finetune.batch_size", f.batch_size)
     module = _module(f)
-    hand_off = _hand_off(cfg, data, on_search)
     if f.get("checkpoint"):  # refuse a checkpoint path under a file now, not after training
         check_folder(Path(text("finetune.checkpoint", f.checkpoint)).parent, "finetune.checkpoint")
     extra = [SafetensorsCheckpoint(f.checkpoint)] if f.get("checkpoint") else []
     with _quiet():
         bar = _progress_bar(cfg, callbacks)
-        trainer = instantiate(cfg.trainer, callbacks=[hand_off, *extra, *bar, *(callbacks or [])])
+        trainer = _trainer(cfg.trainer, callbacks=[*extra, *bar, *(callbacks or [])])  # a bad trainer.* fails first
+        hand_off = _hand_off(cfg, data, on_search)
+        trainer.callbacks.insert(0, hand_off)  # first: it installs the model that the others see
         try:
             trainer.fit(module, datamodule=data)
         except SystemExit:  # Lightning ends a Ctrl-C in fit with sys.exit(1): hand the entry point an interruption
@@ -53,6 +55,23 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
                 raise KeyboardInterrupt from None
             raise
     return module, trainer, hand_off
+
+
+def _trainer(node: DictConfig, **kwargs: Any) -> L.Trainer:
+    """The ``trainer`` group's Trainer; a value Lightning refuses (``trainer.precision=7``, an accelerator without
+    its package) is one ConfigError quoting Lightning's reason."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException)):
+            raise
+        reason = " ".join(str(cause).split())[:400]
+        raise ConfigError(f"the trainer group refused a value: {reason} (fix that trainer.* override; "
+                          "conf/trainer/default.yaml lists the keys)") from None
 
 
 def _module(f: DictConfig) -> FinetuneModule:
@@ -92,8 +111,8 @@ def _short_finetune(cfg: DictConfig, data: Any, epochs: int, model: str) -> floa
     short = OmegaConf.merge(cfg, {"trainer": {"max_epochs": epochs}})
     L.seed_everything(cfg.finetune.seed, workers=True, verbose=False)
     with _quiet():
-        trainer = instantiate(short.trainer, callbacks=[FinetuneCallback(model=model, store_root=cfg.store.root)],
-                              logger=False, enable_checkpointing=False, enable_model_summary=False)
+        trainer = _trainer(short.trainer, callbacks=[FinetuneCallback(model=model, store_root=cfg.store.root)],
+                           logger=False, enable_checkpointing=False, enable_model_summary=False)
         trainer.fit(_module(short.finetune), datamodule=data)
     return float(trainer.callback_metrics.get("val/acc", float("nan")))
 
@@ -139,13 +158,18 @@ def _progress_bar(cfg: DictConfig, callbacks: list[L.Callback] | None) -> list[L
 
 
 def _check_training(cfg: DictConfig) -> None:
-    """ConfigError naming ``trainer.max_epochs`` (a positive whole number: 0 trains nothing, -1 never ends) or
-    ``finetune.optimizer.lr`` (a positive number) when they are not, before anything runs."""
+    """ConfigError naming ``trainer.max_epochs`` (a positive whole number: 0 trains nothing, -1 never ends),
+    ``finetune.optimizer.lr`` (a positive number) or the confirmation's ``finetune.confirm_top_k`` and
+    ``confirm_epochs`` when they are not, before anything runs."""
     whole("trainer.max_epochs", cfg.trainer.get("max_epochs"),
           hint=" (0 would train nothing and -1 would never end: give the number of epochs)")
     lr = cfg.finetune.get("optimizer", {}).get("lr")
     if lr is not None:
         number("finetune.optimizer.lr", lr, above=0)
+    top_k = cfg.finetune.get("confirm_top_k")
+    if top_k is not None and top_k != "confident":
+        whole("finetune.confirm_top_k", top_k, hint=" or confident (the search's confident set), or null")
+    whole("finetune.confirm_epochs", cfg.finetune.get("confirm_epochs", 1))
 
 
 def _search(cfg: DictConfig, output_dir: str | Path | None, data: Any) -> dict[str, Any]:

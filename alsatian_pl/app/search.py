@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..checks import choice, text, whole
 from ..data import SearchDataModule
-from ..distributed import launch_search
+from ..distributed import check_launcher, launch_search
 from ..errors import ConfigError
 from ..halving import SearchCallback, SearchResult, SuccessiveHalving
 from ..io import check_folder
@@ -80,6 +80,7 @@ class LaunchedSuccessiveHalving(SuccessiveHalving):
             whole("search.devices", devices, hint=" or auto")
         self.launch_options = {"devices": devices, "num_nodes": whole("search.num_nodes", num_nodes),
                                "accelerator": choice("search.accelerator", accelerator, ACCELERATORS)}
+        check_launcher(num_nodes)
         super().__init__(store, data, **options)
 
 

@@ -147,6 +147,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict]]:
     kind = (path.with_suffix("") if path.suffix in _COMPRESSED else path).suffix.lower()
     with _open(path) as f:
         if kind in (".csv", ".tsv"):
+            csv.field_size_limit(2**31 - 1)  # a long document is one field (the module's default: 131,072 chars)
             reader = csv.DictReader(f, delimiter="\t" if kind == ".tsv" else ",")
             for row in reader:
                 yield reader.line_num, row

@@ -18,6 +18,9 @@ from ._confidence import hit_replicates, with_replicates
 from ..errors import ConfigError
 
 
+DIVERGED = 1000  # a head whose mean test loss exceeds this times ln(C) diverged (an untrained head's is ln C)
+
+
 def _init_seed(seed: int, dim: int) -> int:
     return (seed * 1_000_003 + dim) % 2**63
 
@@ -215,6 +218,15 @@ class LinearScorer(ProxyScorer):
         evaluate = 4 * h * c * t + 8 * h * t + 4 * h + 40 * t * c
         return stacked + max(fit, evaluate)
 
+    def _check_converged(self, ids: list[str], losses: list[float], num_classes: int) -> None:
+        """ConfigError naming the learning rate when a head diverged: a test loss that is not finite or above
+        DIVERGED times an untrained head's (ln C), which no trained head reaches (a score would be noise)."""
+        bad = [m for m, l in zip(ids, losses) if not (math.isfinite(l) and l <= DIVERGED * math.log(num_classes))]
+        if bad:
+            raise ConfigError(f"the linear probe diverged for {len(bad)} model(s) ({bad[0]}: mean test loss "
+                              f"{losses[ids.index(bad[0])]:.3g}) with lr={self.lr:g}: lower "
+                              "search.scorer.kwargs.lr (0.1 is the default)")
+
     def _score_chunk(self, ids: list[str], train: Mapping[str, Tensor], train_labels: Tensor,
                      test: Mapping[str, Tensor], test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         device, (n, dim), t = train[ids[0]].device, train[ids[0]].shape, len(test_labels)
@@ -238,6 +250,7 @@ class LinearScorer(ProxyScorer):
                               generator=torch.Generator().manual_seed(self.seed))
         target = test_labels.to(device, torch.long)
         accuracy, loss = probes.evaluate(xt, target)
+        self._check_converged(ids, loss[:len(ids)].tolist(), num_classes)
         scores = {m: ProxyScore(a, l, binomial_stderr(a, t)) for m, a, l in zip(ids, accuracy.tolist(), loss.tolist())}
         if not self.jackknife:
             return scores

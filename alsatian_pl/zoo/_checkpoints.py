@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..blocks import build_model, timm_recipe
 from ..checks import mapping, text, whole
-from ..errors import ConfigError, StoreError
+from ..errors import AlsatianWarning, ConfigError, StoreError
 from ..store import BlockStore, ModelManifest, head_sizes
 from ._record import Zoo, cached_zoo, expect_kind, file_digests, zoo_id
 
@@ -65,7 +66,19 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise StoreError(f"checkpoint {path} is not a state dict of tensors")
+    _check_finite(path, state)
     return state
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """StoreError naming the file and its first tensor with NaN or infinite values (such a model cannot be scored:
+    its features would be NaN, and checking its split fails)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise StoreError(f"checkpoint {path}: tensor {key} holds {bad} NaN or infinite value(s) of "
+                             f"{value.numel()}; the model cannot be scored. Remove the file from the folder, or "
+                             "save it again from a run that did not diverge")
 
 
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm step counters: other code bases often do not save them
@@ -296,6 +309,7 @@ class CheckpointFolder:
                "files": file_digests(folder, files)}
         zid = zoo_id(self.name, cfg)
         names = [f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', f.stem)}" for f in files]
+        _warn_identical(cfg["files"])
 
         def build():
             for f, model in zip(files, names):
@@ -304,6 +318,20 @@ class CheckpointFolder:
                 yield model
         return cached_zoo(store, zid, cfg, build, task=f"importing {len(files)} checkpoints", total=len(files),
                           progress=progress)
+
+
+def _warn_identical(digests: dict[str, str]) -> None:
+    """A warning naming checkpoint files with the same bytes: they become one model under several names, so they
+    always score the same and are ranked side by side (often a copy made by mistake)."""
+    by_digest: dict[str, list[str]] = {}
+    for name, digest in digests.items():
+        by_digest.setdefault(digest, []).append(name)
+    twins = [names for names in by_digest.values() if len(names) > 1]
+    if twins:
+        shown = "; ".join(" = ".join(names) for names in twins[:5])
+        warnings.warn(f"{sum(len(t) for t in twins)} checkpoints are byte-identical copies of each other ({shown}): "
+                      "each group is one model under several names and will score the same; remove the copies "
+                      "unless that is what you want", AlsatianWarning, stacklevel=3)
 
 
 def import_checkpoint_folder(store: BlockStore, *, name: str, path: str, arch: str,

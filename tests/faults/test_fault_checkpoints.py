@@ -51,6 +51,13 @@ def _wrong_shape(path):
     torch.save(state, path)
 
 
+def _nan_weights(path):
+    state = _state()
+    key = next(k for k in state if k.endswith("conv_stem.weight"))
+    state[key][0, 0] = float("nan")
+    torch.save(state, path)
+
+
 def _truncated_safetensors(path):
     from safetensors.torch import save
 
@@ -65,6 +72,7 @@ CASES = {  # name -> (how the folder's one checkpoint is written, words of the e
     "missing tensor": (_missing, ["1 tensor(s) missing (e.g. blocks."]),
     "tensor of another shape": (_wrong_shape, ["1 of another shape (e.g. conv_stem.weight)"]),
     "truncated safetensors": (_truncated_safetensors, ["cannot read checkpoint"]),
+    "NaN weights": (_nan_weights, ["a.pth: tensor", "conv_stem.weight holds", "NaN or infinite"]),
     "two files with one name": (lambda p: (_extra(p), _extra(p.with_suffix(".pt"))), ["named a"]),
 }
 

@@ -54,7 +54,9 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "search.noise_margin": ["abc", "-1", "nan", "inf", "[1]"],
     "search.progress": ["abc"],
     "search.devices": ["abc", "0", "1.5"],
-    "search.num_nodes": ["abc", "0"],
+    "search.num_nodes": ["abc", "0", "2"],  # 2 without a launcher: it waited forever
+    "search.confidence": ["abc", "0.3", "1", "nan", "true"],
+    "search.precision": ["fp8", "7"],
     "search.accelerator": ["tpu"],
     "search.rebalance_below": ["abc", "0", "-1", "1.5", "nan", "[1]"],
     "logger._target_": ["nowhere.Nothing"],
@@ -109,6 +111,10 @@ TRAIN_BAD = {
     "finetune.checkpoint": [f"{FILE}/finetuned.safetensors"],
     "finetune.optimizer.lr": ["abc", "-1", "0"],
     "trainer.max_epochs": ["abc", "0", "-1", "1.5"],
+    "finetune.confirm_top_k": ["abc", "0", "1.5"],
+    "finetune.confirm_epochs": ["abc", "0"],
+    "trainer.precision": ["7"],  # Lightning's refusal used to end in a "bug" traceback
+    "trainer.devices": ["abc"],
 }
 
 
