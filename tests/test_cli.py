@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from alsatian_pl.store import BlockStore
 from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
@@ -51,6 +53,19 @@ def test_verify_finds_corruption_and_gc_frees_unused_blocks(zoo, tmp_path):
     bad = alsatian(root, "verify")
     assert bad.returncode == 1 and "corrupt" in bad.stdout and zoo.models[2] in bad.stdout
     only_2 = set(store.manifest(zoo.models[2]).hashes) - {h for m in zoo.models[:2] for h in store.manifest(m).hashes}
+    from alsatian_pl.halving import FeatureCache
+    from alsatian_pl.stats import SearchStats
+    cache = FeatureCache(root / "features", None, SearchStats(), {})
+    for i in range(2):
+        cache.put(cache.key([f"b{i}"], "items"), torch.arange(64.0) + i, {f"b{i}": 1.0})
+    entry = sorted((root / "features").glob("*/*.safetensors"))[0]
+    data = bytearray(entry.read_bytes())
+    data[-3] ^= 0x10  # a flipped bit in the features
+    entry.write_bytes(bytes(data))
+    checked = alsatian(root, "verify", "--json")
+    report = json.loads(checked.stdout)["feature_cache"]
+    assert checked.returncode == 1 and report["entries"] == 2 and not entry.exists()
+    assert [d["path"] for d in report["damaged_deleted"]] == [str(entry)] and "checksum" in report["damaged_deleted"][0]["why"]
     store.delete_model(zoo.models[2])
     gc = alsatian(root, "gc")
     assert gc.returncode == 0 and "freed" in gc.stdout and not any(store.has_block(h) for h in only_2)

@@ -36,3 +36,19 @@ def test_the_ranking_plot_spans_the_scores_and_names_the_scorer():
               "config": {"search": {"scorer": {"name": "logme", "kwargs": {}}}}}
     assert ranking_title(report) == "ranking by logme score (alsatian, 3 models, 1 rounds)"
     assert ranking_title({**report, "config": {}}).startswith("ranking by proxy score")
+
+
+def test_plots_that_cannot_be_written_are_a_warning_not_the_end_of_the_run(tmp_path, monkeypatch):
+    """A full disk (or any drawing failure) while plotting: results.json stays and the ranking still prints."""
+    import pytest
+
+    import alsatian_pl.app.plots as plots
+    from alsatian_pl.app.report import _plots
+    from alsatian_pl.errors import AlsatianWarning
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "ranking_plot", full)
+    with pytest.warns(AlsatianWarning, match="no plots: .*No space left on device.*results.json holds everything"):
+        _plots({"ranking": [], "timings_s": {}}, tmp_path)

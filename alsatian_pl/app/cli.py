@@ -14,7 +14,7 @@ import os
 import sys
 import textwrap
 from collections import Counter
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Sequence
 
 from rich.console import Console
@@ -105,17 +105,30 @@ def cmd_info(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_verify(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
-    """Check every block of every model against its hash; exit status 1 if any fails."""
+    """Check every block of every model against its hash, and every entry of the feature cache (--features, by
+    default the store's features/ folder) against its checksum, deleting damaged entries so the next search
+    recomputes them; exit status 1 if anything failed."""
+    from ..halving import verify_features  # the search engine: only this command needs it
+
     bad = store.verify()
     blocks = len({h for m in store.models() for h in m.hashes})
-    out.data(blocks=blocks, corrupt=[{"hash": h, "used_by": store.models_using(h)} for h in bad])
-    if not bad:
-        out.line(f"all {blocks} blocks match their hashes")
-        return 0
+    features = Path(args.features) if args.features else store.root / "features"
+    entries, damaged = verify_features(features) if features.is_dir() else (0, [])
+    for path, _ in damaged:
+        path.unlink(missing_ok=True)
+    out.data(blocks=blocks, corrupt=[{"hash": h, "used_by": store.models_using(h)} for h in bad],
+             feature_cache={"root": str(features), "entries": entries,
+                            "damaged_deleted": [{"path": str(p), "why": why} for p, why in damaged]})
     for h in bad:
         out.line(f"corrupt {h[:16]}… used by {', '.join(store.models_using(h))}", style="red")
-    out.line(f"{len(bad)} of {blocks} blocks are corrupt: re-import the models that use them")
-    return 1
+    for path, why in damaged:
+        out.line(f"damaged feature-cache entry {path} ({why}): deleted", style="red")
+    out.line(f"all {blocks} blocks match their hashes" if not bad else
+             f"{len(bad)} of {blocks} blocks are corrupt: re-import the models that use them")
+    if entries:
+        out.line(f"feature cache {features}: {entries - len(damaged)} of {entries} entries match their checksums"
+                 + (f"; {len(damaged)} damaged ones deleted (the next search recomputes them)" if damaged else ""))
+    return 1 if bad or damaged else 0
 
 
 def cmd_gc(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
@@ -157,7 +170,8 @@ EXAMPLES = {
     "gc": "alsatian store gc --grace 10",
     "du": "alsatian store du --json",
 }
-HELP = {"ls": "list the stored models", "info": "one model and its blocks", "verify": "check every block's hash",
+HELP = {"ls": "list the stored models", "info": "one model and its blocks",
+        "verify": "check every block's hash and the feature cache's checksums",
         "gc": "delete blocks no model uses", "du": "disk use: logical against physical bytes"}
 
 
@@ -194,6 +208,8 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--source", help="a glob over where the models came from")
     ls.add_argument("--min-params", type=int, help="at least this many parameters")
     ls.add_argument("--max-params", type=int, help="at most this many parameters")
+    sub.choices["verify"].add_argument("--features", metavar="FOLDER",
+                                       help="the feature cache to check (default: the store's features/ folder)")
     sub.choices["info"].add_argument("model", help="a model's name, or the short name a ranking prints (009)")
     sub.choices["gc"].add_argument("--grace", type=float, default=0.0, metavar="MINUTES",
                                    help="keep files younger than this (for imports on filesystems without locks)")

@@ -62,13 +62,17 @@ def _where(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plots(report: dict[str, Any], out: Path) -> None:
-    """The ranking and time-breakdown PNGs next to results.json (a warning, not a failure, without matplotlib)."""
+    """The ranking and time-breakdown PNGs next to results.json: a warning, not a failure, when they cannot be drawn
+    or written (no matplotlib, a full disk): results.json is already written and the ranking is still printed."""
     try:
         from .plots import ranking_plot, time_plot
         ranking_plot(report, out / "ranking.png")
         time_plot(report, out / "time.png")
     except ImportError as exc:
         warnings.warn(f"no plots: {exc} (pip install matplotlib)", AlsatianWarning, stacklevel=2)
+    except Exception as exc:  # noqa: BLE001 - a plot is a view of results.json, never worth the run's ending
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        warnings.warn(f"no plots: {reason}; results.json holds everything they show", AlsatianWarning, stacklevel=2)
 
 
 def print_report(report: dict[str, Any], console: Console | None = None, top: int = 10,
