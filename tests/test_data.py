@@ -236,6 +236,13 @@ def test_error_empty_folder(tmp_path):
         SearchDataModule(name="image_folder", path=str(tmp_path)).setup()
 
 
+def test_error_two_class_folders_that_are_one_folder(tmp_path):
+    write_images(tmp_path, {"cat": 4, "dog": 4})
+    (tmp_path / "kitten").symlink_to(tmp_path / "cat", target_is_directory=True)
+    with pytest.raises(DataError, match="class folders 'cat' and 'kitten' .* are one folder"):
+        SearchDataModule(name="image_folder", path=str(tmp_path)).setup()
+
+
 def test_error_images_without_class_folders(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     with pytest.raises(DataError, match="1 images directly in it but no class subfolders"):

@@ -129,6 +129,7 @@ def test_a_folder_of_model_folders_defaults_to_the_first_ones_tokenizer(tmp_path
     ("text,stars\nnice,pos\n", {}, "no column 'label'.*dataset.label_column"),
     ("text,label\nnice,pos\n  ,neg\n", {}, r"line 3: empty text in column 'text'; fill in or delete that row"),
     ("text,label\nnice,pos\nbad,\n", {}, "line 3: empty label in column 'label'"),
+    ("text,label\nnice,pos\nbad,nan\n", {}, "line 3: the label in column 'label' is 'nan', a missing value"),
     ("text,label\nnice,pos\nfine,pos\n", {}, "one label only"),
 ])
 def test_bad_text_file_gives_a_clear_error(tmp_path, content, kwargs, words):

@@ -302,7 +302,9 @@ def folder_source(spec: DataSpec, hint: str = "") -> Source:
     are ignored and empty subfolders left out, each with a warning)."""
     path = _image_root(spec, hint)
     classes, files, labels, other, empty = [], [], [], 0, []
-    for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    _refuse_aliases(path, folders)
+    for folder in folders:
         images, ignored = _class_files(folder)
         other += ignored
         if images:
@@ -324,6 +326,19 @@ def folder_source(spec: DataSpec, hint: str = "") -> Source:
                       stacklevel=2)
     notes = {"ignored_files": other, "empty_class_folders": len(empty)}
     return FolderSource(files, np.asarray(labels, dtype=np.int64), classes, spec, notes)
+
+
+def _refuse_aliases(path: Path, folders: list[Path]) -> None:
+    """DataError when two class folders are one folder (a link to another): its images would count twice, under
+    two labels that no model can tell apart."""
+    seen: dict[Path, str] = {}
+    for folder in folders:
+        real = folder.resolve()
+        if real in seen:
+            raise DataError(f"class folders {seen[real]!r} and {folder.name!r} in {path} are one folder ({real}: a "
+                            "link): its images would be two classes at once; remove the link or give each class its "
+                            "own folder")
+        seen[real] = folder.name
 
 
 def _image_root(spec: DataSpec, hint: str) -> Path:

@@ -179,6 +179,10 @@ def read_text_file(path: Path, text_column: str, label_column: str) -> tuple[lis
             if not text or not label:
                 raise DataError(f"{path}, line {line}: empty {'text' if not text else 'label'} in column "
                                 f"{text_column if not text else label_column!r}; fill in or delete that row")
+            if label.lower() == "nan":  # a missing value written out (pandas, a JSON NaN), not a class
+                raise DataError(f"{path}, line {line}: the label in column {label_column!r} is {label!r}, a missing "
+                                "value written out, which would become a class of its own; fill in or delete that "
+                                "row")
             texts.append(text)
             labels.append(label)
     except (OSError, UnicodeDecodeError, csv.Error, EOFError, lzma.LZMAError) as exc:
