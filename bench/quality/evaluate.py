@@ -98,7 +98,17 @@ def search(zoo: Path, task: str, strategy: str, scorer: str, *overrides: str) ->
     result, _ = run_search(cfg, None)
     return {"ranking": [r.model for r in result.ranking], "scores": {r.model: r.score for r in result.ranking},
             "rounds": [(r.models, r.items) for r in result.rounds], "timings_s": result.timings_s,
-            "overrides": list(overrides)}
+            "overrides": list(overrides), "confident_set": result.confident_set,
+            "pruned_contenders": result.pruned_contenders, "agreement": result.agreement}
+
+
+def covered(found: dict[str, Any], truth: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Whether a search's confident set (search.confidence, 0.9) holds the fine-tuned best model, and its size."""
+    chosen = found.get("confident_set")
+    if not chosen:
+        return {"in_set": None, "set_size": None}
+    best = max(v["accuracy"] for v in truth.values())
+    return {"in_set": any(truth[m]["accuracy"] == best for m in chosen), "set_size": len(chosen)}
 
 
 def agreement(scores: dict[str, float], truth: dict[str, dict[str, float]], higher: bool) -> dict[str, float]:
@@ -121,7 +131,8 @@ def schedule(halving: dict[str, Any], base: dict[str, Any], truth: dict[str, dic
     won, exhaustive = halving["ranking"][0], base["ranking"][0]
     return {"winner": won, "differs": won != exhaustive, "regret_vs_base": 100 * (acc[exhaustive] - acc[won]),
             "regret": 100 * (max(acc.values()) - acc[won]), "model_items": sum(m * i for m, i in halving["rounds"]),
-            "seconds": halving["timings_s"].get("total", sum(halving["timings_s"].values()))}
+            "seconds": halving["timings_s"].get("total", sum(halving["timings_s"].values())),
+            **covered(halving, truth)}
 
 
 def evaluate(zoo: Path, task: str, scorers: list[str], robust: list[str]) -> dict[str, Any]:
@@ -131,7 +142,8 @@ def evaluate(zoo: Path, task: str, scorers: list[str], robust: list[str]) -> dic
     out: dict[str, Any] = {"target": TARGETS[task], "ground_truth": truth, "scorers": {}}
     for name in scorers:
         base = search(zoo, task, "base", name)
-        row = {"exhaustive": agreement(base["scores"], truth, SCORERS.get(name).higher_is_better),
+        row = {"exhaustive": {**agreement(base["scores"], truth, SCORERS.get(name).higher_is_better),
+                              **covered(base, truth)},
                "scoring_s": base["timings_s"].get("proxy_scoring"), "base_search": base,
                "schedules": {"paper": schedule(search(zoo, task, "alsatian", name), base, truth)}}
         if robust:

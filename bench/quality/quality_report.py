@@ -42,18 +42,27 @@ def _truth_table(task: str, data: dict[str, Any]) -> list[str]:
 
 
 def _scorer_table(data: dict[str, Any]) -> list[str]:
-    rows = ["| scorer | Spearman ρ | Kendall τ | top-1 regret (points) | best in top 3 | scoring s | halving ≠ "
-            "exhaustive | halving regret vs exhaustive | robust ≠ exhaustive | robust regret vs exhaustive |",
-            "|---|---:|---:|---:|:-:|---:|:-:|---:|:-:|---:|"]
+    rows = ["| scorer | Spearman ρ | Kendall τ | top-1 regret (points) | best in top 3 | best in 90% set (size) | "
+            "halving: best in set (size) | scoring s | halving ≠ exhaustive | halving regret vs exhaustive | "
+            "robust ≠ exhaustive | robust regret vs exhaustive |",
+            "|---|---:|---:|---:|:-:|:-:|:-:|---:|:-:|---:|:-:|---:|"]
     for name, row in data["scorers"].items():
         ex, paper = row["exhaustive"], row["schedules"]["paper"]
         robust = row["schedules"].get("robust")
         rb = ("yes" if robust["differs"] else "no", f"{robust['regret_vs_base']:.1f}") if robust else ("–", "–")
         differs = "yes" if paper["differs"] else "no"
         rows.append(f"| {name} | {ex['spearman']:.3f} | {ex['kendall']:.3f} | {ex['regret']:.1f} | "
-                    f"{'✓' if ex['top3'] else '✗'} | {row['scoring_s']:.2f} | {differs} | "
+                    f"{'✓' if ex['top3'] else '✗'} | {_in_set(ex)} | {_in_set(paper)} | {row['scoring_s']:.2f} | "
+                    f"{differs} | "
                     f"{paper['regret_vs_base']:.1f} | {rb[0]} | {rb[1]} |")
     return rows
+
+
+def _in_set(cell: dict[str, Any]) -> str:
+    """✓/✗ and the size of a search's confident set holding the fine-tuned best ('–' where none was computed)."""
+    if cell.get("in_set") is None:
+        return "–"
+    return f"{'✓' if cell['in_set'] else '✗'} ({cell['set_size']})"
 
 
 def _schedule_summary(report: dict[str, Any]) -> list[str]:
