@@ -123,17 +123,22 @@ def _round(models, n, t, d, c, seed=0):
 
 @pytest.mark.parametrize("name", available_scorers())
 @pytest.mark.parametrize("shape", [(3, 150, 40, 24, 5), (2, 24, 60, 150, 5), (1, 200, 300, 16, 30)])
-def test_a_scorers_working_set_is_at_least_what_it_holds(name, shape):
-    """``working_bytes`` bounds what scoring holds at once (every tensor op's output, traced); the linear probe's
-    own estimate stays within twice the measured."""
+@pytest.mark.parametrize("groups", [0, 10])
+def test_a_scorers_working_set_is_at_least_what_it_holds(name, shape, groups):
+    """``working_bytes`` bounds what scoring holds at once (every tensor op's output, traced), also with jackknife
+    replicates (``groups``: the search's last round); the linear probe's own estimate stays within twice the
+    measured."""
     models, n, t, d, c = shape
     train, y, test, yt = _round(models, n, t, d, c)
     options = {"epochs": 2} if name == "linear" else {}
     if name in ("leep", "nce"):
         options = {"heads": {m: (torch.randn(7, d), torch.randn(7)) for m in train}}
+    if name == "ensemble":
+        options = {"members": {"linear": {"epochs": 2}, "logme": {}, "knn": {}}}
     scorer = get_scorer(name, **options)
+    scorer.jackknife = groups
     with TensorPeak() as held:
-        scorer.score(train, y, test, yt, c)
+        scorer.combine(scorer.score(train, y, test, yt, c))
     estimate = scorer.working_bytes(n, t, {m: d for m in train}, c)
     assert held.peak <= estimate
     if name == "linear":

@@ -23,7 +23,7 @@ the sampling of the items a score is computed on; it does not cover the probe's 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from statistics import NormalDist
 
@@ -135,11 +135,10 @@ def interval(p: ProxyScore, level: float,
     return max(p.score - half, limits[0]), min(p.score + half, limits[1])
 
 
-def could_be_best(scores: Mapping[str, ProxyScore], level: float, higher_is_better: bool,
-                  order: Callable[[Mapping[str, ProxyScore], bool], list[str]] = rank) -> list[str] | None:
+def could_be_best(scores: Mapping[str, ProxyScore], level: float, higher_is_better: bool) -> list[str] | None:
     """The models (best first) that could be best at ``level``: the point winner and every model the paired test
     cannot rule out; None when a model's score carries no uncertainty."""
-    ranked = order(scores, higher_is_better)
+    ranked = rank(scores, higher_is_better)
     if not ranked or any(_spread(scores[m]) is None for m in ranked):
         return None
     top = scores[ranked[0]]
