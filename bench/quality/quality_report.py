@@ -26,7 +26,7 @@ def _zoo_lines(report: dict[str, Any]) -> list[str]:
                      f"source tasks ({', '.join(tasks)}); blocks trained "
                      f"{min(v['blocks'] for v in variants)}–{max(v['blocks'] for v in variants)}, "
                      f"{sum(v['parent'] >= 0 for v in variants)} derived from an earlier variant.")
-    seconds = zoo["seconds"] if isinstance(zoo["seconds"], dict) else {"both zoos": zoo["seconds"]}
+    seconds = zoo["seconds"] if isinstance(zoo["seconds"], dict) else {"the zoo": zoo["seconds"]}
     built = ", ".join(f"{task} {s:.0f} s" for task, s in seconds.items())
     lines.append(f"- Built by `python bench/quality/build_zoo.py` on 2 cores shared with other work ({built}).")
     return lines
@@ -91,6 +91,36 @@ def _schedule_summary(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def goals(report: dict[str, Any]) -> list[str]:
+    """Per scorer over every target: mean Spearman rho (exhaustive), how often the halving search's 90% confident
+    set holds the fine-tuned best and its mean size, and the regret of the answer confirmed by short fine-tunes."""
+    tasks = report["tasks"]
+    scorers = list(next(iter(tasks.values()))["scorers"])
+    rows = [f"Over {len(tasks)} targets ({', '.join(tasks)}):", "",
+            "| scorer | mean ρ | min ρ | top-1 regret mean / max | 90% set holds the best | mean set size | "
+            "confirmed regret mean / max | short fine-tunes (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in scorers:
+        cells = [d["scorers"][name] for d in tasks.values() if name in d["scorers"]]
+        rho = [c["exhaustive"]["spearman"] for c in cells]
+        regret = [c["exhaustive"]["regret"] for c in cells]
+        paper = [c["schedules"]["paper"] for c in cells]
+        held = [p["in_set"] for p in paper if p.get("in_set") is not None]
+        sizes = [p["set_size"] for p in paper if p.get("set_size")]
+        conf = [p["confirmed"] for p in paper if "confirmed" in p]
+        cr = [c["regret"] for c in conf]
+        rows.append(f"| {name} | {statistics.mean(rho):.3f} | {min(rho):.3f} | {statistics.mean(regret):.2f} / "
+                    f"{max(regret):.1f} | {sum(held)}/{len(held)} | "
+                    f"{statistics.mean(sizes) if sizes else float('nan'):.1f} | "
+                    + (f"{statistics.mean(cr):.2f} / {max(cr):.1f} | {sum(c['finetune_s'] for c in conf):.0f} |"
+                       if cr else "– | – |"))
+    everything = sum(v["seconds"] for d in tasks.values() for v in d["ground_truth"].values())
+    cold = sum(d.get("cold_search_s", 0.0) for d in tasks.values())
+    rows += ["", f"Fine-tuning every candidate on every target with the recipe (the ground truth) took "
+                 f"{everything:.0f} s; the cold halving searches ({next(iter(tasks.values())).get('cold_scorer')} "
+                 f"scorer, no feature cache) took {cold:.0f} s in all."]
+    return rows
+
+
 def plot(report: dict[str, Any], path: Path = PLOT) -> Path:
     """Spearman ρ of every scorer on each target, as bars."""
     import matplotlib
@@ -122,22 +152,19 @@ def section(report: dict[str, Any]) -> str:
              "docstrings); the numbers below are from one run of each.", "", *_zoo_lines(report), ""]
     for task, data in report["tasks"].items():
         lines += [f"### {task}: {data['target']}", "", *_truth_table(task, data), "", *_scorer_table(data), ""]
-    lines += ["### The schedule", "", *_schedule_summary(report), "",
+    lines += ["### Over all targets", "", *goals(report), "", "### The schedule", "", *_schedule_summary(report), "",
               f"![Spearman ρ per scorer](bench/results/quality/{PLOT.name})", ""]
     plot(report)
     return "\n".join(lines)
 
 
 def merged(paths: list[Path]) -> dict[str, Any]:
-    """One report from evaluate.py's per-task files (their tasks side by side)."""
+    """One report from evaluate.py's per-target files (their targets side by side; the zoo is the last file's)."""
     reports = [json.loads(p.read_text()) for p in paths]
     for r in reports:
         for data in r["tasks"].values():
             data.setdefault("robust", r.get("robust", []))
-    zoo = {t: r["zoo"].get(t, []) for r in reports for t in r["tasks"]}
-    seconds = {t: r["zoo"]["seconds"] for r in reports for t in r["tasks"]}
-    return {**reports[-1], "tasks": {t: d for r in reports for t, d in r["tasks"].items()},
-            "zoo": {**zoo, "seconds": seconds}}
+    return {**reports[-1], "tasks": {t: d for r in reports for t, d in r["tasks"].items()}}
 
 
 def main() -> None:
