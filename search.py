@@ -15,12 +15,12 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from alsatian_pl.app import print_report, run_search  # noqa: E402
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="search")
 @boundary.user_errors
 def main(cfg: DictConfig) -> float:
+    from alsatian_pl.app import print_report, run_search  # the engine (torch, Lightning): not for --help or --cfg
+
     out = HydraConfig.get().runtime.output_dir
     result, report = run_search(cfg, out)
     if report is None:  # a rank other than 0 of a distributed search (search.devices): rank 0 reports

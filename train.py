@@ -13,13 +13,12 @@ boundary.install()  # first: from here on Ctrl-C, SIGTERM and every error end in
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from alsatian_pl.app import print_report  # noqa: E402
-from alsatian_pl.app import run_finetune  # noqa: E402
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @boundary.user_errors
 def main(cfg: DictConfig) -> float:
+    from alsatian_pl.app import print_report, run_finetune  # the engine (torch, Lightning): not for --help or --cfg
+
     module, trainer, hand_off = run_finetune(cfg, on_search=print_report)
     acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
     p = module.provenance

@@ -14,6 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import threads
+
+threads.wait_passively()  # before torch loads OpenMP: idle threads sleep instead of spinning (alsatian_pl/threads.py)
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -32,6 +32,7 @@ class Group:
 
     def __init__(self, rank: int = 0, world_size: int = 1, timeout_s: float = COLLECTIVE_TIMEOUT_S):
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
+        self.local_size = world_size  # the ranks on this machine (launch sets it: devices per node)
         self.bytes_sent = 0  # pickled bytes this rank contributed to all-gathers, and tensor bytes it sent (exchange)
         self.collectives = 0
 
@@ -119,8 +120,7 @@ def launch(fn: Callable[[Group], Any], *, devices: int | str = 1, num_nodes: int
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
     fabric.launch()
     group = fabric_group(fabric)
-    group.timeout_s = timeout_s
-    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(devices))))  # ranks share a machine's cores
+    group.timeout_s, group.local_size = timeout_s, int(devices)  # the search's threads: alsatian_pl.threads
     try:
         return fn(group)
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+import alsatian_pl  # noqa: F401  first: OpenMP's idle threads wait passively (alsatian_pl/threads.py)
+import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -92,3 +92,15 @@ def test_every_function_of_the_package_reads_at_once():
                 if lines >= 60:
                     long.append(f"{path.relative_to(REPO)}:{node.name} ({lines} lines)")
     assert not long, long
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [(100, 64, [50, 50]), (64, 64, [64]), (65, 64, [32, 33]),
+                                                   (7, 3, [2, 2, 3]), (0, 64, []), (128, 64, [64, 64])])
+def test_a_step_runs_in_the_fewest_even_batches(n, batch_size, sizes):
+    """No tiny last batch: the fewest batches of at most the batch size (the memory model's one-batch bound holds),
+    their sizes within one of each other, covering every item once, in order."""
+    from alsatian_pl.execute import even_batches
+
+    batches = even_batches(n, batch_size)
+    assert [b - a for a, b in batches] == sizes
+    assert [i for a, b in batches for i in range(a, b)] == list(range(n))

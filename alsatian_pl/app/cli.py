@@ -108,12 +108,14 @@ def cmd_verify(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
     """Check every block of every model against its hash, and every entry of the feature cache (--features, by
     default the store's features/ folder) against its checksum, deleting damaged entries so the next search
     recomputes them; exit status 1 if anything failed."""
-    from ..halving import verify_features  # the search engine: only this command needs it
-
     bad = store.verify()
     blocks = len({h for m in store.models() for h in m.hashes})
     features = Path(args.features) if args.features else store.root / "features"
-    entries, damaged = verify_features(features) if features.is_dir() else (0, [])
+    entries, damaged = 0, []
+    if features.is_dir():  # the feature cache's entries are tensors: the search engine reads them
+        from ..halving import verify_features
+
+        entries, damaged = verify_features(features)
     for path, _ in damaged:
         path.unlink(missing_ok=True)
     out.data(blocks=blocks, corrupt=[{"hash": h, "used_by": store.models_using(h)} for h in bad],

@@ -51,9 +51,8 @@ class Output:
     def table(self, title: str | None, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
         if self.json:
             return
-        if self.plain:
-            for line in plain_table(title, columns, rows):
-                self.console.out(line, highlight=False)
+        if self.plain:  # one write: rich's per-call overhead made a 300-row table take 0.1 s
+            self.console.out("\n".join(plain_table(title, columns, rows)), highlight=False)
             return
         table = Table(title=title)
         for c in columns:

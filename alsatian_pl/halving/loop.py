@@ -30,6 +30,8 @@ from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_round
 from ..resources import release_free_memory, reset_peak_memory, resolve_device
 from ..score import JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, rank, replicating
 from ..stats import SearchStats
+from ..threads import describe as describe_threads
+from ..threads import using as using_threads
 from ..store import BlockStore, ModelManifest
 from ..zoo import model_tokenizer
 from . import rebalance
@@ -89,6 +91,8 @@ class SuccessiveHalving:
     the set of models that could be best (:mod:`alsatian_pl.score._confidence`; None: neither, and no replicates).
     ``precision``: block inference in Lightning's names, ``32-true`` (float32, the default), ``bf16-mixed`` or
     ``16-mixed`` (accelerators only) (:mod:`alsatian_pl.precision`; features reach the scorer as float32).
+    ``threads``: torch's CPU threads during the search, ``auto`` (the cores this process may use, shared by the ranks
+    on this machine), a number, or None (torch's default) (:mod:`alsatian_pl.threads`; recorded in the result).
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -101,9 +105,10 @@ class SuccessiveHalving:
                  checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None,
                  group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None,
                  rebalance_below: float | None = 0.8, callbacks: Sequence[SearchCallback] | None = None,
-                 confidence: float | None = 0.9, precision: str = DEFAULT_PRECISION):
+                 confidence: float | None = 0.9, precision: str = DEFAULT_PRECISION,
+                 threads: int | str | None = "auto"):
         check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
-                      precision=precision,
+                      precision=precision, threads=threads,
                       channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
                       feature_cache=feature_cache, checkpoint_dir=checkpoint_dir, confidence=confidence,
                       sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
@@ -123,7 +128,7 @@ class SuccessiveHalving:
         self.cache_budget = to_bytes(cache_budget)
         self.device = resolve_device(device)
         self.precision = Precision.on(precision, self.device)
-        self.progress, self.channels_last = progress, channels_last
+        self.progress, self.channels_last, self.threads = progress, channels_last, threads
         # On a CPU the reads compete with inference for the same cores (measured on 2 cores: no gain).
         self.prefetch = self.device.type != "cpu" if prefetch in ("auto", None) else bool(prefetch)
         self.spill_dir = None if spill_dir is None else Path(spill_dir)
@@ -172,6 +177,10 @@ class SuccessiveHalving:
     # ------------------------------------------------------------------------------------------------ the loop
     def run(self, model_names: Sequence[str]) -> SearchResult:
         """Rank ``model_names`` (all stored in ``self.store``) on the data module's dataset (Figure 6)."""
+        with using_threads(self.threads, self.group.local_size):
+            return self._run(model_names)
+
+    def _run(self, model_names: Sequence[str]) -> SearchResult:
         manifests = self._manifests(model_names)
         wall, prepared_before = time.perf_counter(), self.data.prepare_seconds
         self.stats = SearchStats(self.device)
@@ -199,6 +208,7 @@ class SuccessiveHalving:
                                total=time.perf_counter() - wall + prepared_before + self.stats.earlier_seconds,
                                blocks_read=sum(self.store.blocks_read.values()), rebalance_below=self.rebalance_below,
                                precision=self.precision.name)
+        result.threads = describe_threads(self.threads, torch.get_num_threads(), self.group.local_size)
         self.callbacks.call("on_search_end", self, state, result)
         return result
 

@@ -5,6 +5,9 @@ A block file is safetensors whose metadata holds its format, spec, recipe and (s
 over the block's name and every byte of the file, the checksum's own digits read as zeros, so one pass at ~28 GiB/s
 (sha256: ~2) covers header, metadata and data alike, and a file put under another block's name fails too. The name
 stays the block's sha256 content hash, computed once at import.
+
+Torch is imported by the functions that make tensors, not by the module: the store's catalogue commands (``alsatian
+store ls``, ``du``, ``gc``, ``verify``) read manifests and check seals (:func:`block_seal`) without it.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import hashlib
 import json
 import mmap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import xxhash
-from safetensors.torch import save as st_save
-from torch import nn
 
 from ..errors import StoreError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 BLOCK_FORMAT = "alsatian-block-v1"  # the block file's own format key: unchanged by store format 2 (old readers read it)
 STORE_FORMAT = 2  # 1: blocks verified by their sha256 name on read; 2: each block file carries a checksum of its bytes
@@ -28,9 +32,8 @@ FORMAT_FILE = "format.json"  # at the store root: the store's format version (ab
 CHECKSUM = "xxh3_128"  # block metadata key: xxh3-128 of the block's name and whole file (its own digits read as "0")
 HEAD_FORMAT = "alsatian-head-v1"  # also the spec a head's content hash covers
 _BLANK = b"0" * 32  # the checksum's digits while it is computed
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # safetensors: torch names
 
 
 # --------------------------------------------------------------------------------------------------- block tensors
@@ -72,6 +75,8 @@ def block_spec(block: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
 
 def content_hash(spec: str, tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over the spec and every tensor's name and raw bytes, in name order."""
+    import torch
+
     h = hashlib.sha256(spec.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
@@ -83,6 +88,8 @@ def content_hash(spec: str, tensors: dict[str, torch.Tensor]) -> str:
 # ------------------------------------------------------------------------------------------------------ block files
 def block_file_bytes(h: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
     """The safetensors bytes of block ``h``'s file holding ``tensors`` and ``meta``, sealed with its CHECKSUM."""
+    from safetensors.torch import save as st_save
+
     data = bytearray(st_save(tensors, metadata={**meta, CHECKSUM: _BLANK.decode()}))
     at = _checksum_offset(data, _BLANK)
     data[at:at + 32] = _file_checksum(h, data, at).encode()
@@ -124,9 +131,33 @@ def _map_file(path: Path) -> torch.Tensor:
     ResNet-152 blocks: 7.5 GiB/s read and verified, against 0.6 GiB/s reading into fresh memory). A block file is
     never changed in place (the store replaces files by renaming), so the mapping stays valid for the tensors'
     lifetime, even after the file is deleted or replaced. ValueError for an empty file."""
+    import torch
+
     with open(path, "rb", buffering=0) as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     return torch.frombuffer(mapped, dtype=torch.uint8)
+
+
+def block_seal(path: Path, h: str) -> bool | None:
+    """The seal of block ``h``'s file, read without its tensors (and without torch): True when its CHECKSUM matches,
+    None when it does not, False when the file has none (format 1). OSError, ValueError, KeyError or TypeError when
+    the file is unreadable or its header is not well-formed."""
+    with open(path, "rb", buffering=0) as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        meta = _header(mapped)[1].get("__metadata__") or {}
+        if CHECKSUM not in meta:
+            return False
+        return True if checksum_matches(h, mapped, meta) else None
+
+
+def _header(buf: Any) -> tuple[int, dict[str, Any]]:
+    """Where a safetensors file's data starts, and its parsed JSON header, from its bytes ``buf`` (any buffer of
+    bytes); ValueError where they are not a well-formed header."""
+    if len(buf) < 8:
+        raise ValueError(f"{len(buf)} bytes: shorter than a header")
+    start = 8 + int.from_bytes(bytes(buf[:8]), "little")
+    if start > len(buf):
+        raise ValueError(f"a header of {start - 8} bytes in a file of {len(buf)}")
+    return start, json.loads(bytes(buf[8:start]))
 
 
 def read_block_file(path: Path, h: str) -> tuple[dict[str, torch.Tensor], dict[str, str], bool | None]:
@@ -144,16 +175,14 @@ def read_block_file(path: Path, h: str) -> tuple[dict[str, torch.Tensor], dict[s
 def parse_block(buf: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors (views into ``buf``, no copy) and metadata of a safetensors file's bytes; ValueError (or KeyError,
     TypeError) where the bytes are not a well-formed safetensors file."""
-    if len(buf) < 8:
-        raise ValueError(f"{len(buf)} bytes: shorter than a header")
-    start = 8 + int.from_bytes(bytes(buf[:8].numpy()), "little")
-    if start > len(buf):
-        raise ValueError(f"a header of {start - 8} bytes in a file of {len(buf)}")
-    header = json.loads(bytes(buf[8:start].numpy()))
+    import torch
+
+    start, header = _header(buf.numpy())
     meta = header.pop("__metadata__", None) or {}
     tensors = {}
     for name, info in header.items():
-        dtype, shape, (lo, hi) = _DTYPES[info["dtype"]], [int(s) for s in info["shape"]], info["data_offsets"]
+        dtype, shape = getattr(torch, _DTYPES[info["dtype"]]), [int(s) for s in info["shape"]]
+        lo, hi = info["data_offsets"]
         size = dtype.itemsize * int(torch.Size(shape).numel())
         if not 0 <= lo <= hi == lo + size <= len(buf) - start:
             raise ValueError(f"tensor {name!r}: data range {lo}:{hi} does not fit its shape {shape} or the file")
@@ -166,6 +195,8 @@ def parse_block(buf: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 def _assign(block: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Put stored tensors into an (empty, meta) block; every parameter and buffer must be covered."""
+    from torch import nn
+
     expected = set(block_tensors(block))
     if set(tensors) != expected:
         raise StoreError(f"stored tensors {sorted(set(tensors) ^ expected)} do not match the block's structure")

@@ -7,8 +7,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 
 @dataclass(frozen=True)
 class BlockEntry:
@@ -23,10 +21,12 @@ class BlockEntry:
     @property
     def out_bytes(self) -> int:
         """Bytes of this block's output per data item."""
+        import torch  # the records stay torch-free for the store's catalogue commands (alsatian store ls)
+
         n = 1
         for s in self.out_shape:
             n *= s
-        return n * torch.empty((), dtype=getattr(torch, self.out_dtype)).element_size()
+        return n * getattr(torch, self.out_dtype).itemsize
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ buffer; the file itself: ``_codec``); a model is a JSON manifest of ordered bloc
 tests replace here to simulate crashes), manifests carry a checksum, block reads are verified against the hash, and
 any contiguous range of a model's blocks loads on its own. This module writes, reads and queries; the store's
 upkeep (damaged blocks moved aside, gc, verify, the format upgrade, shape propagation) is ``_upkeep``'s.
+
+Torch and the block families (timm, transformers) are imported by the methods that make modules or tensors, not by
+the module: opening a store and reading its manifests (``alsatian store ls/info/du/gc/verify``) needs neither.
 """
 
 from __future__ import annotations
@@ -15,17 +18,13 @@ import datetime as _dt
 import json
 import os
 import re
+import stat
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
-from safetensors.torch import save as st_save
-from torch import nn
 
-from ..blocks import check_split, family_of, skeleton, skeleton_family
 from ..errors import CorruptBlockError, CorruptFileError, StoreError
 from ..io import atomic_write as _atomic_write  # the store's one writer (tests replace it to simulate crashes)
 from ..io import check_folder, json_bytes, read_json
@@ -34,6 +33,10 @@ from ._codec import (BLOCK_FORMAT, HEAD_FORMAT, block_file_bytes, block_spec, bl
 from ._locking import StoreLock, adds_models
 from ._records import BlockEntry, HeadEntry, ModelManifest, StoreStats
 from ._upkeep import StoreFormat, StoreHealth, output_shapes
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -52,6 +55,7 @@ class BlockStore:
         self.models_dir = self.root / "models"
         self.blocks_read: Counter[str] = Counter()  # how often each block's file was read by this instance
         self._shapes: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+        self._manifests: dict[str, tuple[tuple[int, ...], ModelManifest]] = {}  # name -> (file identity, manifest)
         self._health, self._format = StoreHealth(self), StoreFormat(self)
         self.format_version = self._format.open()  # a format-1 store is upgraded here, once
 
@@ -89,6 +93,8 @@ class BlockStore:
         ``recipe`` rebuilds the model skeleton (see ``blocks.timm_recipe``); blocks are written before the manifest,
         so an interrupted import never leaves a manifest that points at missing blocks.
         """
+        from ..blocks import skeleton, skeleton_family
+
         self._check_name(name)
         if not overwrite and self.has_model(name):
             raise StoreError(f"model {name!r} already exists in {self.root}; pass overwrite=True or choose another name")
@@ -116,6 +122,8 @@ class BlockStore:
                      **kwargs: Any) -> ModelManifest:
         """Split a model into blocks, check that they compose to its features, and store it (see :meth:`put_model`
         for the keyword arguments)."""
+        from ..blocks import check_split, family_of
+
         blocks = family_of(model).split(model.eval())
         check_split(model, blocks, input_size)
         return self.put_model(name, blocks, recipe=recipe, input_size=input_size, **kwargs)
@@ -125,10 +133,23 @@ class BlockStore:
         return (self.models_dir / f"{name}.json").is_file()
 
     def manifest(self, name: str) -> ModelManifest:
-        """The manifest of a stored model; StoreError naming the known models when absent."""
+        """The manifest of a stored model; StoreError naming the known models when absent. Read once per instance
+        while its file stays the same (inode, size, modification and change times: every write replaces the file)."""
         path = self.models_dir / f"{name}.json"
-        if not path.is_file():
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise StoreError(f"no model {name!r} in the store at {self.root} ({len(self.model_names())} models stored)")
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if name in self._manifests and self._manifests[name][0] == key:
+            return self._manifests[name][1]
+        self._manifests[name] = (key, self._read_manifest(name, path))
+        return self._manifests[name][1]
+
+    def _read_manifest(self, name: str, path: Path) -> ModelManifest:
+        """The manifest in ``path``, checked; StoreError saying how to repair it when it is damaged."""
         fix = (f"run the same command again to re-import its zoo, or remove it (BlockStore.delete_model({name!r})) "
                "and import it again")
         try:
@@ -216,6 +237,8 @@ class BlockStore:
 
     def load_blocks(self, name: str, start: int = 0, stop: int | None = None) -> nn.Sequential:
         """Blocks ``start:stop`` of a model, reading only those blocks' files."""
+        from torch import nn
+
         hashes = self.manifest(name).hashes
         stop = len(hashes) if stop is None else stop
         if not 0 <= start < stop <= len(hashes):
@@ -234,6 +257,8 @@ class BlockStore:
     def put_head(self, name: str, tensors: dict[str, torch.Tensor]) -> ModelManifest:
         """Store ``tensors`` (e.g. ``{"fc.weight": [C, D], "fc.bias": [C]}``) as the classifier head of stored model
         ``name``, content-addressed and written once, and link it from the model's manifest (the new manifest)."""
+        from safetensors.torch import save as st_save
+
         manifest = self.manifest(name)
         in_features, out_features = head_sizes(tensors)
         feats = manifest.blocks[-1].out_shape if manifest.blocks else ()
@@ -257,6 +282,8 @@ class BlockStore:
     def read_head(self, name: str) -> tuple[dict[str, torch.Tensor], HeadEntry]:
         """The verified tensors of a model's stored head and its entry; StoreError when it has none,
         CorruptBlockError when the file is missing or does not match its hash."""
+        from safetensors.torch import load_file
+
         entry = self.manifest(name).head
         if entry is None:
             raise StoreError(f"model {name!r} has no stored classifier head (it was imported from weights without "
@@ -275,6 +302,9 @@ class BlockStore:
     def load_head(self, name: str) -> nn.Linear:
         """A model's stored head as an ``nn.Linear`` (features -> its class logits); StoreError when the head is not
         one linear layer (a weight ``[C, D]`` or ``[C, D, 1, 1]`` and an optional bias ``[C]``)."""
+        import torch
+        from torch import nn
+
         tensors, entry = self.read_head(name)
         weights = [t for t in tensors.values() if t.dim() >= 2]
         biases = [t for t in tensors.values() if t.dim() == 1]
@@ -345,6 +375,8 @@ class BlockStore:
     def _skeleton_block(self, h: str, meta: dict[str, str]) -> nn.Module:
         """The (shared, meta) skeleton of block ``h``, from its file's metadata (its model's recipe and its index);
         CorruptBlockError when that metadata is damaged."""
+        from ..blocks import skeleton
+
         try:
             recipe = json.loads(meta["recipe"])
             index = recipe.pop("index")
