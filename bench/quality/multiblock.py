@@ -8,8 +8,9 @@ fine-tuned ground truth of bench/quality/evaluate.py:
 - ``best of k``: each model's best score over its last k outputs (the option the issue proposes).
 
     python bench/quality/multiblock.py [--zoo /tmp/alsatian-quality] [--tasks fashion-tops4,animals10]
-                                       [--scorers linear,logme] [--depth 3]
+                                       [--scorers linear,logme,knn] [--depth 3]
 
+Scorers that read the features alone (not LEEP or NCE, which apply each model's source head to its last output).
 Needs ZOO/ground_truth-<task>.json (evaluate.py writes it). Writes ZOO/multiblock.json and prints a Markdown table.
 Everything is scored exhaustively on the target's whole training split and its test split, as search=base does.
 """
@@ -110,7 +111,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--zoo", type=Path, default=Path("/tmp/alsatian-quality"))
     p.add_argument("--tasks", default="fashion-tops4,animals10")
-    p.add_argument("--scorers", default="linear,logme")
+    p.add_argument("--scorers", default="linear,logme,knn")
     p.add_argument("--depth", type=int, default=3)
     a = p.parse_args()
     report = {t: evaluate(a.zoo, t, a.scorers.split(","), a.depth) for t in a.tasks.split(",")}
