@@ -23,7 +23,7 @@ import torch
 from ..blocks import activation_bytes
 from ..data import Items, SearchDataModule
 from ..distributed import SINGLE, Group
-from ..errors import AlsatianWarning, ConfigError, DataError
+from ..errors import AlsatianWarning, ConfigError, DataError, InvalidCandidateError
 from ..features import FeatureStore
 from ..precision import DEFAULT_PRECISION, Precision
 from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_round
@@ -35,6 +35,7 @@ from ..zoo import model_tokenizer
 from . import rebalance
 from .budget import Budget, in_flight_bytes
 from .callbacks import CallbackList, SearchCallback
+from .candidates import check_finite, leave_out
 from .engine import Engine, open_engine
 from .metrics import LogMetrics
 from .monitor import FiniteFeatures
@@ -89,6 +90,9 @@ class SuccessiveHalving:
     the set of models that could be best (:mod:`alsatian_pl.score._confidence`; None: neither, and no replicates).
     ``precision``: block inference in Lightning's names, ``32-true`` (float32, the default), ``bf16-mixed`` or
     ``16-mixed`` (accelerators only) (:mod:`alsatian_pl.precision`; features reach the scorer as float32).
+    ``on_invalid``: a candidate that cannot be scored (a block failing at forward, outputs of another size, weights
+    or features not finite) stops the search with one line (``error``) or is left out with a warning and recorded
+    in the result's ``skipped`` (``skip``; :mod:`alsatian_pl.halving.candidates`).
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -101,11 +105,12 @@ class SuccessiveHalving:
                  checkpoint_dir: str | Path | None = None, resume: bool = False, logger: Any = None,
                  group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None,
                  rebalance_below: float | None = 0.8, callbacks: Sequence[SearchCallback] | None = None,
-                 confidence: float | None = 0.9, precision: str = DEFAULT_PRECISION):
+                 confidence: float | None = 0.9, precision: str = DEFAULT_PRECISION, on_invalid: str = "error"):
         check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
                       precision=precision,
                       channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
                       feature_cache=feature_cache, checkpoint_dir=checkpoint_dir, confidence=confidence,
+                      on_invalid=on_invalid,
                       sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
                              "device_capacity": device_capacity})
         self.rebalance_below = rebalance.check_threshold(rebalance_below)
@@ -119,7 +124,7 @@ class SuccessiveHalving:
                           f"{self.scorer.name or type(self.scorer).__name__!r}: its scores carry no standard error "
                           "(linear and knn always do; every built-in scorer does with search.confidence set)",
                           AlsatianWarning, stacklevel=2)
-        self.result_size, self.batch_size = result_size, batch_size
+        self.result_size, self.batch_size, self.on_invalid = result_size, batch_size, on_invalid
         self.cache_budget = to_bytes(cache_budget)
         self.device = resolve_device(device)
         self.precision = Precision.on(precision, self.device)
@@ -208,18 +213,33 @@ class SuccessiveHalving:
         state.open_round(r, self.strategy.round_items(self.data, r)[1], engine.stats.snapshot())
         self.callbacks.call("on_round_start", self, state)
         for group in state.live_groups():
-            inputs = self._inputs(state, group)
-            todo = reuse_features(state, engine, self.strategy, group, inputs, self.device)
-            if todo.models:
-                plan = self._plan(state, engine, todo, inputs)
-                self.callbacks.call("on_round_planned", self, state, plan)
-                self._execute(state, engine, plan, inputs)
-                remember_features(state, engine, group, todo, inputs)
+            self._run_group(state, engine, group)
         self.callbacks.call("on_round_executed", self, state)
         scores = self._score(state, engine)
         self.callbacks.call("on_round_scored", self, state, scores)
         self._prune(state, engine, scores)
         self.callbacks.call("on_round_end", self, state, state.reports[-1])
+
+    def _run_group(self, state: SearchState, engine: Engine, group: TokenizerGroup) -> None:
+        """The group's inputs of this round planned, run and remembered (features the feature cache holds are read
+        instead); a candidate that cannot be scored is left out (``on_invalid=skip``) and the rest planned again."""
+        while group.tree is not None and group.tree.models:
+            inputs = self._inputs(state, group)
+            todo = reuse_features(state, engine, self.strategy, group, inputs, self.device)
+            try:
+                if todo.models:
+                    plan = self._plan(state, engine, todo, inputs)
+                    self.callbacks.call("on_round_planned", self, state, plan)
+                    self._execute(state, engine, plan, inputs)
+                check_finite(state, self.store, group.tree.models, self.precision.name)
+            except InvalidCandidateError as exc:
+                gone = leave_out(state, engine, exc, self.on_invalid)
+                todo.prune([m for m in gone if m in todo])
+                if exc.reason.startswith("block "):  # the plan stopped part-way: run the others' again
+                    continue
+            if todo.models:
+                remember_features(state, engine, group, todo, inputs)
+            return
 
     def _start(self, manifests: dict[str, ModelManifest]) -> SearchState:
         """Cut the data into the strategy's rounds, group the models by input and build their task trees (in a
@@ -301,7 +321,9 @@ class SuccessiveHalving:
         engine.cache.reserve(0)
         release_free_memory()
         with engine.stats.phase("communication"):
-            gathered = {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
+            parts = self.group.all_gather((scores, state.skipped))  # each rank's scores and left-out models
+            gathered = {m: p for part, _ in parts for m, p in part.items()}
+            state.skipped = {m: why for _, skipped in parts for m, why in skipped.items()}
         return self.scorer.combine(gathered)
 
     def _replicates(self, state: SearchState) -> int:

@@ -160,7 +160,7 @@ def _meta(search: SuccessiveHalving, state: SearchState) -> dict[str, Any]:
             "leaders": {str(r): [m, _saved(p)] for r, (m, p) in state.leaders.items()},
             "reports": [asdict(r) for r in state.reports], "timings": s.timings, "counts": dict(s.counts),
             "block_seconds": s.block_seconds, "block_items": s.block_items, "elapsed_s": s.elapsed(),
-            "schedule": search.schedule.options(), "precision": search.precision.name,
+            "schedule": search.schedule.options(), "precision": search.precision.name, "skipped": state.skipped,
             "callbacks": search.callbacks.state_dict()}
 
 
@@ -188,6 +188,7 @@ def restore_state(search: SuccessiveHalving, state: SearchState, meta: dict[str,
     state.scores = {m: _restored(v) for m, v in meta["scores"].items()}
     state.eliminated = {m: (r, _restored(v)) for m, (r, v) in meta["eliminated"].items()}
     state.leaders = {int(r): (m, _restored(v)) for r, (m, v) in meta.get("leaders", {}).items()}
+    state.skipped = dict(meta.get("skipped", {}))
     state.labels = [tensors[f"labels/{i}"] for i in range(meta["round"] + 1)]
     distributed = search.group.world_size > 1  # each rank saved its own models' features
     mine = [m for m in state.alive if not distributed or f"{m}/test" in tensors]

@@ -116,6 +116,7 @@ class BlockStore:
                      **kwargs: Any) -> ModelManifest:
         """Split a model into blocks, check that they compose to its features, and store it (see :meth:`put_model`
         for the keyword arguments)."""
+        _check_finite(name, model)
         blocks = family_of(model).split(model.eval())
         check_split(model, blocks, input_size)
         return self.put_model(name, blocks, recipe=recipe, input_size=input_size, **kwargs)
@@ -363,3 +364,14 @@ class BlockStore:
     def _check_name(name: str) -> None:
         if not _NAME.match(name):
             raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (max 200 characters)")
+
+
+def _check_finite(name: str, model: nn.Module) -> None:
+    """StoreError naming the model and its first tensor with NaN or infinite values (its features could not be
+    scored, and checking its split fails on them)."""
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise StoreError(f"model {name}: tensor {key} holds {bad} NaN or infinite value(s) of {value.numel()}; "
+                             "it cannot be scored, so it is not stored. Import weights from a run that did not "
+                             "diverge")
