@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..errors import AlsatianError, SearchInterrupted
 from ..io import os_error_message, write_json
 
-__all__ = ["Terminated", "install", "describe", "user_errors", "main"]
+__all__ = ["Terminated", "install", "one_line_warnings", "describe", "user_errors", "main"]
 
 USER_ERROR, BUG = 2, 1
 _state: dict[str, Any] = {"signal": None, "failed": [], "debug": False}
@@ -46,6 +46,11 @@ def install() -> None:
     if not _state.get("frozen_at_exit"):  # registered first, so it runs after every other exit handler
         atexit.register(gc.freeze)  # the interpreter's last collections over torch's, timm's and Lightning's objects
         _state["frozen_at_exit"] = True  # take ~1 s at exit and free nothing that matters to a process that ends
+
+
+def one_line_warnings() -> None:
+    """alsatian-pl's warnings print as one ``warning:`` line (the ``alsatian`` command's too)."""
+    warnings.showwarning = _show_warning
 
 
 def _on_signal(signum: int, frame: Any) -> None:

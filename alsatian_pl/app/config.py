@@ -50,10 +50,12 @@ def on_invalid_of(node: Any) -> str:
     return choice("models.on_invalid", value, ON_INVALID)
 
 
-def zoos_spec(*, zoos: Any, name: str = "zoos", where: Mapping[str, Any] | None = None, kind: str = "zoos") -> ZooList:
+def zoos_spec(*, zoos: Any, name: str = "zoos", where: Mapping[str, Any] | None = None, kind: str = "zoos",
+              on_invalid: str = "error") -> ZooList:
     """The ``models=zoos`` config, validated: ``zoos`` is a list of zoo configs, or a mapping label -> zoo config
     (e.g. composed with ``+models@models.zoos.<label>=resnet18_zoo``), each with its own optional ``where``."""
     expect_kind(kind, "zoos", "alsatian_pl.app.config.zoos_spec")
+    choice("models.on_invalid", on_invalid, ON_INVALID)  # spec_of gives skip to every zoo of the list
     if isinstance(zoos, (DictConfig, ListConfig)):
         zoos = OmegaConf.to_container(zoos, resolve=True)
     items = list(zoos.values()) if isinstance(zoos, Mapping) else zoos

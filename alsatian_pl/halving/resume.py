@@ -34,7 +34,7 @@ from .state import RoundReport, SearchState
 if TYPE_CHECKING:
     from .loop import SuccessiveHalving
 
-__all__ = ["RoundCheckpoint", "SearchCheckpoint", "interrupted"]
+__all__ = ["RoundCheckpoint", "SearchCheckpoint", "interrupted", "saved_rounds"]
 
 CHECKPOINT_FORMAT = "alsatian-search-state-v2"  # v2: scores keep replicates, members; round leaders
 
@@ -211,11 +211,25 @@ def _other_schedules(checkpoint: SearchCheckpoint) -> str:
 
 
 def interrupted(state: SearchState) -> SearchInterrupted:
-    """The one-line message of a Ctrl-C: what was saved and how to go on."""
+    """The one-line message of a Ctrl-C: what was saved and how to go on, read from the file itself (an interrupt
+    during a save leaves the rounds saved before it; one just after it, one more than the state counted)."""
     where = f"interrupted in round {state.round + 1} of {state.rounds}"
     if state.saved_to is None:
         return SearchInterrupted(f"{where}; nothing was saved (set search.checkpoint_dir to make searches resumable)")
-    if not state.saved_rounds:
-        return SearchInterrupted(f"{where}; no round had finished, so nothing was saved: run the command again")
-    return SearchInterrupted(f"{where}; rounds 1-{state.saved_rounds} are saved in {state.saved_to}: run the same "
-                             "command with search.resume=true to continue from there")
+    saved = saved_rounds(Path(state.saved_to))
+    if not saved:
+        return SearchInterrupted(f"{where}; no round was saved yet, so there is nothing to resume: run the command "
+                                 "again")
+    rounds = "round 1 is" if saved == 1 else f"rounds 1-{saved} are"
+    return SearchInterrupted(f"{where}; {rounds} saved in {state.saved_to}: run the same command with "
+                             "search.resume=true to continue from there")
+
+
+def saved_rounds(path: Path) -> int:
+    """How many finished rounds the search checkpoint at ``path`` holds (0: none, or no readable file)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        return int(json.loads(meta["state"])["round"]) + 1 if meta.get("format") == CHECKPOINT_FORMAT else 0
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError):
+        return 0

@@ -130,8 +130,8 @@ class BlockStore:
         path = self.models_dir / f"{name}.json"
         if not path.is_file():
             raise StoreError(f"no model {name!r} in the store at {self.root} ({len(self.model_names())} models stored)")
-        fix = (f"run the same command again to re-import its zoo, or remove it (BlockStore.delete_model({name!r})) "
-               "and import it again")
+        fix = (f"it is a stray file or a damaged manifest: remove {path} (if it was a model, importing its zoo again "
+               "writes it anew)")
         try:
             return ModelManifest.from_json(read_json(path, f"the manifest of model {name!r}", fix))
         except CorruptFileError as exc:
@@ -147,16 +147,25 @@ class BlockStore:
 
     def models(self, *, arch: str | None = None, family: str | None = None, max_params: int | None = None,
                tags: Iterable[str] = (), names: Iterable[str] | None = None, min_params: int | None = None,
-               name: str | None = None, source: str | None = None) -> list[ModelManifest]:
+               name: str | None = None, source: str | None = None,
+               unreadable: dict[str, str] | None = None) -> list[ModelManifest]:
         """Manifests matching a search query's metadata conditions (all given conditions must hold): architecture,
         family, parameter bounds (inclusive), every one of ``tags``, ``names`` (exact), and the globs ``name`` over
-        the model's name and ``source`` over where it came from (``fnmatch``, case-sensitive)."""
+        the model's name and ``source`` over where it came from (``fnmatch``, case-sensitive). A file under
+        ``models/`` that is not a readable manifest is a StoreError naming it, or, given ``unreadable``, recorded
+        there (name -> why) and passed over."""
         wanted, tags = (set(names) if names is not None else None), set(tags)
         out = []
         for n in self.model_names():
             if (wanted is not None and n not in wanted) or not self._glob(n, name):
                 continue
-            m = self.manifest(n)
+            try:
+                m = self.manifest(n)
+            except StoreError as exc:
+                if unreadable is None:
+                    raise
+                unreadable[n] = str(exc)
+                continue
             if ((arch is None or m.arch == arch) and (family is None or m.family == family)
                     and (min_params is None or m.num_params >= min_params)
                     and (max_params is None or m.num_params <= max_params) and tags <= set(m.tags)
@@ -292,7 +301,7 @@ class BlockStore:
     # ----------------------------------------------------------------------------------------------- housekeeping
     def stats(self, names: Iterable[str] | None = None) -> StoreStats:
         """Models, distinct blocks, logical bytes and physical bytes (of the given models, or of the whole store)."""
-        manifests = self.models(names=names)
+        manifests = self.models(names=names, unreadable={})  # a stray file is not a model to count
         distinct = {b.hash: b.nbytes for m in manifests for b in m.blocks}
         logical = sum(m.nbytes for m in manifests)
         if names is None:
@@ -321,9 +330,10 @@ class BlockStore:
         under the store's folder are theirs to manage, never collected here."""
         return self._health.gc(grace_s)
 
-    def verify(self) -> list[str]:
-        """Check every block of every model against its hash; returns the hashes that fail."""
-        return self._health.verify()
+    def verify(self, unreadable: dict[str, str] | None = None) -> list[str]:
+        """Check every block of every model against its hash; returns the hashes that fail (``unreadable``: see
+        :meth:`models`)."""
+        return self._health.verify(unreadable)
 
     # ------------------------------------------------------------------------------------------------- helpers
     @staticmethod

@@ -177,13 +177,14 @@ def import_hf_folder(store: BlockStore, *, name: str, path: str, pooling: str = 
 
 def hf_dirs_spec(*, name: str, path: str | None = None, pooling: str = "cls", max_length: int = 128,
                  tokenizer: str | None = None, image_size: int | None = None, ids: Sequence[str] | None = None,
-                 cache_dir: str | None = None, kind: str = "hf_dirs") -> HFFolder:
+                 cache_dir: str | None = None, kind: str = "hf_dirs", on_invalid: str = "error") -> HFFolder:
     """The ``models=hf_dirs`` config, validated: an :class:`HFFolder` of items of ``(2, max_length)`` tokens (text
     encoders) or ``(3, image_size, image_size)`` images (vision encoders); ``ids`` instead of ``path``: models in the
     local hub cache."""
     expect_kind(kind, "hf_dirs", "alsatian_pl.zoo.hf_dirs_spec")
     ids = tuple(ids) if isinstance(ids, Sequence) and not isinstance(ids, str) else (ids or ())
-    return HFFolder(name, path, pooling, max_length, tokenizer, image_size, ids, cache_dir)  # type: ignore[arg-type]
+    return HFFolder(name, path, pooling, max_length, tokenizer, image_size, ids, cache_dir,  # type: ignore[arg-type]
+                    on_invalid)
 
 
 def cached_snapshots(ids: Sequence[str], cache: Path) -> list[Path]:

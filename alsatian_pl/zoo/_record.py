@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from rich.console import Console
 from rich.progress import Progress
 
-from ..checks import text
+from ..checks import choice, text
 from ..errors import AlsatianWarning, ConfigError, CorruptBlockError, CorruptFileError, StoreError
 from ..io import file_digest, read_json, write_json
 from ..store import BlockStore, ModelManifest, StoreLock, StoreStats
@@ -334,7 +334,9 @@ class Filtered:
         return select(self.spec.build(store, progress=progress), self.where)
 
 
-def store_spec(*, name: str = "store", where: Mapping[str, Any] | None = None, kind: str = "store") -> StoreModels:
+def store_spec(*, name: str = "store", where: Mapping[str, Any] | None = None, kind: str = "store",
+               on_invalid: str = "error") -> StoreModels:
     """The ``models=store`` config, validated: every stored model matching ``where``."""
     expect_kind(kind, "store", "alsatian_pl.zoo.store_spec")
+    choice("models.on_invalid", on_invalid, ("error", "skip"))  # read by the search (SuccessiveHalving)
     return StoreModels(text("models.name", name), Where.of(where))

@@ -171,12 +171,13 @@ class TimmNames:
 
 def timm_names_spec(*, name: str, names: Sequence[str], cache_dir: str | None = None,
                     model_kwargs: dict[str, Any] | None = None, image_size: int = 224,
-                    kind: str = "timm_names") -> TimmNames:
+                    kind: str = "timm_names", on_invalid: str = "error") -> TimmNames:
     """The ``models=timm_names`` config, validated: a :class:`TimmNames` of ``(3, image_size, image_size)`` images."""
     expect_kind(kind, "timm_names", "alsatian_pl.zoo.timm_names_spec")
     size = whole("models.image_size", image_size)
     names = list(names) if isinstance(names, Sequence) and not isinstance(names, str) else names
-    return TimmNames(name, names, (3, size, size), cache_dir, mapping("models.model_kwargs", model_kwargs))
+    return TimmNames(name, names, (3, size, size), cache_dir, mapping("models.model_kwargs", model_kwargs),
+                     on_invalid)
 
 
 def timm_names_zoo(store: BlockStore, *, progress: bool = True, **options: Any) -> Zoo:

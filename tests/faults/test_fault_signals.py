@@ -6,6 +6,7 @@ block for block."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 from _harness import assert_intact, interrupt_at, one_error_line, rebuilds_the_same_zoo, script
 
@@ -42,3 +43,17 @@ def test_sigkill_half_way_through_a_block_file(built, tmp_path):
     rebuilds_the_same_zoo(store, built[0])
     assert BlockStore(store).gc() > 0 and not list(store.rglob("*.tmp"))
     assert_intact(store)
+
+
+def test_ctrl_c_while_a_round_is_saved_names_the_rounds_the_file_holds(built, fresh_store, tmp_path):
+    """Ctrl-C during round 2's checkpoint write: the file still holds round 1 (the write is atomic), and the message
+    says so and names that file (it said what the state counted, not what the file held)."""
+    from alsatian_pl.halving.resume import saved_rounds
+
+    args = script("search.py", f"store.root={fresh_store}", f"hydra.run.dir={tmp_path / 'run'}",
+                  f"search.checkpoint_dir={tmp_path / 'saved'}", hook="pause:/saved/:2")
+    proc = interrupt_at(args, tmp_path / "marker", signal.SIGINT)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    line = one_error_line(proc.stderr, "interrupted in round 2 of 2; round 1 is saved in", "search.resume=true")
+    saved = Path(line.split(" saved in ")[1].split(":")[0])
+    assert saved.is_file() and saved_rounds(saved) == 1 and not list(saved.parent.glob("*.tmp"))
