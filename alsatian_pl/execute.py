@@ -106,6 +106,7 @@ class Executor:
                 if self.weights.channels_last and y.dim() == 4:
                     y = y.contiguous(memory_format=torch.channels_last)
                 y = self._forward(step, blocks, y)
+                self.stats.items_inferred += len(y)  # read by the progress display while the step runs
                 if write is not None:
                     write(s, y)
                     continue

@@ -28,7 +28,7 @@ from ..features import FeatureStore
 from ..precision import DEFAULT_PRECISION, Precision
 from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_round
 from ..resources import release_free_memory, reset_peak_memory, resolve_device
-from ..score import JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, rank, replicating
+from ..score import JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, ScoreProgress, rank, replicating, reporting
 from ..stats import SearchStats
 from ..store import BlockStore, ModelManifest
 from ..zoo import model_tokenizer
@@ -144,6 +144,7 @@ class SuccessiveHalving:
         self.callbacks = CallbackList(self._default_callbacks(list(callbacks or [])))
         self.engine: Engine | None = None  # the running search's services (None outside run)
         self.stats = SearchStats(self.device)
+        self.score_progress = ScoreProgress()  # how far the scorer is while a round is scored (the progress display)
 
     def _set_strategy(self, strategy: str | Strategy, schedule: Schedule) -> None:
         self.strategy = get_strategy(strategy)
@@ -313,7 +314,7 @@ class SuccessiveHalving:
         engine.cache.reset_peak()
         mine = [m for m in state.alive if m in state.features.models]
         with engine.stats.phase("proxy_scoring"), engine.cache.hold_weights(memory.scoring), \
-                replicating(self.scorer, self._replicates(state)):
+                replicating(self.scorer, self._replicates(state)), reporting(self.scorer, self.score_progress):
             state.features.close_round()
             scores = self.scorer.score(state.features.train(mine), torch.cat(state.labels), state.features.test(mine),
                                        state.test_labels, self.data.num_classes) if mine else {}
