@@ -37,8 +37,11 @@ def install() -> None:
     """From now on Ctrl-C and SIGTERM raise KeyboardInterrupt (``Terminated``) in the main thread, alsatian-pl's
     warnings print as one ``warning:`` line, and Hydra passes its own errors to :func:`main` (which words them).
     ``HYDRA_FULL_ERROR=1`` set by the user keeps full tracebacks of every failure, after its line."""
-    _state["debug"] = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # the user's own setting, kept for the processes this one starts (a distributed search's other ranks inherit
+    # the HYDRA_FULL_ERROR=1 set below, which would show them every traceback)
+    _state["debug"] = os.environ.setdefault("ALSATIAN_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "")) == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # no C++ log lines (a gloo peer gone): the error says it
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     sys.excepthook = _excepthook
