@@ -236,7 +236,7 @@ class SuccessiveHalving:
             except InvalidCandidateError as exc:
                 gone = leave_out(state, engine, exc, self.on_invalid)
                 todo.prune([m for m in gone if m in todo])
-                if exc.reason.startswith("block "):  # the plan stopped part-way: run the others' again
+                if exc.block is not None:  # a block failed: the plan stopped part-way, run the others' again
                     continue
             if todo.models:
                 remember_features(state, engine, group, todo, inputs)
