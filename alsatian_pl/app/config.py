@@ -39,9 +39,8 @@ def _skipping(spec: Any, skip: bool) -> Any:
         return dataclasses.replace(spec, zoos=tuple(_skipping(z, True) for z in spec.zoos))
     if isinstance(spec, Filtered):
         return Filtered(_skipping(spec.spec, True), spec.where)
-    if any(f.name == "on_invalid" for f in dataclasses.fields(spec)) if dataclasses.is_dataclass(spec) else False:
-        return dataclasses.replace(spec, on_invalid="skip")
-    return spec
+    imports_files = dataclasses.is_dataclass(spec) and any(f.name == "on_invalid" for f in dataclasses.fields(spec))
+    return dataclasses.replace(spec, on_invalid="skip") if imports_files else spec
 
 
 def on_invalid_of(node: Any) -> str:

@@ -114,9 +114,12 @@ def test_a_bad_checkpoint_is_left_out_at_import_and_listed_in_results_json(tmp_p
     """``models=checkpoints models.on_invalid=skip``: the NaN checkpoint is refused at import (before any search
     work), one warning line names the file and the tensor, results.json lists it; a rerun reuses the zoo and says
     it again. Without skip, the same folder is one error line that names the setting."""
-    import timm
+    import io
 
-    from alsatian_pl.app import run_search
+    import timm
+    from rich.console import Console
+
+    from alsatian_pl.app import print_report, run_search
 
     folder = tmp_path / "ckpts"
     folder.mkdir()
@@ -135,7 +138,10 @@ def test_a_bad_checkpoint_is_left_out_at_import_and_listed_in_results_json(tmp_p
     for run in range(2):
         out = tmp_path / f"run{run}"
         with pytest.warns(Warning, match=r"left out b\.pth.*conv_stem\.weight holds 9 NaN or infinite"):
-            run_search(compose(*overrides, "models.on_invalid=skip", tiny=False), output_dir=out)
+            _, report = run_search(compose(*overrides, "models.on_invalid=skip", tiny=False), output_dir=out)
+        printed = io.StringIO()
+        print_report(report, Console(file=printed, width=200))
+        assert "left out 1 candidate(s) that cannot be scored (b.pth): skipped in" in printed.getvalue()
         saved = json.loads((out / "results.json").read_text())
         assert [s["name"] for s in saved["skipped"]] == ["b.pth"]
         assert len(saved["ranking"]) == 2 and all("-b" not in r["model"] for r in saved["ranking"])
