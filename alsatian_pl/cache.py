@@ -99,6 +99,11 @@ class CacheService:
             return
         self._forget(node)
 
+    def clear(self) -> None:
+        """Drop every node output (a plan stopped part-way: nothing reads them again)."""
+        for node in [*self._entries, *self._spilled]:
+            self.release(node)
+
     def _forget(self, node: int) -> torch.Tensor:
         value = self._entries.pop(node)
         self.intermediates -= tensor_bytes(value)

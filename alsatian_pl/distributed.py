@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import signal
+import threading
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -50,14 +54,14 @@ class Group:
 
         self.bytes_sent += len(pickle.dumps(obj))
         self.collectives += 1
-        timeout = _dt.timedelta(seconds=self.timeout_s)
+        timeout, started = _dt.timedelta(seconds=self.timeout_s), time.monotonic()
         try:
             if dist.get_backend() == "gloo":
                 dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
             out: list[Any] = [None] * self.world_size
             dist.all_gather_object(out, obj)
         except RuntimeError as exc:
-            raise self._failed(exc) from None
+            raise self._failed(exc, time.monotonic() - started) from None
         return out
 
     def exchange(self, sends: list[tuple[int, int, torch.Tensor]], recvs: list[tuple[int, int, torch.Tensor]]) -> None:
@@ -71,6 +75,7 @@ class Group:
             return
         import torch.distributed as dist
 
+        started = time.monotonic()
         try:
             if dist.get_backend() == "nccl":
                 ops = [dist.P2POp(dist.isend, t.contiguous(), peer, tag=tag) for peer, tag, t in sends]
@@ -82,16 +87,21 @@ class Group:
             for work in works:
                 work.wait(timeout=_dt.timedelta(seconds=self.timeout_s))
         except RuntimeError as exc:
-            raise self._failed(exc) from None
+            raise self._failed(exc, time.monotonic() - started) from None
         self.bytes_sent += sum(t.numel() * t.element_size() for _, _, t in sends)
         self.collectives += 1
 
-    def _failed(self, exc: BaseException) -> DistributedError:
-        """The one error of a collective that not every rank reached."""
+    def _failed(self, exc: BaseException, waited_s: float) -> DistributedError:
+        """The one error of a collective that not every rank reached: a rank that went away (its connection closed
+        long before the timeout: interrupted, or stopped by an error it reports itself), or one that hung."""
+        rerun = "Rerun it (search.resume=true continues from the last saved round)."
+        if waited_s < 0.9 * self.timeout_s:
+            return DistributedError(f"rank {self.rank}: another rank left the search (it died, was interrupted, or "
+                                    "stopped on an error its own line names); this rank stopped too and wrote "
+                                    "nothing. " + rerun)
         return DistributedError(
             f"rank {self.rank}: the other ranks did not all answer within {self.timeout_s:.0f} s ({_first_line(exc)})"
-            "; a rank died or hung. The search stopped; nothing was written. Rerun it (search.resume=true "
-            "continues from the last saved round).")
+            "; a rank died or hung. The search stopped; nothing was written. " + rerun)
 
 
 SINGLE = Group()
@@ -119,12 +129,47 @@ def launch(fn: Callable[[Group], Any], *, devices: int | str = 1, num_nodes: int
     strategy = DDPStrategy(timeout=_dt.timedelta(seconds=timeout_s), start_method=start_method)
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
     fabric.launch()
+    if fabric.global_rank == 0:
+        _forward_signals(_children())  # Ctrl-C or SIGTERM to the launcher reaches every rank it started
     group = fabric_group(fabric)
     group.timeout_s, group.local_size = timeout_s, int(devices)  # the search's threads: alsatian_pl.threads
     try:
         return fn(group)
     finally:
         _close()
+
+
+def _children() -> list[int]:
+    """The process ids this process started (Fabric's rank processes), from /proc (none where it is absent)."""
+    pids: list[int] = []
+    for task in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids += [int(p) for p in task.read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _forward_signals(pids: list[int]) -> None:
+    """From now on SIGINT and SIGTERM to this process are passed to ``pids`` first, then handled as before (each
+    rank ends with its own one line instead of finding its peer gone)."""
+    if not pids or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(signum)
+
+        def forward(sig: int, frame: Any, before: Any = before) -> None:
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass  # already gone
+            if callable(before):
+                before(sig, frame)
+            elif before == signal.SIG_DFL:
+                signal.signal(sig, signal.SIG_DFL)
+                os.kill(os.getpid(), sig)
+        signal.signal(signum, forward)
 
 
 def check_launcher(num_nodes: int) -> None:

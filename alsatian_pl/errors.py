@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["AlsatianError", "ConfigError", "DataError", "StoreError", "CorruptBlockError", "BudgetTooSmallError",
+__all__ = ["AlsatianError", "ConfigError", "DataError", "StoreError", "CorruptBlockError", "InvalidCandidateError",
+           "BudgetTooSmallError",
            "SearchInterrupted", "DiskError", "CorruptFileError", "AlsatianWarning"]
 
 
@@ -24,6 +25,18 @@ class StoreError(AlsatianError):
 
 class CorruptBlockError(StoreError):
     """A block file whose bytes do not match its content hash (truncated or modified)."""
+
+
+class InvalidCandidateError(StoreError):
+    """Candidate models that cannot be scored: a block that fails at forward or gives outputs of another shape than
+    the store recorded, weights or features that are not finite. ``models``: the candidates it stops (those of the
+    step that failed); ``reason``: what failed, in words (the message adds the fix); ``block``: the failing block's
+    hash (None: not one block's fault)."""
+
+    def __init__(self, message: str, models: frozenset[str] | set[str] = frozenset(), reason: str = "",
+                 block: str | None = None):
+        super().__init__(message)
+        self.models, self.reason, self.block = frozenset(models), reason or message, block
 
 
 class BudgetTooSmallError(AlsatianError):

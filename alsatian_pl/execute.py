@@ -15,7 +15,7 @@ from typing import Callable, Hashable, Iterator
 import torch
 
 from .cache import CacheService
-from .errors import AlsatianError
+from .errors import AlsatianError, InvalidCandidateError
 from .precision import Precision
 from .plan import InferenceStep, ReleaseStep, RoundPlan, ScoreStep, Step, TaskTree
 from .stats import SearchStats
@@ -97,7 +97,7 @@ class Executor:
         """The step's blocks applied to ``x`` batch by batch, into one output tensor on the device (with ``write``:
         each batch's output handed to ``write(first item, batch)`` instead; returns None)."""
         with self.stats.phase("prepare_model"):
-            blocks = [self.weights.get(self.weight_key(b.hash, step.models), b.hash) for b in step.blocks]
+            blocks = [self._load(step, b.hash) for b in step.blocks]
         with self.stats.phase("inference"), torch.inference_mode(), self.precision.autocast():
             t0 = time.perf_counter()
             out = None
@@ -105,8 +105,8 @@ class Executor:
                 y = x[s:e].to(self.device, non_blocking=True)
                 if self.weights.channels_last and y.dim() == 4:
                     y = y.contiguous(memory_format=torch.channels_last)
-                for block in blocks:  # float32 between blocks in every precision (alsatian_pl.precision)
-                    y = self.precision.output(block(y))
+                y = self._forward(step, blocks, y)
+                self.stats.items_inferred += len(y)  # read by the progress display while the step runs
                 if write is not None:
                     write(s, y)
                     continue
@@ -118,6 +118,49 @@ class Executor:
                 torch.cuda.synchronize()
             self.stats.blocks_ran(((b.hash, b.cost) for b in step.blocks), time.perf_counter() - t0, len(x))
         return out
+
+
+    def _load(self, step: InferenceStep, block: str) -> torch.nn.Module:
+        """A block of the step through the weight cache; InvalidCandidateError when its stored tensors do not load
+        into its architecture (a damaged block file is the store's, and passes)."""
+        try:
+            return self.weights.get(self.weight_key(block, step.models), block)
+        except (AlsatianError, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - tensors that do not fit the block's skeleton
+            raise _failed(step, block, f"cannot be loaded ({_first_line(exc)})") from None
+
+    def _forward(self, step: InferenceStep, blocks: list[torch.nn.Module], y: torch.Tensor) -> torch.Tensor:
+        """One batch through the step's blocks, float32 between them in every precision (alsatian_pl.precision);
+        InvalidCandidateError naming the block and the models below it when a block fails or gives outputs of
+        another size than the store recorded (running out of memory is not the candidate's fault: it passes)."""
+        for i, (block, spec) in enumerate(zip(blocks, step.blocks)):
+            try:
+                y = self.precision.output(block(y))
+            except (AlsatianError, MemoryError, torch.OutOfMemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a block of the user's that fails at forward
+                if "allocate" in str(exc) or "out of memory" in str(exc):
+                    raise
+                raise _failed(step, spec.hash, f"fails at forward ({_first_line(exc)})") from None
+            got = y[0].numel() * y.element_size() if len(y) else spec.out_bytes
+            if spec.out_bytes and got != spec.out_bytes:
+                raise _failed(step, spec.hash, f"gives outputs of {got} bytes per item ({list(y.shape[1:])}) where "
+                                               f"the store recorded {spec.out_bytes}")
+        return y
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _failed(step: InferenceStep, block: str, what: str) -> InvalidCandidateError:
+    """The error of a block that cannot run for the models of ``step`` (every model below it)."""
+    models = sorted(step.models)
+    who = f"model {models[0]}" + (f" (and {len(models) - 1} more sharing it)" if len(models) > 1 else "")
+    reason = f"block {block[:12]} {what}"
+    return InvalidCandidateError(f"{who} cannot be scored: its {reason}. Remove the model from the zoo, or set "
+                                 "models.on_invalid=skip to search without it", step.models, reason, block)
 
 
 def even_batches(n: int, batch_size: int) -> list[tuple[int, int]]:

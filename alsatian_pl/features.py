@@ -95,8 +95,9 @@ class FeatureStore:
         return {m: self._test[m] for m in models}
 
     def drop(self, models: Iterable[str]) -> None:
-        """Forget pruned models' features."""
+        """Forget pruned (or left-out) models' features, this round's too."""
         for m in models:
+            self._buffers.pop(m, None)
             self._train.pop(m, None)
             self._test.pop(m, None)
 

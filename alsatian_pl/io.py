@@ -24,7 +24,14 @@ __all__ = ["atomic_write", "json_bytes", "write_json", "read_json", "file_digest
            "os_error_message"]
 
 _SEAL = "sha256"  # the key of a sealed JSON file's checksum
-_WHERE = "store.root, hydra.run.dir, search.spill_dir"  # the settings that choose where files go
+_WHERE = ("hydra.run.dir, store.root, dataset.data_cache, search.checkpoint_dir, search.spill_dir")  # where files go
+# the setting that chose a file's folder, by the nearest folder name the store gives its parts
+_SETTING_OF = {"data": "dataset.data_cache", "searches": "search.checkpoint_dir", "features": "search.feature_cache",
+               "blocks": "store.root", "models": "store.root", "zoos": "store.root", "heads": "store.root",
+               "tokenizers": "store.root", "logs": "logger.save_dir"}
+_RUN_FILES = ("results.json", "failed.json", "ranking.png", "time.png", "summary.json", "summary.png",
+              "finetuned.safetensors")
+_STORE_CACHES = ("dataset.data_cache", "search.checkpoint_dir", "search.feature_cache")
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
@@ -210,18 +217,36 @@ def _file_in_the_way(path: Path) -> Path | None:
 
 def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None, action: str = "write") -> str:
     """One line for an operating-system error: which file, what the system said, and what to do."""
-    target = Path(path if path is not None else exc.filename or "?")
-    code = exc.errno
+    named = path if path is not None else exc.filename
+    target = Path(named) if named is not None else None
+    where, code = _settings_for(target), exc.errno
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
-        fix = f"free space on that disk, or write elsewhere ({_WHERE})"
+        fix = f"free space on that disk, or write elsewhere ({where})"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM) and where in _STORE_CACHES:
+        fix = ("a store you may not write to can still be searched: set dataset.data_cache and "
+               "search.checkpoint_dir (and search.feature_cache, if set) to folders you may write to")
     elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        fix = f"make it writable, or choose a folder you may write to ({_WHERE})"
-    elif code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = f"make it writable, or choose a folder you may write to ({where})"
+    elif code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR) and target is not None:
         blocker = _file_in_the_way(target) or target
         fix = f"{blocker} is {'a folder' if blocker.is_dir() else 'a file'} in the way: move it, or choose another " \
-              f"path ({_WHERE})"
+              f"path ({where})"
     elif code == errno.ENOENT:
         fix = "check that the path exists"
     else:
         fix = "check the disk and the path, then run again"
-    return f"cannot {action} {target}: {exc.strerror or exc} (errno {code}); {fix}"
+    what = target if target is not None else "a file (the system did not say which)"
+    return f"cannot {action} {what}: {exc.strerror or exc} (errno {code}); {fix}"
+
+
+def _settings_for(path: Path | None) -> str:
+    """The setting that chose ``path``'s folder (by the nearest folder the store or a run names so), else all of
+    the settings that choose where files go."""
+    if path is None:
+        return _WHERE
+    if path.name in _RUN_FILES or path.parent.name == ".hydra":
+        return "hydra.run.dir"
+    for folder in path.parents:
+        if folder.name in _SETTING_OF:
+            return _SETTING_OF[folder.name]
+    return _WHERE

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import resource
 from functools import lru_cache
 from typing import Any
@@ -81,6 +82,14 @@ def peak_rss() -> int:
     """Peak resident memory in bytes since :func:`reset_peak_memory` (else since the process started)."""
     peak = _status("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def host_memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 where unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def rss_now() -> int:

@@ -36,6 +36,7 @@ class SearchStats:
         self.counts: Counter[str] = Counter({c: 0 for c in COUNTERS})
         self.block_seconds: dict[str, float] = {}
         self.block_items: dict[str, int] = {}
+        self.items_inferred = 0  # items through inference steps so far (a step over 100 items adds 100), per batch
         self.saved_seconds = 0.0  # inference seconds of the blocks only the feature cache's hits needed (spared)
         self.started = time.perf_counter()  # this run's start: a round checkpoint saves the seconds run so far
         self.earlier_seconds = 0.0  # a resumed search: the wall seconds of the runs before, up to their last round

@@ -89,18 +89,19 @@ def test_the_terminal_bar_fits_80_columns():
 
     stats, steps = SearchStats(), _RoundSteps()
     steps.open(stats)
-    steps.planned, steps.started = 1234, time.perf_counter() - 100
+    steps.planned, steps.planned_items, steps.started = 1234, 123_400_000, time.perf_counter() - 100
     stats.count("inference_steps", 617)
+    stats.items_inferred += 61_700_000
     buffer = io.StringIO()
     bar = ProgressBar(stream=buffer, plain=False)
     bar._steps = steps
     console = Console(file=buffer, width=80, force_terminal=True, color_system=None)
     progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=8), TimeElapsedColumn(),
                         _StepsColumn(steps), console=console)  # as ProgressBar draws it
-    progress.add_task("round 10/10 · 1000 models · 99999 items", total=10, completed=9)
+    progress.add_task("round 10/10 · 1000 models", total=10, completed=9)
     console.print(progress.get_renderable())
     lines = buffer.getvalue().splitlines()
-    assert len(lines) == 1 and len(lines[0]) <= 80 and "step 617/1234, 6.2/s" in lines[0], lines
+    assert len(lines) == 1 and len(lines[0]) <= 80 and "step 617/1234, 61.7M items, 617k/s" in lines[0], lines
 
 
 def test_the_rate_stops_with_the_rounds_inference():
@@ -109,7 +110,46 @@ def test_the_rate_stops_with_the_rounds_inference():
 
     stats, steps = SearchStats(), _RoundSteps()
     steps.open(stats)
-    steps.planned, steps.started = 10, 100.0
+    steps.planned, steps.planned_items, steps.started = 10, 1000, 100.0
     stats.count("inference_steps", 10)
+    stats.items_inferred += 1000
     steps.executed = 105.0  # inference took 5 s: scoring afterwards does not lower the rate
-    assert steps.text() == "step 10/10, 2.0/s"
+    assert steps.text() == "step 10/10, 1000 items, 200/s"
+
+
+def test_inside_a_step_the_items_move_batch_by_batch(zoo, data):
+    """The items count goes up with every batch (a long step is not a frozen line), and every planned item-step is
+    counted by the round's end; the scorer's progress (the probe's SGD steps) follows the inference."""
+    from alsatian_pl.halving import SearchCallback
+    from alsatian_pl.halving.progress import _compact
+
+    seen = []
+
+    class Watch(SearchCallback):
+        def on_round_start(self, search, state):
+            self.bar = next(c for c in search.callbacks if isinstance(c, ProgressBar))
+
+        def on_round_executed(self, search, state):
+            steps = self.bar._steps
+            seen.append((steps.items(), steps.planned_items, steps.text()))
+
+    result = search(zoo, data, callbacks=[ProgressBar(stream=io.StringIO(), every_s=0), Watch()],
+                    **{**OPTIONS, "batch_size": 16})
+    for (items, planned, text), report in zip(seen, result.rounds):
+        assert items == planned == report.inference_steps * report.items and f" {_compact(items)} items" in text
+
+
+def test_scoring_shows_the_probes_sgd_steps():
+    import torch
+
+    from alsatian_pl.score import ScoreProgress, get_scorer, reporting
+
+    scorer, progress, seen = get_scorer("linear", epochs=3, batch_size=10), ScoreProgress(), []
+    x = {m: torch.randn(40, 8) for m in "ab"}
+    t = {m: torch.randn(20, 8) for m in "ab"}
+    step = progress.advance
+    progress.advance = lambda n=1: (step(n), seen.append(progress.text()))
+    with reporting(scorer, progress):
+        scorer.score(x, torch.arange(40) % 4, t, torch.arange(20) % 4, 4)
+    assert seen[0].startswith("1/12 probe SGD steps") and seen[-1].startswith("12/12 probe SGD steps")
+    assert "progress" not in vars(scorer) and progress.text() == ""  # the scorer's options are as before

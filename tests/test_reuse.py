@@ -176,7 +176,7 @@ def test_resume_after_sigkill_between_rounds_gives_identical_results(zoo, data, 
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(zoo, data, tmp_path, monkeypatch, ctrl_c_in_round):
     from alsatian_pl.errors import SearchInterrupted
     ctrl_c_in_round(1)
-    with pytest.raises(SearchInterrupted, match=r"interrupted in round 2 of 3; rounds 1-1 are saved in .*"
+    with pytest.raises(SearchInterrupted, match=r"interrupted in round 2 of 3; round 1 is saved in .*"
                                                 r"search.resume=true"):
         _search(zoo, data, checkpoint_dir=tmp_path)
     with pytest.raises(SearchInterrupted, match="nothing was saved"):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..errors import AlsatianError, SearchInterrupted
 from ..io import os_error_message, write_json
 
-__all__ = ["Terminated", "install", "describe", "user_errors", "main"]
+__all__ = ["Terminated", "install", "one_line_warnings", "describe", "user_errors", "main"]
 
 USER_ERROR, BUG = 2, 1
 _state: dict[str, Any] = {"signal": None, "failed": [], "debug": False}
@@ -37,8 +37,11 @@ def install() -> None:
     """From now on Ctrl-C and SIGTERM raise KeyboardInterrupt (``Terminated``) in the main thread, alsatian-pl's
     warnings print as one ``warning:`` line, and Hydra passes its own errors to :func:`main` (which words them).
     ``HYDRA_FULL_ERROR=1`` set by the user keeps full tracebacks of every failure, after its line."""
-    _state["debug"] = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # the user's own setting, kept for the processes this one starts (a distributed search's other ranks inherit
+    # the HYDRA_FULL_ERROR=1 set below, which would show them every traceback)
+    _state["debug"] = os.environ.setdefault("ALSATIAN_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "")) == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # no C++ log lines (a gloo peer gone): the error says it
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     sys.excepthook = _excepthook
@@ -46,6 +49,11 @@ def install() -> None:
     if not _state.get("frozen_at_exit"):  # registered first, so it runs after every other exit handler
         atexit.register(gc.freeze)  # the interpreter's last collections over torch's, timm's and Lightning's objects
         _state["frozen_at_exit"] = True  # take ~1 s at exit and free nothing that matters to a process that ends
+
+
+def one_line_warnings() -> None:
+    """alsatian-pl's warnings print as one ``warning:`` line (the ``alsatian`` command's too)."""
+    warnings.showwarning = _show_warning
 
 
 def _on_signal(signum: int, frame: Any) -> None:

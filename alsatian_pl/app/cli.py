@@ -43,9 +43,12 @@ def _short_source(source: str) -> str:
 def cmd_ls(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
     """The models (matching ``--name``/``--source`` globs, ``--arch``, ``--family``, ``--tag``, parameter bounds)
     with their size, sharing, source and tags: the same filter as a search's ``models.where``."""
+    unreadable: dict[str, str] = {}
     manifests = store.models(arch=args.arch, family=args.family, tags=args.tag or (), name=args.name,
-                             source=args.source, min_params=args.min_params, max_params=args.max_params)
-    _, share = _sharing(store.models())
+                             source=args.source, min_params=args.min_params, max_params=args.max_params,
+                             unreadable=unreadable)
+    _, share = _sharing(store.models(unreadable={}))
+    _say_unreadable(unreadable)
     columns = [Column("model", fold=True), Column("arch"), Column("params", right=True),
                Column("blocks", right=True), Column("shared", right=True), Column("source", fold=True),
                Column("tags", fold=True)]
@@ -58,6 +61,20 @@ def cmd_ls(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
          "bytes": m.nbytes, "shared": round(share[m.name], 4), "source": m.source, "tags": list(m.tags)}
         for m in manifests])
     return 0
+
+
+def _readable(store: BlockStore) -> list[ModelManifest]:
+    """Every readable manifest; one warning line on standard error per file under ``models/`` that is not one
+    (a stray or damaged file: the command goes on without it, and ``verify`` fails on it)."""
+    unreadable: dict[str, str] = {}
+    manifests = store.models(unreadable=unreadable)
+    _say_unreadable(unreadable)
+    return manifests
+
+
+def _say_unreadable(unreadable: dict[str, str]) -> None:
+    for why in unreadable.values():
+        print(f"warning: {why}; left out here", file=sys.stderr)
 
 
 def resolve_model(store: BlockStore, name: str) -> str:
@@ -85,7 +102,7 @@ def cmd_info(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
              f"input {list(m.input_size)}, source {m.source or '-'}, parent {m.parent or '-'}, "
              f"tags {', '.join(m.tags) or '-'}, created {m.created or '-'}")
     users: dict[str, list[str]] = {}
-    for other in store.models():
+    for other in _readable(store):
         for h in set(other.hashes):
             users.setdefault(h, []).append(other.name)
     rows, blocks = [], []
@@ -108,8 +125,9 @@ def cmd_verify(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
     """Check every block of every model against its hash, and every entry of the feature cache (--features, by
     default the store's features/ folder) against its checksum, deleting damaged entries so the next search
     recomputes them; exit status 1 if anything failed."""
-    bad = store.verify()
-    blocks = len({h for m in store.models() for h in m.hashes})
+    unreadable: dict[str, str] = {}
+    bad = store.verify(unreadable)
+    blocks = len({h for m in store.models(unreadable={}) for h in m.hashes})
     features = Path(args.features) if args.features else store.root / "features"
     entries, damaged = 0, []
     if features.is_dir():  # the feature cache's entries are tensors: the search engine reads them
@@ -119,18 +137,21 @@ def cmd_verify(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
     for path, _ in damaged:
         path.unlink(missing_ok=True)
     out.data(blocks=blocks, corrupt=[{"hash": h, "used_by": store.models_using(h)} for h in bad],
+             unreadable_manifests=[{"name": n, "why": why} for n, why in unreadable.items()],
              feature_cache={"root": str(features), "entries": entries,
                             "damaged_deleted": [{"path": str(p), "why": why} for p, why in damaged]})
     for h in bad:
         out.line(f"corrupt {h[:16]}… used by {', '.join(store.models_using(h))}", style="red")
     for path, why in damaged:
         out.line(f"damaged feature-cache entry {path} ({why}): deleted", style="red")
+    for why in unreadable.values():
+        out.line(why, style="red")
     out.line(f"all {blocks} blocks match their hashes" if not bad else
              f"{len(bad)} of {blocks} blocks are corrupt: re-import the models that use them")
     if entries:
         out.line(f"feature cache {features}: {entries - len(damaged)} of {entries} entries match their checksums"
                  + (f"; {len(damaged)} damaged ones deleted (the next search recomputes them)" if damaged else ""))
-    return 1 if bad or damaged else 0
+    return 1 if bad or damaged or unreadable else 0
 
 
 def cmd_gc(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
@@ -145,7 +166,7 @@ def cmd_gc(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
 
 def cmd_du(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
     """Logical bytes (the models' sum) against physical bytes on disk, for the whole store and per zoo tag."""
-    manifests = store.models()
+    manifests = _readable(store)
     zoos = sorted({t for m in manifests for t in m.tags if t.startswith("zoo:")})
     rows, records = [], []
     for label, names in [("all", None), *((z, [m.name for m in manifests if z in m.tags]) for z in zoos)]:
@@ -220,7 +241,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alsatian`` console script."""
+    from .boundary import one_line_warnings
+
     args = parser().parse_args(argv)
+    one_line_warnings()
     out = Output(Console(), json=args.json)
     try:
         store = BlockStore(args.root)

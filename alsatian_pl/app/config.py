@@ -9,28 +9,52 @@ from typing import Any, Mapping
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..checks import text
+from ..checks import choice, text
 from ..errors import ConfigError
+from ..halving.candidates import ON_INVALID
 from ..zoo import (CheckpointFolder, Filtered, HFFolder, StoreModels, TimmNames, Where, ZooConfig, ZooList,
                    expect_kind, expected_size)
 
-__all__ = ["spec_of", "zoos_spec", "expected_size", "describe_zoo"]
+__all__ = ["spec_of", "on_invalid_of", "zoos_spec", "expected_size", "describe_zoo"]
 
 
 def spec_of(node: Any) -> Any:
-    """The validated spec of one ``models`` config node (its ``where`` filter, if any, applied after the build)."""
+    """The validated spec of one ``models`` config node (its ``where`` filter, if any, applied after the build; its
+    ``on_invalid``, ``skip`` also for every zoo of a ``models=zoos`` list, given to the specs that import files)."""
     config = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     where = Where.of(config.pop("where", None))
-    spec = instantiate(config, _convert_="all")
+    on_invalid = choice("models.on_invalid", config.pop("on_invalid", "error"), ON_INVALID)
+    spec = _skipping(instantiate(config, _convert_="all"), on_invalid == "skip")
     if isinstance(spec, (StoreModels, ZooList)):
         return dataclasses.replace(spec, where=where)
     return Filtered(spec, where) if where else spec
 
 
-def zoos_spec(*, zoos: Any, name: str = "zoos", where: Mapping[str, Any] | None = None, kind: str = "zoos") -> ZooList:
+def _skipping(spec: Any, skip: bool) -> Any:
+    """``spec`` with ``on_invalid=skip`` where it imports files (a checkpoint folder, Hugging Face folders, cached
+    timm weights), and for every zoo of a list; unchanged when ``skip`` is false."""
+    if not skip:
+        return spec
+    if isinstance(spec, ZooList):
+        return dataclasses.replace(spec, zoos=tuple(_skipping(z, True) for z in spec.zoos))
+    if isinstance(spec, Filtered):
+        return Filtered(_skipping(spec.spec, True), spec.where)
+    imports_files = dataclasses.is_dataclass(spec) and any(f.name == "on_invalid" for f in dataclasses.fields(spec))
+    return dataclasses.replace(spec, on_invalid="skip") if imports_files else spec
+
+
+def on_invalid_of(node: Any) -> str:
+    """The ``models.on_invalid`` of a ``models`` config node (``error`` when it has none), checked."""
+    value = node.get("on_invalid", "error") if hasattr(node, "get") else "error"
+    return choice("models.on_invalid", value, ON_INVALID)
+
+
+def zoos_spec(*, zoos: Any, name: str = "zoos", where: Mapping[str, Any] | None = None, kind: str = "zoos",
+              on_invalid: str = "error") -> ZooList:
     """The ``models=zoos`` config, validated: ``zoos`` is a list of zoo configs, or a mapping label -> zoo config
     (e.g. composed with ``+models@models.zoos.<label>=resnet18_zoo``), each with its own optional ``where``."""
     expect_kind(kind, "zoos", "alsatian_pl.app.config.zoos_spec")
+    choice("models.on_invalid", on_invalid, ON_INVALID)  # spec_of gives skip to every zoo of the list
     if isinstance(zoos, (DictConfig, ListConfig)):
         zoos = OmegaConf.to_container(zoos, resolve=True)
     items = list(zoos.values()) if isinstance(zoos, Mapping) else zoos

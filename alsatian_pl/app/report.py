@@ -51,6 +51,7 @@ def results_json(cfg: Any, zoo: Any, dataset: dict[str, Any], result: SearchResu
         "where": _where(zoo.config),
         "dataset": dataset,
         **{k: v for k, v in result.to_json().items() if k != "strategy"},
+        "skipped": [{"name": n, "reason": why} for n, why in getattr(zoo, "skipped", {}).items()] + result.skipped,
         "store": {"models": stats.models, "distinct_blocks": stats.distinct_blocks,
                   "logical_bytes": stats.logical_bytes, "physical_bytes": stats.physical_bytes},
     }
@@ -95,6 +96,10 @@ def print_report(report: dict[str, Any], console: Console | None = None, top: in
     about = report.get("zoo_description")
     out.line(f"zoo {report['zoo']}" + (f": {about}" if about else ""))
     out.line("out in: the round a model was eliminated in (-: kept to the end)")
+    skipped = report.get("skipped") or []
+    if skipped:
+        shown = ", ".join(names.get(s["name"], s["name"]) for s in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        out.line(f"left out {len(skipped)} candidate(s) that cannot be scored ({shown}): skipped in {where}")
     if more > 0:
         out.line(f"{more} more rows in {where}")
     for line in confidence_lines(report, names):

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..halving import SearchCallback, SearchResult, SuccessiveHalving
 from ..io import check_folder
 from ..store import BlockStore
-from .config import describe_zoo, expected_size, spec_of
+from .config import describe_zoo, expected_size, on_invalid_of, spec_of
 from .hints import check_run
 from .output import Output
 from .report import SearchReport
@@ -54,7 +54,8 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
     spec = spec_of(cfg.models)
     logger = make_logger(cfg.get("logger"), output_dir)
     callbacks = make_callbacks(cfg.get("callbacks"))
-    searcher = _call(instantiate(cfg.search), "search", store=store, data=data, logger=logger, callbacks=callbacks)
+    searcher = _call(instantiate(cfg.search), "search", store=store, data=data, logger=logger, callbacks=callbacks,
+                     on_invalid=on_invalid_of(cfg.models))
     about = describe_zoo(spec)
     if searcher.progress:  # what the zoo is (random init or which weights), before a long build or search
         Output(Console(stderr=True)).line(f"candidates: {about}")  # wrapped at spaces on a terminal, whole in a log

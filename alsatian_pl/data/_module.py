@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..checks import flag, number, text, whole
 from ..errors import DataError
 from ..io import check_folder
+from ..resources import host_memory_bytes
+from ..units import format_bytes
 from ._cache import DiskRows
 from ._items import AsIs, Convert, Items, MemoryRows, Rows, ToIds, ToPixels
 from ._sources import DATASETS, DataSpec, ImageSource, Source, make_source, unreadable
@@ -75,6 +77,23 @@ def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fra
                            for i, v in enumerate(values)))
     return DataSpec(name, path, num_items, image_size, test_fraction, seed, stats[0], stats[1],  # type: ignore
                     max_length, tokenizer, text_column, label_column)
+
+
+IMAGES_AT_ONCE = 16  # prepared images a decoding batch and its copies hold at once, at least
+
+
+def _check_room(size: int, items: int, in_memory: bool) -> None:
+    """DataError, before anything is decoded, when images of ``size`` pixels per side cannot be prepared in this
+    machine's memory (a batch of them; all ``items`` without a prepared-data cache)."""
+    memory, image = host_memory_bytes(), 3 * size * size
+    need = image * (items if in_memory else IMAGES_AT_ONCE)
+    if memory and need > memory // 2:
+        held = f"all {items} prepared images" if in_memory else f"a batch of {IMAGES_AT_ONCE} prepared images"
+        raise DataError(f"dataset.image_size={size} makes each prepared image {format_bytes(image)} (3 x {size} x "
+                        f"{size} bytes): {held} take {format_bytes(need)}, more than half of this machine's "
+                        f"{format_bytes(memory)} of memory. Models take a few hundred pixels per side: use e.g. "
+                        "dataset.image_size=224" + (" (or set dataset.data_cache to keep them on disk)"
+                                                    if in_memory else ""))
 
 
 class SearchDataModule(LightningDataModule):
@@ -191,6 +210,7 @@ class SearchDataModule(LightningDataModule):
         """``(prepared set, row of each item, items decoded now, unreadable items)``: rows of the prepared-data cache
         (filled where missing), or a uint8 tensor in memory without one."""
         stop = not self.skip_unreadable
+        _check_room(self.spec.image_size, len(order), self.data_cache is None)
         with _progress(len(order), f"Preparing {len(order)} images") as advance:
             if self.data_cache is not None:
                 rows = DiskRows.open(Path(self.data_cache), source)

@@ -23,12 +23,12 @@ import torch
 from ..blocks import activation_bytes
 from ..data import Items, SearchDataModule
 from ..distributed import SINGLE, Group
-from ..errors import AlsatianWarning, ConfigError, DataError
+from ..errors import AlsatianWarning, ConfigError, DataError, InvalidCandidateError
 from ..features import FeatureStore
 from ..precision import DEFAULT_PRECISION, Precision
 from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_round
 from ..resources import release_free_memory, reset_peak_memory, resolve_device
-from ..score import JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, rank, replicating
+from ..score import JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, ScoreProgress, rank, replicating, reporting
 from ..stats import SearchStats
 from ..threads import describe as describe_threads
 from ..threads import using as using_threads
@@ -37,6 +37,7 @@ from ..zoo import model_tokenizer
 from . import rebalance
 from .budget import Budget, in_flight_bytes
 from .callbacks import CallbackList, SearchCallback
+from .candidates import check_finite, leave_out
 from .engine import Engine, open_engine
 from .metrics import LogMetrics
 from .monitor import FiniteFeatures
@@ -93,6 +94,9 @@ class SuccessiveHalving:
     ``16-mixed`` (accelerators only) (:mod:`alsatian_pl.precision`; features reach the scorer as float32).
     ``threads``: torch's CPU threads during the search, ``auto`` (the cores this process may use, shared by the ranks
     on this machine), a number, or None (torch's default) (:mod:`alsatian_pl.threads`; recorded in the result).
+    ``on_invalid``: a candidate that cannot be scored (a block failing at forward, outputs of another size, weights
+    or features not finite) stops the search with one line (``error``) or is left out with a warning and recorded
+    in the result's ``skipped`` (``skip``; :mod:`alsatian_pl.halving.candidates`).
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -106,11 +110,12 @@ class SuccessiveHalving:
                  group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None,
                  rebalance_below: float | None = 0.8, callbacks: Sequence[SearchCallback] | None = None,
                  confidence: float | None = 0.9, precision: str = DEFAULT_PRECISION,
-                 threads: int | str | None = "auto"):
+                 threads: int | str | None = "auto", on_invalid: str = "error"):
         check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
                       precision=precision, threads=threads,
                       channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
                       feature_cache=feature_cache, checkpoint_dir=checkpoint_dir, confidence=confidence,
+                      on_invalid=on_invalid,
                       sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
                              "device_capacity": device_capacity})
         self.rebalance_below = rebalance.check_threshold(rebalance_below)
@@ -124,7 +129,7 @@ class SuccessiveHalving:
                           f"{self.scorer.name or type(self.scorer).__name__!r}: its scores carry no standard error "
                           "(linear and knn always do; every built-in scorer does with search.confidence set)",
                           AlsatianWarning, stacklevel=2)
-        self.result_size, self.batch_size = result_size, batch_size
+        self.result_size, self.batch_size, self.on_invalid = result_size, batch_size, on_invalid
         self.cache_budget = to_bytes(cache_budget)
         self.device = resolve_device(device)
         self.precision = Precision.on(precision, self.device)
@@ -144,6 +149,7 @@ class SuccessiveHalving:
         self.callbacks = CallbackList(self._default_callbacks(list(callbacks or [])))
         self.engine: Engine | None = None  # the running search's services (None outside run)
         self.stats = SearchStats(self.device)
+        self.score_progress = ScoreProgress()  # how far the scorer is while a round is scored (the progress display)
 
     def _set_strategy(self, strategy: str | Strategy, schedule: Schedule) -> None:
         self.strategy = get_strategy(strategy)
@@ -218,18 +224,33 @@ class SuccessiveHalving:
         state.open_round(r, self.strategy.round_items(self.data, r)[1], engine.stats.snapshot())
         self.callbacks.call("on_round_start", self, state)
         for group in state.live_groups():
-            inputs = self._inputs(state, group)
-            todo = reuse_features(state, engine, self.strategy, group, inputs, self.device)
-            if todo.models:
-                plan = self._plan(state, engine, todo, inputs)
-                self.callbacks.call("on_round_planned", self, state, plan)
-                self._execute(state, engine, plan, inputs)
-                remember_features(state, engine, group, todo, inputs)
+            self._run_group(state, engine, group)
         self.callbacks.call("on_round_executed", self, state)
         scores = self._score(state, engine)
         self.callbacks.call("on_round_scored", self, state, scores)
         self._prune(state, engine, scores)
         self.callbacks.call("on_round_end", self, state, state.reports[-1])
+
+    def _run_group(self, state: SearchState, engine: Engine, group: TokenizerGroup) -> None:
+        """The group's inputs of this round planned, run and remembered (features the feature cache holds are read
+        instead); a candidate that cannot be scored is left out (``on_invalid=skip``) and the rest planned again."""
+        while group.tree is not None and group.tree.models:
+            inputs = self._inputs(state, group)
+            todo = reuse_features(state, engine, self.strategy, group, inputs, self.device)
+            try:
+                if todo.models:
+                    plan = self._plan(state, engine, todo, inputs)
+                    self.callbacks.call("on_round_planned", self, state, plan)
+                    self._execute(state, engine, plan, inputs)
+                check_finite(state, self.store, group.tree.models, self.precision.name)
+            except InvalidCandidateError as exc:
+                gone = leave_out(state, engine, exc, self.on_invalid)
+                todo.prune([m for m in gone if m in todo])
+                if exc.block is not None:  # a block failed: the plan stopped part-way, run the others' again
+                    continue
+            if todo.models:
+                remember_features(state, engine, group, todo, inputs)
+            return
 
     def _start(self, manifests: dict[str, ModelManifest]) -> SearchState:
         """Cut the data into the strategy's rounds, group the models by input and build their task trees (in a
@@ -303,7 +324,7 @@ class SuccessiveHalving:
         engine.cache.reset_peak()
         mine = [m for m in state.alive if m in state.features.models]
         with engine.stats.phase("proxy_scoring"), engine.cache.hold_weights(memory.scoring), \
-                replicating(self.scorer, self._replicates(state)):
+                replicating(self.scorer, self._replicates(state)), reporting(self.scorer, self.score_progress):
             state.features.close_round()
             scores = self.scorer.score(state.features.train(mine), torch.cat(state.labels), state.features.test(mine),
                                        state.test_labels, self.data.num_classes) if mine else {}
@@ -311,7 +332,9 @@ class SuccessiveHalving:
         engine.cache.reserve(0)
         release_free_memory()
         with engine.stats.phase("communication"):
-            gathered = {m: p for part in self.group.all_gather(scores) for m, p in part.items()}
+            parts = self.group.all_gather((scores, state.skipped))  # each rank's scores and left-out models
+            gathered = {m: p for part, _ in parts for m, p in part.items()}
+            state.skipped = {m: why for _, skipped in parts for m, why in skipped.items()}
         return self.scorer.combine(gathered)
 
     def _replicates(self, state: SearchState) -> int:

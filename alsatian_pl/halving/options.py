@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..checks import flag, text, whole
+from ..checks import choice, flag, text, whole
 from ..errors import ConfigError
 from ..io import check_folder
 from ..precision import check_precision
@@ -20,7 +20,8 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 
 def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any, progress: Any,
                   channels_last: Any, resume: Any, confidence: Any, sizes: dict[str, Any],
-                  precision: Any = "32-true", threads: Any = "auto", **folders: Any) -> None:
+                  precision: Any = "32-true", threads: Any = "auto",
+                  on_invalid: Any = "error", **folders: Any) -> None:
     """ConfigError (DiskError for a folder that is a file) naming the first ``search.*`` value that is wrong."""
     if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, (int, float))
                                    or not 0.5 <= confidence < 1):
@@ -42,6 +43,7 @@ def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any
         raise ConfigError(f"search.prefetch must be auto, true or false, got {prefetch!r}")
     check_precision(precision)
     check_threads(threads)
+    choice("models.on_invalid", on_invalid, ("error", "skip"))  # the models group's key: what a bad candidate does
     for key, folder in folders.items():
         if folder is not None:
             check_folder(text(f"search.{key}", folder), f"search.{key}")

@@ -1,5 +1,6 @@
 """The search's progress, a :class:`SearchCallback`, on standard error: on a terminal a rich bar over the rounds and,
-inside a round, the inference steps done of those planned with their rate; elsewhere (a log file, a pipe, a batch
+inside a round, the inference steps done of those planned and the items through them with their rate, then the
+scorer's progress (the linear probe's SGD steps); elsewhere (a log file, a pipe, a batch
 job) plain lines: the round's start, its plan, its inference, its end, and every ``every_s`` seconds inside a long
 round the steps done so far. The searcher adds it when ``progress`` is true."""
 
@@ -26,26 +27,43 @@ __all__ = ["ProgressBar"]
 
 
 class _RoundSteps:
-    """Inference steps of the running round: planned (from its plans), done (the searcher's counter), and rate."""
+    """The running round's inference: steps planned (from its plans) and done (the searcher's counter), items through
+    them (a step over 100 items counts 100, batch by batch) with their rate; then the scorer's progress."""
 
     def __init__(self) -> None:
         self.stats: Any = None
-        self.start_count, self.planned, self.started = 0, 0, time.perf_counter()
+        self.scoring: Any = None
+        self.start_count = self.start_items = self.planned = self.planned_items = 0
+        self.started = time.perf_counter()
         self.executed: float | None = None  # when the round's inference ended (its rate stops there)
 
-    def open(self, stats: Any) -> None:
-        self.stats, self.planned, self.started, self.executed = stats, 0, time.perf_counter(), None
-        self.start_count = stats.counts["inference_steps"]
+    def open(self, stats: Any, scoring: Any = None) -> None:
+        self.stats, self.scoring, self.planned, self.planned_items = stats, scoring, 0, 0
+        self.started, self.executed = time.perf_counter(), None
+        self.start_count, self.start_items = stats.counts["inference_steps"], stats.items_inferred
 
     def done(self) -> int:
         return 0 if self.stats is None else self.stats.counts["inference_steps"] - self.start_count
 
+    def items(self) -> int:
+        return 0 if self.stats is None else self.stats.items_inferred - self.start_items
+
     def text(self) -> str:
+        if self.executed is not None and self.scoring is not None and self.scoring.text():
+            return f"scoring {self.scoring.text()}"
         if not self.planned:
             return ""
-        done, seconds = self.done(), (self.executed or time.perf_counter()) - self.started
-        rate = f", {done / seconds:.1f}/s" if done and seconds > 0 else ""
-        return f"step {min(done, self.planned)}/{self.planned}{rate}"
+        done, items, seconds = self.done(), self.items(), (self.executed or time.perf_counter()) - self.started
+        rate = f", {_compact(items / seconds)}/s" if items and seconds > 0 else ""
+        return f"step {min(done, self.planned)}/{self.planned}, {_compact(min(items, self.planned_items))} items{rate}"
+
+
+def _compact(n: float) -> str:
+    """A count in at most five characters: 950, 9500, 12.3k, 123k, 4.1M (the bar's column fits 80 columns)."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size and (unit != "k" or n >= 1e4):
+            return f"{n / size:.1f}{unit}" if n < 100 * size else f"{n / size:.0f}{unit}"
+    return f"{n:.0f}" if n >= 10 or n == int(n) else f"{n:.1f}"
 
 
 class _StepsColumn(ProgressColumn):
@@ -85,17 +103,20 @@ class ProgressBar(SearchCallback):
                                         completed=state.first_round)
 
     def on_round_start(self, search: SuccessiveHalving, state: SearchState) -> None:
-        self._steps.open(search.stats)
+        self._steps.open(search.stats, getattr(search, "score_progress", None))
         what = f"round {state.round + 1}/{state.rounds} · {len(state.alive)} models · {state.round_items} items"
-        if self._bar is not None:
-            self._bar.update(self._task, description=what)
+        if self._bar is not None:  # its items are in the steps column
+            self._bar.update(self._task, description=f"round {state.round + 1}/{state.rounds} · {len(state.alive)} "
+                                                     "models")
         else:
             self._say(what)
             self._start_ticks(state)
 
     def on_round_planned(self, search: SuccessiveHalving, state: SearchState, plan: RoundPlan) -> None:
-        steps = sum(1 for s in plan.steps if isinstance(s, InferenceStep)) * plan.partitions
+        per_partition = sum(1 for s in plan.steps if isinstance(s, InferenceStep))
+        steps = per_partition * plan.partitions
         self._steps.planned += steps
+        self._steps.planned_items += per_partition * plan.num_items
         if self._bar is None:
             self._say(f"round {state.round + 1}/{state.rounds}: {steps} inference steps planned in "
                       f"{plan.partitions} partition(s)")
@@ -135,7 +156,9 @@ class ProgressBar(SearchCallback):
         def tick() -> None:
             while not self._stop_ticks.wait(self.every_s):
                 if self._steps.executed is not None:
-                    self._say(f"{label}: scoring, {time.perf_counter() - self._steps.executed:.0f} s so far")
+                    done = self._steps.text()
+                    self._say(f"{label}: {done + ', ' if done.startswith('scoring') else 'scoring, '}"
+                              f"{time.perf_counter() - self._steps.executed:.0f} s so far")
                 elif self._steps.planned:
                     self._say(f"{label}: {self._steps.text()}")
         self._ticker = threading.Thread(target=tick, name="alsatian-progress", daemon=True)

@@ -59,6 +59,7 @@ def search_result(state: SearchState, engine: Engine, *, strategy: str, higher_i
     result.pruned_contenders = pruned_contenders(state, confidence, higher_is_better)
     result.agreement = state.reports[0].agreement if state.reports else None
     result.precision = precision
+    result.skipped = [{"name": m, "reason": why} for m, why in state.skipped.items()]
     if group.world_size > 1:
         mine = {**stats, "memory": memory, "bytes_sent": group.bytes_sent, "collectives": group.collectives,
                 "migration_s": [m.seconds for m in state.migrations]}

@@ -34,7 +34,7 @@ from .state import RoundReport, SearchState
 if TYPE_CHECKING:
     from .loop import SuccessiveHalving
 
-__all__ = ["RoundCheckpoint", "SearchCheckpoint", "interrupted"]
+__all__ = ["RoundCheckpoint", "SearchCheckpoint", "interrupted", "saved_rounds"]
 
 CHECKPOINT_FORMAT = "alsatian-search-state-v2"  # v2: scores keep replicates, members; round leaders
 
@@ -160,7 +160,7 @@ def _meta(search: SuccessiveHalving, state: SearchState) -> dict[str, Any]:
             "leaders": {str(r): [m, _saved(p)] for r, (m, p) in state.leaders.items()},
             "reports": [asdict(r) for r in state.reports], "timings": s.timings, "counts": dict(s.counts),
             "block_seconds": s.block_seconds, "block_items": s.block_items, "elapsed_s": s.elapsed(),
-            "schedule": search.schedule.options(), "precision": search.precision.name,
+            "schedule": search.schedule.options(), "precision": search.precision.name, "skipped": state.skipped,
             "callbacks": search.callbacks.state_dict()}
 
 
@@ -188,6 +188,7 @@ def restore_state(search: SuccessiveHalving, state: SearchState, meta: dict[str,
     state.scores = {m: _restored(v) for m, v in meta["scores"].items()}
     state.eliminated = {m: (r, _restored(v)) for m, (r, v) in meta["eliminated"].items()}
     state.leaders = {int(r): (m, _restored(v)) for r, (m, v) in meta.get("leaders", {}).items()}
+    state.skipped = dict(meta.get("skipped", {}))
     state.labels = [tensors[f"labels/{i}"] for i in range(meta["round"] + 1)]
     distributed = search.group.world_size > 1  # each rank saved its own models' features
     mine = [m for m in state.alive if not distributed or f"{m}/test" in tensors]
@@ -210,11 +211,25 @@ def _other_schedules(checkpoint: SearchCheckpoint) -> str:
 
 
 def interrupted(state: SearchState) -> SearchInterrupted:
-    """The one-line message of a Ctrl-C: what was saved and how to go on."""
+    """The one-line message of a Ctrl-C: what was saved and how to go on, read from the file itself (an interrupt
+    during a save leaves the rounds saved before it; one just after it, one more than the state counted)."""
     where = f"interrupted in round {state.round + 1} of {state.rounds}"
     if state.saved_to is None:
         return SearchInterrupted(f"{where}; nothing was saved (set search.checkpoint_dir to make searches resumable)")
-    if not state.saved_rounds:
-        return SearchInterrupted(f"{where}; no round had finished, so nothing was saved: run the command again")
-    return SearchInterrupted(f"{where}; rounds 1-{state.saved_rounds} are saved in {state.saved_to}: run the same "
-                             "command with search.resume=true to continue from there")
+    saved = saved_rounds(Path(state.saved_to))
+    if not saved:
+        return SearchInterrupted(f"{where}; no round was saved yet, so there is nothing to resume: run the command "
+                                 "again")
+    rounds = "round 1 is" if saved == 1 else f"rounds 1-{saved} are"
+    return SearchInterrupted(f"{where}; {rounds} saved in {state.saved_to}: run the same command with "
+                             "search.resume=true to continue from there")
+
+
+def saved_rounds(path: Path) -> int:
+    """How many finished rounds the search checkpoint at ``path`` holds (0: none, or no readable file)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        return int(json.loads(meta["state"])["round"]) + 1 if meta.get("format") == CHECKPOINT_FORMAT else 0
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError):
+        return 0

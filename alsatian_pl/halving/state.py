@@ -80,6 +80,7 @@ class SearchResult:
     agreement: dict[str, float] | None = None  # an ensemble's Kendall tau between its members over all candidates
     precision: str = "32-true"  # search.precision: what block inference ran in (alsatian_pl.precision)
     threads: dict[str, Any] = field(default_factory=dict)  # search.threads: the CPU threads used (alsatian_pl.threads)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # left out (models.on_invalid=skip): name, reason
 
     @property
     def winner(self) -> str:
@@ -135,6 +136,7 @@ class SearchState:
     memory: RoundMemory | None = None  # the memory model of the plan made last (what the planner was given)
     leaders: dict[int, tuple[str, ProxyScore]] = field(default_factory=dict)  # each finished round's top model
     block_seconds_before: dict[str, float] = field(default_factory=dict)  # the blocks' seconds as the group's run began
+    skipped: dict[str, str] = field(default_factory=dict)  # candidates left out (models.on_invalid=skip) -> why
 
     @property
     def trees(self) -> list[TaskTree]:

@@ -21,10 +21,10 @@ from typing import TypeVar
 
 from ..errors import ConfigError
 from ..registry import Registry
-from ._base import ProxyScore, ProxyScorer, binomial_stderr, check_inputs, rank
+from ._base import ProxyScore, ProxyScorer, ScoreProgress, binomial_stderr, check_inputs, rank, reporting
 from ._confidence import GROUPS as JACKKNIFE_GROUPS, could_be_best, interval, replicating
 
-__all__ = ["ProxyScore", "ProxyScorer", "LinearProbes", "LinearScorer", "KNNScorer", "LogMEScorer", "HScorer",
+__all__ = ["ProxyScore", "ProxyScorer", "ScoreProgress", "reporting", "LinearProbes", "LinearScorer", "KNNScorer", "LogMEScorer", "HScorer",
            "RegularizedHScorer", "GBCScorer", "TransRateScorer", "TransferabilityScorer",
            "SCORERS", "register_scorer", "get_scorer", "available_scorers", "rank", "check_inputs",
            "binomial_stderr", "dual_is_cheaper", "EnsembleScorer", "JACKKNIFE_GROUPS", "could_be_best", "interval",

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -34,8 +36,45 @@ class ProxyScore:
     members: Mapping[str, ProxyScore] | None = field(default=None, compare=False, repr=False)
 
 
+class ScoreProgress:
+    """How far a scorer is: ``done`` of ``total`` units of its work (``what``: e.g. the linear probe's SGD steps),
+    counted by the scorer while :func:`reporting` lends it one, read by the search's progress display."""
+
+    def __init__(self) -> None:
+        self.start(0, "")
+
+    def start(self, total: int, what: str) -> None:
+        self.done, self.total, self.what, self.started = 0, int(total), what, time.perf_counter()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+    def text(self) -> str:
+        """``1,234/31,250 SGD steps, 210/s`` (empty before the scorer says what it counts)."""
+        if not self.total:
+            return ""
+        seconds = time.perf_counter() - self.started
+        rate = f", {self.done / seconds:,.0f}/s" if self.done and seconds > 0 else ""
+        return f"{min(self.done, self.total):,}/{self.total:,} {self.what}{rate}"
+
+
+@contextmanager
+def reporting(scorer: "ProxyScorer", progress: ScoreProgress) -> Iterator["ProxyScorer"]:
+    """``scorer`` counting its work in ``progress`` within the block (its options, ``vars(scorer)``, stay as they
+    were outside it)."""
+    progress.start(0, "")
+    scorer.progress = progress
+    try:
+        yield scorer
+    finally:
+        del scorer.progress
+        progress.start(0, "")  # nothing to show between scorings
+
+
 class ProxyScorer:
     """Base class of scorers; subclasses declare ``higher_is_better`` and get ``name`` from :func:`register_scorer`."""
+
+    progress: ScoreProgress | None = None  # while a search scores: where the scorer counts its work (reporting)
 
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True

@@ -124,6 +124,7 @@ class BlockStore:
         for the keyword arguments)."""
         from ..blocks import check_split, family_of
 
+        _check_finite(name, model)
         blocks = family_of(model).split(model.eval())
         check_split(model, blocks, input_size)
         return self.put_model(name, blocks, recipe=recipe, input_size=input_size, **kwargs)
@@ -167,16 +168,25 @@ class BlockStore:
 
     def models(self, *, arch: str | None = None, family: str | None = None, max_params: int | None = None,
                tags: Iterable[str] = (), names: Iterable[str] | None = None, min_params: int | None = None,
-               name: str | None = None, source: str | None = None) -> list[ModelManifest]:
+               name: str | None = None, source: str | None = None,
+               unreadable: dict[str, str] | None = None) -> list[ModelManifest]:
         """Manifests matching a search query's metadata conditions (all given conditions must hold): architecture,
         family, parameter bounds (inclusive), every one of ``tags``, ``names`` (exact), and the globs ``name`` over
-        the model's name and ``source`` over where it came from (``fnmatch``, case-sensitive)."""
+        the model's name and ``source`` over where it came from (``fnmatch``, case-sensitive). A file under
+        ``models/`` that is not a readable manifest is a StoreError naming it, or, given ``unreadable``, recorded
+        there (name -> why) and passed over."""
         wanted, tags = (set(names) if names is not None else None), set(tags)
         out = []
         for n in self.model_names():
             if (wanted is not None and n not in wanted) or not self._glob(n, name):
                 continue
-            m = self.manifest(n)
+            try:
+                m = self.manifest(n)
+            except StoreError as exc:
+                if unreadable is None:
+                    raise
+                unreadable[n] = str(exc)
+                continue
             if ((arch is None or m.arch == arch) and (family is None or m.family == family)
                     and (min_params is None or m.num_params >= min_params)
                     and (max_params is None or m.num_params <= max_params) and tags <= set(m.tags)
@@ -321,7 +331,7 @@ class BlockStore:
     # ----------------------------------------------------------------------------------------------- housekeeping
     def stats(self, names: Iterable[str] | None = None) -> StoreStats:
         """Models, distinct blocks, logical bytes and physical bytes (of the given models, or of the whole store)."""
-        manifests = self.models(names=names)
+        manifests = self.models(names=names, unreadable={})  # a stray file is not a model to count
         distinct = {b.hash: b.nbytes for m in manifests for b in m.blocks}
         logical = sum(m.nbytes for m in manifests)
         if names is None:
@@ -350,9 +360,10 @@ class BlockStore:
         under the store's folder are theirs to manage, never collected here."""
         return self._health.gc(grace_s)
 
-    def verify(self) -> list[str]:
-        """Check every block of every model against its hash; returns the hashes that fail."""
-        return self._health.verify()
+    def verify(self, unreadable: dict[str, str] | None = None) -> list[str]:
+        """Check every block of every model against its hash; returns the hashes that fail (``unreadable``: see
+        :meth:`models`)."""
+        return self._health.verify(unreadable)
 
     # ------------------------------------------------------------------------------------------------- helpers
     @staticmethod
@@ -395,3 +406,16 @@ class BlockStore:
     def _check_name(name: str) -> None:
         if not _NAME.match(name):
             raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (max 200 characters)")
+
+
+def _check_finite(name: str, model: nn.Module) -> None:
+    """StoreError naming the model and its first tensor with NaN or infinite values (its features could not be
+    scored, and checking its split fails on them)."""
+    import torch
+
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise StoreError(f"model {name}: tensor {key} holds {bad} NaN or infinite value(s) of {value.numel()}; "
+                             "it cannot be scored, so it is not stored. Import weights from a run that did not "
+                             "diverge")

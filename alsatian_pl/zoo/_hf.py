@@ -18,7 +18,7 @@ from ..checks import choice, text, whole
 from ..errors import ConfigError, StoreError
 from ..store import BlockStore, ModelManifest
 from ._checkpoints import read_state_dict
-from ._record import Zoo, cached_zoo, expect_kind, file_digests, zoo_id
+from ._record import Zoo, cached_zoo, expect_kind, file_digests, import_each, zoo_id
 from ._timm_names import hub_cache
 from ._tokenizers import tokenizer_tag
 
@@ -99,9 +99,11 @@ class HFFolder:
     image_size: int | None = None  # vision models: the items' size (default: each model's config.image_size)
     ids: tuple[str, ...] = ()  # instead of path: Hugging Face model ids read from the local hub cache
     cache_dir: str | None = None  # the hub cache (None: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)
+    on_invalid: str = "error"  # a model folder that cannot be read or split: stop (error) or leave it out (skip)
 
     def __post_init__(self) -> None:
         text("models.name", self.name)
+        choice("models.on_invalid", self.on_invalid, ("error", "skip"))
         ids = self.ids or ()
         if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
             raise ConfigError(f"models.ids must be a list of Hugging Face model ids (e.g. [google/vit-base-patch16-"
@@ -150,18 +152,21 @@ class HFFolder:
             cfg["image_size"] = self.image_size
         if self.ids:
             cfg["ids"] = list(self.ids)
+        if self.on_invalid == "skip":  # only then: a zoo built without skipping keeps its id
+            cfg["on_invalid"] = "skip"
         zid = zoo_id(self.name, cfg)
+        skipped: dict[str, str] = {}
 
-        def build():
-            for k, d in enumerate(dirs):
-                label = self.ids[k].split("/")[-1] if self.ids else d.name
-                model_name = f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', label)}"
-                import_hf_dir(store, model_name, d, pooling=self.pooling, max_length=self.max_length,
-                              tokenizer=None if own else tokenizer, tags=[f"zoo:{self.name}"],
-                              image_size=self.image_size)
-                yield model_name
-        return cached_zoo(store, zid, cfg, build, task=f"importing {len(dirs)} Hugging Face models",
-                          total=len(dirs), progress=progress)
+        def one(d: Path, label: str):
+            model_name = f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', label)}"
+            return lambda: import_hf_dir(store, model_name, d, pooling=self.pooling, max_length=self.max_length,
+                                         tokenizer=None if own else tokenizer, tags=[f"zoo:{self.name}"],
+                                         image_size=self.image_size).name
+        labels = [self.ids[k].split("/")[-1] if self.ids else d.name for k, d in enumerate(dirs)]
+        return cached_zoo(store, zid, cfg, lambda: import_each(((lb, one(d, lb)) for d, lb in zip(dirs, labels)),
+                                                               self.on_invalid, skipped),
+                          task=f"importing {len(dirs)} Hugging Face models", total=len(dirs), progress=progress,
+                          skipped=skipped)
 
 
 def import_hf_folder(store: BlockStore, *, name: str, path: str, pooling: str = "cls", max_length: int = 128,
@@ -172,13 +177,14 @@ def import_hf_folder(store: BlockStore, *, name: str, path: str, pooling: str = 
 
 def hf_dirs_spec(*, name: str, path: str | None = None, pooling: str = "cls", max_length: int = 128,
                  tokenizer: str | None = None, image_size: int | None = None, ids: Sequence[str] | None = None,
-                 cache_dir: str | None = None, kind: str = "hf_dirs") -> HFFolder:
+                 cache_dir: str | None = None, kind: str = "hf_dirs", on_invalid: str = "error") -> HFFolder:
     """The ``models=hf_dirs`` config, validated: an :class:`HFFolder` of items of ``(2, max_length)`` tokens (text
     encoders) or ``(3, image_size, image_size)`` images (vision encoders); ``ids`` instead of ``path``: models in the
     local hub cache."""
     expect_kind(kind, "hf_dirs", "alsatian_pl.zoo.hf_dirs_spec")
     ids = tuple(ids) if isinstance(ids, Sequence) and not isinstance(ids, str) else (ids or ())
-    return HFFolder(name, path, pooling, max_length, tokenizer, image_size, ids, cache_dir)  # type: ignore[arg-type]
+    return HFFolder(name, path, pooling, max_length, tokenizer, image_size, ids, cache_dir,  # type: ignore[arg-type]
+                    on_invalid)
 
 
 def cached_snapshots(ids: Sequence[str], cache: Path) -> list[Path]:

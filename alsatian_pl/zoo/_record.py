@@ -11,22 +11,25 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from rich.console import Console
 from rich.progress import Progress
 
-from ..checks import text
-from ..errors import AlsatianWarning, ConfigError, CorruptFileError, StoreError
+from ..checks import choice, text
+from ..errors import AlsatianWarning, ConfigError, CorruptBlockError, CorruptFileError, StoreError
 from ..io import file_digest, read_json, write_json
 from ..store import BlockStore, ModelManifest, StoreLock, StoreStats
 
 
 class Zoo:
-    """A named set of models in a store, built from a configuration (``config``, as recorded) or imported."""
+    """A named set of models in a store, built from a configuration (``config``, as recorded) or imported;
+    ``skipped``: the candidates left out at import (``models.on_invalid=skip``), each with the reason."""
 
-    def __init__(self, store: BlockStore, name: str, models: Sequence[str], config: dict[str, Any]):
+    def __init__(self, store: BlockStore, name: str, models: Sequence[str], config: dict[str, Any],
+                 skipped: Mapping[str, str] | None = None):
         self.store, self.name, self.models, self.config = store, name, list(models), config
+        self.skipped = dict(skipped or {})
 
     def manifests(self) -> list[ModelManifest]:
         return [self.store.manifest(m) for m in self.models]
@@ -47,7 +50,7 @@ class Zoo:
             return None
         try:
             rec = read_json(path, "its record", "")
-            models, recorded = rec["models"], rec["config"]
+            models, recorded, skipped = rec["models"], rec["config"], dict(rec.get("skipped", {}))
             if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
                 raise TypeError("its models must be a list of names")
         except CorruptFileError as exc:
@@ -63,12 +66,41 @@ class Zoo:
                 return _rebuilding(zoo_id, f"the manifest of its model {name} is missing, damaged or was edited")
             if damaged:
                 return _rebuilding(zoo_id, f"its model {name} misses {len(damaged)} block or head file(s) or has damaged ones")
-        return cls(store, zoo_id, models, recorded)
+        if skipped:
+            _say_skipped(zoo_id, skipped, "recorded when it was imported")
+        return cls(store, zoo_id, models, recorded, skipped)
 
     def save(self) -> None:
+        record = {"name": self.name, "config": self.config, "models": self.models}
+        if self.skipped:
+            record["skipped"] = self.skipped
         with StoreLock(self.store.root, exclusive=False):  # gc waits for it (BlockStore.gc)
-            write_json(self._record_path(self.store, self.name),
-                       {"name": self.name, "config": self.config, "models": self.models}, sealed=True)
+            write_json(self._record_path(self.store, self.name), record, sealed=True)
+
+
+def import_each(items: Iterable[tuple[str, Callable[[], str]]], on_invalid: str,
+                skipped: dict[str, str]) -> Iterator[str]:
+    """Each ``(label, import)``'s model name as ``import()`` stores it; a candidate whose files cannot be read or do
+    not fit (a StoreError) stops the build (``on_invalid=error``) or is left out with a warning and recorded in
+    ``skipped`` as ``label -> reason`` (``skip``)."""
+    for label, load in items:
+        try:
+            yield load()
+        except CorruptBlockError:  # the store's damage, not the candidate's
+            raise
+        except StoreError as exc:
+            if on_invalid != "skip":
+                raise StoreError(f"{exc} (models.on_invalid=skip leaves such a candidate out)") from None
+            skipped[label] = str(exc)
+            _say_skipped(label, {label: str(exc)}, "models.on_invalid=skip")
+
+
+def _say_skipped(where: str, skipped: Mapping[str, str], why: str) -> None:
+    """One warning line: the candidates left out at import (results.json lists them under skipped)."""
+    first, reason = next(iter(skipped.items()))
+    more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+    head = f"left out {first}" if first == where else f"zoo {where}: left out {first}{more}"
+    warnings.warn(f"{head} ({why}): {reason}; results.json lists it under skipped", AlsatianWarning, stacklevel=3)
 
 
 def _rebuilding(zoo_id: str, why: str) -> None:
@@ -93,18 +125,20 @@ def file_digests(folder: Path, files: Iterable[Path]) -> dict[str, str]:
 
 
 def cached_zoo(store: BlockStore, zoo_id: str, config: dict[str, Any], build: Callable[[], Iterable[str]], *,
-               task: str, total: int, progress: bool = True) -> Zoo:
+               task: str, total: int, progress: bool = True, skipped: dict[str, str] | None = None) -> Zoo:
     """The zoo recorded as ``zoo_id`` with ``config`` if it is complete; else the models ``build()`` stores (it
-    yields each model's name once stored; a progress bar of ``total`` steps follows), recorded for next time.
-    Builders take turns (:meth:`BlockStore.building`): one that waited finds the zoo recorded and reuses it."""
+    yields each model's name once stored; a progress bar of ``total`` steps follows), recorded for next time with
+    the candidates it left out (``skipped``, which ``build()`` fills; see :func:`import_each`). Builders take turns
+    (:meth:`BlockStore.building`): one that waited finds the zoo recorded and reuses it."""
     with store.building():
         if (zoo := Zoo.load(store, zoo_id, config)) is not None:
             return zoo
-        return _build_zoo(store, zoo_id, config, build, task=task, total=total, progress=progress)
+        return _build_zoo(store, zoo_id, config, build, task=task, total=total, progress=progress,
+                          skipped={} if skipped is None else skipped)
 
 
 def _build_zoo(store: BlockStore, zoo_id: str, config: dict[str, Any], build: Callable[[], Iterable[str]], *,
-               task: str, total: int, progress: bool) -> Zoo:
+               task: str, total: int, progress: bool, skipped: dict[str, str]) -> Zoo:
     """The models ``build()`` stores, with a progress bar, recorded as zoo ``zoo_id``."""
     names = []
     console = Console(stderr=True)  # the bar on a terminal; in a log one line (standard output keeps the report)
@@ -115,7 +149,10 @@ def _build_zoo(store: BlockStore, zoo_id: str, config: dict[str, Any], build: Ca
         for name in build():
             names.append(name)
             bar.advance(bar_task)
-    zoo = Zoo(store, zoo_id, names, config)
+    if not names and skipped:
+        raise StoreError(f"zoo {zoo_id}: every candidate was left out (models.on_invalid=skip); the first: "
+                         f"{next(iter(skipped.values()))}")
+    zoo = Zoo(store, zoo_id, names, config, skipped)
     zoo.save()
     return zoo
 
@@ -238,7 +275,7 @@ def select(zoo: Zoo, where: Where, among: str | None = None) -> Zoo:
     kept = where.select(zoo.store, zoo.models)
     if not kept:
         raise no_match(zoo.store, where, among or f"zoo {zoo.name}", zoo.models)
-    return Zoo(zoo.store, zoo.name, kept, {**zoo.config, "where": where.as_dict()})
+    return Zoo(zoo.store, zoo.name, kept, {**zoo.config, "where": where.as_dict()}, zoo.skipped)
 
 
 @dataclass(frozen=True)
@@ -274,7 +311,7 @@ class ZooList:
         built = [z.build(store, progress=progress) for z in self.zoos]
         names = list(dict.fromkeys(m for z in built for m in z.models))
         zoo = Zoo(store, "+".join(z.name for z in built), names,
-                  {"kind": "zoos", "zoos": [z.name for z in built]})
+                  {"kind": "zoos", "zoos": [z.name for z in built]}, {k: v for z in built for k, v in z.skipped.items()})
         return select(zoo, self.where, f"zoos {zoo.name}")
 
 
@@ -297,7 +334,9 @@ class Filtered:
         return select(self.spec.build(store, progress=progress), self.where)
 
 
-def store_spec(*, name: str = "store", where: Mapping[str, Any] | None = None, kind: str = "store") -> StoreModels:
+def store_spec(*, name: str = "store", where: Mapping[str, Any] | None = None, kind: str = "store",
+               on_invalid: str = "error") -> StoreModels:
     """The ``models=store`` config, validated: every stored model matching ``where``."""
     expect_kind(kind, "store", "alsatian_pl.zoo.store_spec")
+    choice("models.on_invalid", on_invalid, ("error", "skip"))  # read by the search (SuccessiveHalving)
     return StoreModels(text("models.name", name), Where.of(where))

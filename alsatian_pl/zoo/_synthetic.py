@@ -210,10 +210,11 @@ def _tokenizer_ref(config: ZooConfig) -> str:
 def synthetic_spec(*, name: str, arch: str, num_models: int = 35, distribution: str = "top_layers", seed: int = 0,
                    checkpoint: str | None = None, model_kwargs: dict[str, Any] | None = None, builder: str = "timm",
                    pooling: str = "cls", tokenizer: str | None = None, image_size: int = 224, max_length: int = 128,
-                   kind: str = "synthetic") -> ZooConfig:
+                   kind: str = "synthetic", on_invalid: str = "error") -> ZooConfig:
     """A synthetic ``models`` config, validated (nothing is built): items are ``(3, image_size, image_size)``
     images, or for ``builder="hf"`` ``(2, max_length)`` token ids and masks. ``.build(store)`` makes the zoo."""
     expect_kind(kind, "synthetic", "alsatian_pl.zoo.synthetic_spec")
+    choice("models.on_invalid", on_invalid, ("error", "skip"))  # read by the search (SuccessiveHalving)
     size = ((2, whole("models.max_length", max_length, at_least=2)) if builder == "hf" else
             (3, whole("models.image_size", image_size), whole("models.image_size", image_size)))
     return ZooConfig(name=name, arch=arch, num_models=num_models, distribution=distribution, seed=seed,

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..checks import mapping, text, whole
+from ..checks import choice, mapping, text, whole
 from ..errors import ConfigError, StoreError
 from ..store import BlockStore
 from ._checkpoints import import_timm
-from ._record import Zoo, cached_zoo, expect_kind, file_digests, zoo_id
+from ._record import Zoo, cached_zoo, expect_kind, file_digests, import_each, zoo_id
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -106,9 +106,11 @@ class TimmNames:
     input_size: tuple[int, ...] = (3, 224, 224)
     cache_dir: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    on_invalid: str = "error"  # cached weights that cannot be read or do not fit: stop (error) or leave out (skip)
 
     def __post_init__(self) -> None:
         text("models.name", self.name)
+        choice("models.on_invalid", self.on_invalid, ("error", "skip"))
         if isinstance(self.names, str) or not isinstance(self.names, (list, tuple)) or not self.names:
             raise ConfigError(f"models.names must be a non-empty list of timm model names (e.g. "
                               f"[resnet50.a1_in1k, convnext_tiny.fb_in1k]), got {self.names!r}")
@@ -146,29 +148,36 @@ class TimmNames:
         cfg = {"kind": "timm_names", "names": list(self.names), "input_size": list(self.input_size),
                "model_kwargs": dict(self.model_kwargs), "cache_dir": str(cache.resolve()),
                "files": file_digests(cache, paths)}
+        if self.on_invalid == "skip":  # only then: a zoo built without skipping keeps its id
+            cfg["on_invalid"] = "skip"
         zid = zoo_id(self.name, cfg)
+        skipped: dict[str, str] = {}
 
-        def build():
-            for n, (repo, arch, weights, config) in files.items():
+        def one(n: str, repo: str, arch: str, weights: Path, config: Path | None):
+            def load() -> str:
                 info = model_config(config)
                 kwargs = {**(info.get("model_args") or {}), **self.model_kwargs}
                 model = f"{zid}-{re.sub(r'[^A-Za-z0-9._-]', '_', n.split('/')[-1])}"
-                import_timm(store, model, info.get("architecture", arch), checkpoint=weights, model_kwargs=kwargs,
-                            input_size=self.input_size, source=f"hf-hub:{repo} ({weights.parent.name})",
-                            tags=[f"zoo:{self.name}", f"timm:{n}"], overwrite=True)
-                yield model
-        return cached_zoo(store, zid, cfg, build, task=f"importing {len(files)} cached timm models",
-                          total=len(files), progress=progress)
+                return import_timm(store, model, info.get("architecture", arch), checkpoint=weights,
+                                   model_kwargs=kwargs, input_size=self.input_size,
+                                   source=f"hf-hub:{repo} ({weights.parent.name})",
+                                   tags=[f"zoo:{self.name}", f"timm:{n}"], overwrite=True).name
+            return load
+        return cached_zoo(store, zid, cfg, lambda: import_each(((n, one(n, *f)) for n, f in files.items()),
+                                                               self.on_invalid, skipped),
+                          task=f"importing {len(files)} cached timm models", total=len(files), progress=progress,
+                          skipped=skipped)
 
 
 def timm_names_spec(*, name: str, names: Sequence[str], cache_dir: str | None = None,
                     model_kwargs: dict[str, Any] | None = None, image_size: int = 224,
-                    kind: str = "timm_names") -> TimmNames:
+                    kind: str = "timm_names", on_invalid: str = "error") -> TimmNames:
     """The ``models=timm_names`` config, validated: a :class:`TimmNames` of ``(3, image_size, image_size)`` images."""
     expect_kind(kind, "timm_names", "alsatian_pl.zoo.timm_names_spec")
     size = whole("models.image_size", image_size)
     names = list(names) if isinstance(names, Sequence) and not isinstance(names, str) else names
-    return TimmNames(name, names, (3, size, size), cache_dir, mapping("models.model_kwargs", model_kwargs))
+    return TimmNames(name, names, (3, size, size), cache_dir, mapping("models.model_kwargs", model_kwargs),
+                     on_invalid)
 
 
 def timm_names_zoo(store: BlockStore, *, progress: bool = True, **options: Any) -> Zoo:

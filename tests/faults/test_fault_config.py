@@ -30,6 +30,7 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "models.seed": ["abc", "-1"],
     "models.checkpoint": ["/nonexistent.pth"],
     "models.image_size": ["abc", "0"],
+    "models.on_invalid": ["maybe", "[skip]"],
     "search._target_": ["nowhere.nothing"],
     "search._partial_": ["false"],
     "search.scorer.name": ["nope"],

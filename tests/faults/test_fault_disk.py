@@ -117,8 +117,30 @@ def test_a_read_only_store_ends_in_one_line(tmp_path):
         proc = run(script("search.py", *overrides, hook=f"fail:{store}/:{errno.EROFS}"))
     reason = os.strerror(errno.EROFS)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "make it writable" in one_error_line(proc.stderr, reason, str(store))
+    one_error_line(proc.stderr, reason, str(store), "set dataset.data_cache and search.checkpoint_dir")
     assert not [p for p in store.rglob("*") if p.is_file()]
+
+
+def test_a_read_only_store_with_its_zoo_is_searched_with_the_settings_the_advice_names(fresh_store, tmp_path):
+    """The advice for a store one may not write to names the settings that help (dataset.data_cache,
+    search.checkpoint_dir; it named store.root, hydra.run.dir and search.spill_dir, which do not): following it, the
+    same search runs to its results with the store left untouched."""
+    run_dir, caches = tmp_path / "run", tmp_path / "caches"
+    caches.mkdir()
+    before = sorted((p, p.stat().st_mtime_ns) for p in fresh_store.rglob("*") if p.is_file())
+    overrides = [f"store.root={fresh_store}", f"hydra.run.dir={run_dir}"]
+    advised = [f"dataset.data_cache={caches / 'data'}", f"search.checkpoint_dir={caches / 'searches'}"]
+    for extra in ([], advised):
+        if namespaces():
+            proc = in_namespace(f"mount --bind {fresh_store} {fresh_store} && mount -o remount,bind,ro "
+                                f"{fresh_store}", script("search.py", *overrides, *extra))
+        else:  # injected: every write into the store fails as on a read-only mount
+            proc = run(script("search.py", *overrides, *extra, hook=f"fail:{fresh_store}/:{errno.EROFS}"))
+        if not extra:
+            assert proc.returncode == 2, proc.stderr[-3000:]
+            one_error_line(proc.stderr, os.strerror(errno.EROFS), "dataset.data_cache", "search.checkpoint_dir")
+    assert proc.returncode == 0 and (run_dir / "results.json").is_file(), proc.stderr[-3000:]
+    assert sorted((p, p.stat().st_mtime_ns) for p in fresh_store.rglob("*") if p.is_file()) == before
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
@@ -139,3 +161,32 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
         dirs.append(next(line.split("dir:")[1].strip() for line in out.splitlines()
                          if line.strip().startswith("dir: outputs/")))
     assert dirs[0] != dirs[1] and all(len(d.rsplit("-", 1)[1]) == 6 for d in dirs), dirs
+
+
+@pytest.mark.parametrize("name", ["search.py", "train.py"])
+def test_a_run_folder_holding_another_runs_results_is_refused_before_anything_is_written(name, tmp_path):
+    """A user-fixed hydra.run.dir that holds a finished run: one line, and that run's results and saved config
+    stay as they were (Hydra rewrote .hydra/config.yaml before the job ran; the results were overwritten)."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "results.json").write_text('{"earlier": true}')
+    (run_dir / ".hydra" / "config.yaml").write_text("earlier: true\n")
+    proc = run(script(name, f"store.root={tmp_path / 'store'}", f"hydra.run.dir={run_dir}"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    one_error_line(proc.stderr, f"hydra.run.dir={run_dir} already holds another run's results.json",
+                   "search.resume=true")
+    assert (run_dir / "results.json").read_text() == '{"earlier": true}'
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == "earlier: true\n"
+    assert sorted(p.name for p in run_dir.rglob("*")) == [".hydra", "config.yaml", "results.json"]
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_resumed_search_may_go_on_in_its_own_folder(tmp_path):
+    from alsatian_pl.app.runs import check_run_folder
+    from alsatian_pl.errors import ConfigError
+
+    (tmp_path / "results.json").write_text("{}")
+    check_run_folder(tmp_path, "hydra.run.dir", resume=True)
+    with pytest.raises(ConfigError, match="already holds another run's results.json"):
+        check_run_folder(tmp_path, "hydra.run.dir", resume=False)
+    check_run_folder(tmp_path / "fresh", "hydra.run.dir", resume=False)
