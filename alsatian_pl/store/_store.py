@@ -151,8 +151,8 @@ class BlockStore:
 
     def _read_manifest(self, name: str, path: Path) -> ModelManifest:
         """The manifest in ``path``, checked; StoreError saying how to repair it when it is damaged."""
-        fix = (f"run the same command again to re-import its zoo, or remove it (BlockStore.delete_model({name!r})) "
-               "and import it again")
+        fix = (f"it is a stray file or a damaged manifest: remove {path} (if it was a model, importing its zoo again "
+               "writes it anew)")
         try:
             return ModelManifest.from_json(read_json(path, f"the manifest of model {name!r}", fix))
         except CorruptFileError as exc:
