@@ -79,6 +79,7 @@ class SearchResult:
     pruned_contenders: list[str] = field(default_factory=list)  # pruned by halving, though they could have been best
     agreement: dict[str, float] | None = None  # an ensemble's Kendall tau between its members over all candidates
     precision: str = "32-true"  # search.precision: what block inference ran in (alsatian_pl.precision)
+    task: str = "multiclass"  # the data's task type; the scores are that task's metric (accuracy, average precision, R²)
 
     @property
     def winner(self) -> str:
