@@ -88,10 +88,12 @@ def check_task(scorer: ProxyScorer, task: str) -> None:
     if task not in scorer.tasks:
         from . import SCORERS  # the registry, to name the scorers that can
 
-        able = sorted(n for n in SCORERS.names() if task in SCORERS.get(n).tasks)
+        able = [n for n in SCORERS.names()
+                if isinstance(kinds := SCORERS.get(n).tasks, frozenset) and task in kinds]  # class-level tasks
         name = scorer.name or type(scorer).__name__
         raise ConfigError(f"proxy scorer {name!r} cannot score a {task} task (it scores "
-                          f"{', '.join(sorted(scorer.tasks))}): choose search.scorer.name={' or '.join(able)}")
+                          f"{', '.join(sorted(scorer.tasks))}): choose {' or '.join(f'search/scorer={n}' for n in able)}"
+                          ", or set dataset.task")
 
 
 @contextmanager

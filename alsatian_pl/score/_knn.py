@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -33,7 +34,11 @@ class KNNScorer(ProxyScorer):
     higher_is_better = True
     reports_stderr = True
     gives_replicates = True
-    score_range = (0.0, 1.0)
+
+    @property
+    def score_range(self) -> tuple[float, float]:  # type: ignore[override]
+        """Accuracy and average precision lie in [0, 1]; R² at most 1."""
+        return (-math.inf, 1.0) if self.task == "regression" else (0.0, 1.0)
 
     def __init__(self, *, k: int = 5, seed: int = 0, chunk_items: int = 4096):
         _check_option("k", k, _is_int(k, 1), "an integer >= 1")

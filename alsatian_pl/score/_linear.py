@@ -191,7 +191,11 @@ class LinearScorer(ProxyScorer):
     higher_is_better = True
     reports_stderr = True
     gives_replicates = True
-    score_range = (0.0, 1.0)
+
+    @property
+    def score_range(self) -> tuple[float, float]:  # type: ignore[override]
+        """Accuracy and average precision lie in [0, 1]; R² at most 1."""
+        return (-math.inf, 1.0) if self.task == "regression" else (0.0, 1.0)
     probes_class: type[LinearProbes] = LinearProbes  # the heads' module (a subclass may train them another way)
 
     def __init__(self, *, epochs: int = 100, lr: float = 0.1, momentum: float = 0.0, batch_size: int = 64,
