@@ -50,7 +50,7 @@ def task_metric(task: str, outputs: int) -> Metric:
     if task == "multilabel":
         return MultilabelAveragePrecision(outputs, average="macro")
     if task == "regression":
-        return R2Score(num_outputs=outputs)
+        return R2Score(multioutput="uniform_average")
     return MulticlassAccuracy(outputs, average="micro")
 
 
