@@ -277,3 +277,25 @@ def test_probes_fit_as_lightning_trains_them_on_the_task_loss(task, n):
               enable_progress_bar=False, enable_model_summary=False).fit(slow, loader)
     torch.testing.assert_close(slow.weight, fast.weight, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(slow.bias, fast.bias, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["multilabel", "regression"])
+@pytest.mark.parametrize("name", ["linear", "knn", "logme", "ensemble"])
+@pytest.mark.parametrize("shape", [(3, 150, 40, 24, 5), (2, 24, 60, 150, 3)])
+def test_a_scorers_working_set_bounds_what_it_holds_for_every_task(name, task, shape):
+    """``working_bytes`` (the memory model's scoring term) bounds every tensor scoring holds at once, with
+    jackknife replicates, for the label tables of the other tasks too."""
+    from alsatian_pl.resources import TensorPeak
+
+    models, n, t, d, c = shape
+    g = torch.Generator().manual_seed(0)
+    train = {f"m{i}": torch.randn(n, d, generator=g) * (i + 1) for i in range(models)}
+    test = {f"m{i}": torch.randn(t, d, generator=g) for i in range(models)}
+    y, yt = torch.randn(n, c, generator=g), torch.randn(t, c, generator=g)
+    y, yt = ((y > 0).float(), (yt > 0).float()) if task == "multilabel" else (y, yt)
+    options = {"linear": {"epochs": 2}, "ensemble": {"members": {"linear": {"epochs": 2}, "logme": {}, "knn": {}}}}
+    scorer = get_scorer(name, **options.get(name, {}))
+    with scoring_task(scorer, task), replicating(scorer, 10):
+        with TensorPeak() as held:
+            scorer.combine(scorer.score(train, y, test, yt, c))
+        assert held.peak <= scorer.working_bytes(n, t, {m: d for m in train}, c)
