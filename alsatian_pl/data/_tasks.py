@@ -65,7 +65,7 @@ def resolve(labels: np.ndarray, names: list[str], source_task: str, asked: str, 
     class names that do not match the labels."""
     labels = np.asarray(labels)
     task, why = _infer(labels, source_task) if _check_task(asked) == "auto" else (asked, "set by dataset.task")
-    if labels.ndim not in (1, 2) or labels.dtype.kind not in "biuf" or len(labels) == 0 and labels.ndim != 1:
+    if labels.ndim not in (1, 2) or labels.dtype.kind not in "biuf":
         raise DataError(f"dataset {dataset!r}: labels must be class ids [N] or a table of targets [N, T], got an "
                         f"array of shape {labels.shape} and type {labels.dtype}")
     keep = np.arange(len(labels))
