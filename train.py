@@ -20,10 +20,11 @@ def main(cfg: DictConfig) -> float:
     from alsatian_pl.app import print_report, run_finetune  # the engine (torch, Lightning): not for --help or --cfg
 
     module, trainer, hand_off = run_finetune(cfg, on_search=print_report)
-    acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
+    acc = float(trainer.callback_metrics.get(f"val/{module.metric_key}", float("nan")))
     p = module.provenance
+    metric = {"acc": "accuracy", "ap": "average precision", "r2": "R²"}[module.metric_key]
     print(f"fine-tuned {p['model']} (search rank {p['search_rank']}, {module.frozen_blocks}/{len(module.backbone)} "
-          f"blocks frozen): val accuracy {acc:.4f}")
+          f"blocks frozen, {module.task}): val {metric} {acc:.4f}")
     if p.get("confirmation"):
         c = p["confirmation"]
         tried = ", ".join(f"{r['model']} {r['val_acc']:.4f}" for r in c["candidates"])

@@ -21,7 +21,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric, R2Score
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from .blocks import skeleton
 from .checks import whole
@@ -31,9 +32,10 @@ from .store import BlockStore, ModelManifest, block_tensors, materialize
 from .zoo import model_tokenizer
 
 __all__ = ["FinetuneModule", "FinetuneCallback", "confirm", "confirm_candidates", "SafetensorsCheckpoint",
-           "save_finetuned", "load_finetuned", "make_head", "read_results"]
+           "save_finetuned", "load_finetuned", "make_head", "read_results", "METRIC_KEYS"]
 
 CHECKPOINT_FORMAT = "alsatian-finetuned-v1"
+METRIC_KEYS = {"multiclass": "acc", "multilabel": "ap", "regression": "r2"}  # logged as train/<key>, val/<key>
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -41,6 +43,15 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 def make_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """A fresh linear classifier over the flattened pre-logits features (as the search's linear probe sees them)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), num_classes))
+
+
+def task_metric(task: str, outputs: int) -> Metric:
+    """The fine-tune's metric of a task (torchmetrics): accuracy, macro average precision or R² (uniform average)."""
+    if task == "multilabel":
+        return MultilabelAveragePrecision(outputs, average="macro")
+    if task == "regression":
+        return R2Score(multioutput="uniform_average")
+    return MulticlassAccuracy(outputs, average="micro")
 
 
 def own_storage(module: nn.Module) -> None:
@@ -57,6 +68,12 @@ def own_storage(module: nn.Module) -> None:
 
 class FinetuneModule(L.LightningModule):
     """``backbone`` (the stored blocks, an ``nn.Sequential``) → ``head`` (linear); ``None`` until :meth:`install`.
+
+    The task (``install``'s, recorded in the provenance) sets loss and metric: cross-entropy and accuracy
+    (multiclass), binary cross-entropy of logits and macro average precision (multilabel), squared error on the
+    targets standardised with the training items' mean and std and R² (regression; :meth:`forward` gives the
+    predictions in the targets' units). The metric is logged as ``train/<key>`` and ``val/<key>``, ``key`` from
+    :data:`METRIC_KEYS` (``acc``, ``ap``, ``r2``; :attr:`metric_key`).
 
     ``train_blocks``: how many of the backbone's last blocks train (0: head only; ``-1`` or ``"all"``: every block);
     frozen blocks keep ``requires_grad=False`` and stay in eval mode, so neither their weights nor their BatchNorm
@@ -75,18 +92,35 @@ class FinetuneModule(L.LightningModule):
         self.head: nn.Module | None = None
         self.provenance: dict[str, Any] = {}
         self.frozen_blocks = 0
+        self.task = "multiclass"
+        self.register_buffer("target_mean", torch.zeros(0), persistent=False)  # regression: the targets' scale
+        self.register_buffer("target_std", torch.ones(0), persistent=False)
+
+    @property
+    def metric_key(self) -> str:
+        """The name its metric is logged under (``val/<key>``): ``acc``, ``ap`` or ``r2``."""
+        return METRIC_KEYS[self.task]
 
     # -- installation
     def install(self, backbone: nn.Sequential, head: nn.Module, num_classes: int,
-                provenance: dict[str, Any] | None = None) -> None:
-        """Put the blocks and the head in place, add accuracy metrics and apply the freezing rule. Each tensor of
-        the backbone gets storage of its own (the store loads a block's tensors as views of one buffer, which share
-        one autograd version counter, so a BatchNorm statistic updated in place would fail the weights' backward)."""
+                provenance: dict[str, Any] | None = None, task: str = "multiclass",
+                target_scale: tuple[list[float], list[float]] | None = None) -> None:
+        """Put the blocks and the head in place, add the task's metrics and apply the freezing rule; regression
+        needs ``target_scale`` (the training targets' mean and std). Each tensor of the backbone gets storage of
+        its own (the store loads a block's tensors as views of one buffer, which share one autograd version
+        counter, so a BatchNorm statistic updated in place would fail the weights' backward)."""
+        if task not in METRIC_KEYS:
+            raise ConfigError(f"fine-tuning task must be one of {', '.join(METRIC_KEYS)}, got {task!r}")
+        if task == "regression" and target_scale is None:
+            raise ConfigError("fine-tuning a regression task needs the training targets' mean and std (target_scale)")
         own_storage(backbone)
-        self.backbone, self.head = backbone, head
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.provenance = dict(provenance or {})
+        self.backbone, self.head, self.task = backbone, head, task
+        self.train_acc, self.val_acc = task_metric(task, num_classes), task_metric(task, num_classes)
+        if target_scale is not None:
+            self.target_mean, self.target_std = (torch.tensor(v, dtype=torch.float32) for v in target_scale)
+        self.provenance = {**dict(provenance or {}), "task": task}
+        if target_scale is not None:
+            self.provenance["target_scale"] = {"mean": list(target_scale[0]), "std": list(target_scale[1])}
         n = len(backbone)
         first = 0 if self.train_blocks < 0 else max(0, n - self.train_blocks)
         for i, block in enumerate(backbone):
@@ -108,6 +142,11 @@ class FinetuneModule(L.LightningModule):
 
     # -- Lightning
     def forward(self, x: Tensor) -> Tensor:
+        """Logits (multiclass, multilabel) or predicted targets in their own units (regression)."""
+        out = self._outputs(x)
+        return out * self.target_std + self.target_mean if self.task == "regression" else out
+
+    def _outputs(self, x: Tensor) -> Tensor:
         if not self.installed:
             raise ConfigError("FinetuneModule has no backbone yet: add FinetuneCallback to the Trainer's callbacks "
                               "(or call install) before using it")
@@ -115,12 +154,23 @@ class FinetuneModule(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        acc = self.train_acc if stage == "train" else self.val_acc
-        acc(logits, y)
+        out = self._outputs(x)
+        if self.task == "multiclass":
+            loss = F.cross_entropy(out, y)
+        elif self.task == "multilabel":
+            loss = F.binary_cross_entropy_with_logits(out, y)
+        else:
+            y = (y - self.target_mean) / self.target_std  # R² is the same in standardised units
+            loss = F.mse_loss(out, y)
+        metric = self.train_acc if stage == "train" else self.val_acc
+        if self.task == "multilabel":
+            metric(out, y.long())
+        else:
+            metric(out.squeeze(1) if out.shape[1:] == (1,) and self.task == "regression" else out,
+                   y.squeeze(1) if self.task == "regression" and y.shape[1:] == (1,) else y)
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log(f"{stage}/acc", acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}/{self.metric_key}", metric, prog_bar=True, on_step=False, on_epoch=True,
+                 batch_size=len(y))
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -196,6 +246,7 @@ class FinetuneCallback(L.Callback):
                            "items of one may be training items of the other")
         backbone = store.load_model(name)
         head = make_head(manifest.blocks[-1].out_shape, data.num_classes)
+        task = getattr(data, "task", "multiclass")
         ranked = {r["model"]: (i + 1, r["score"]) for i, r in enumerate((report or {}).get("ranking", []))}
         provenance = {
             "model": name, "search_rank": ranked.get(name, (None, None))[0],
@@ -207,7 +258,7 @@ class FinetuneCallback(L.Callback):
             "search_config": (report or {}).get("config"),
             "confirmation": self.confirmation,
         }
-        pl_module.install(backbone, head, data.num_classes, provenance)
+        pl_module.install(backbone, head, data.num_classes, provenance, task, _target_scale(data, task))
 
     def _report(self, data: Any = None) -> dict[str, Any] | None:
         """The search's results.json contents: produced by running ``search`` now (unless ``model`` is given; on the
@@ -223,6 +274,15 @@ class FinetuneCallback(L.Callback):
                                   "finetune.results empty to search now")
             self.report = read_results(self.results)
         return self.report
+
+
+def _target_scale(data: Any, task: str) -> tuple[list[float], list[float]] | None:
+    """Regression: the training targets' mean and std per target (a std of 0 counts as 1); else None."""
+    if task != "regression":
+        return None
+    y = data.train_items()[1].double()
+    std = y.std(0, correction=0)
+    return y.mean(0).tolist(), torch.where(std > 1e-12, std, torch.ones_like(std)).tolist()
 
 
 def confirm_candidates(report: dict[str, Any], top_k: int | str) -> list[str]:
@@ -303,7 +363,9 @@ def load_finetuned(path: str | Path) -> FinetuneModule:
         raise StoreError(f"fine-tuned checkpoint {path} is damaged ({exc!r}); fine-tune again (train.py) to write "
                          "it anew") from None
     module = FinetuneModule(train_blocks=prov.get("train_blocks", 0))
-    module.install(parts["backbone"], parts["head"], num_classes, prov)
+    scale = prov.get("target_scale")
+    module.install(parts["backbone"], parts["head"], num_classes, prov, prov.get("task", "multiclass"),
+                   None if scale is None else (scale["mean"], scale["std"]))
     return module.eval()
 
 

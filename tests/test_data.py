@@ -166,7 +166,7 @@ def test_fashion_mnist_embedded():
     described = dm.describe()
     assert described.pop("prepared") == {"data_cache": None, "decoded": 500, "reused": 0,
                                          "seconds": round(dm.prepare_seconds, 3), "skipped_unreadable": 0}
-    assert described == {"name": "fashion_mnist", "path": None, "items": 500, "classes": 10, "image_size": 32,
+    assert described == {"name": "fashion_mnist", "path": None, "items": 500, "task": "multiclass", "classes": 10, "image_size": 32,
                          "train_size": 400, "test_size": 100, "chunk_sizes": [57, 114, 229], "item_bytes": 3072,
                          "in_flight_item_bytes": 3072 * 5, "held_bytes": 500 * (3072 + 8), "seed": 3}  # every item in memory and its int64 label
     pixels = x * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

@@ -31,7 +31,7 @@ def run_finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None,
     """Fine-tune as the ``train.yaml`` config says: search (or read ``finetune.results``), install the winner, fit.
 
     Data: ``cfg.dataset`` (same module and preprocessing as the search) with ``finetune.batch_size``; returns the
-    fitted module, the trainer (``callback_metrics`` hold ``val/acc``) and the callback (``report``: the search).
+    fitted module, the trainer (``callback_metrics`` hold ``val/acc``, ``val/ap`` or ``val/r2``: ``module.metric_key``) and the callback (``report``: the search).
     """
     f = cfg.finetune
     check_run()
@@ -106,15 +106,16 @@ def _hand_off(cfg: DictConfig, data: Any, on_search: Callable[[dict[str, Any]], 
 
 
 def _short_finetune(cfg: DictConfig, data: Any, epochs: int, model: str) -> float:
-    """The validation accuracy of ``model`` after ``epochs`` of the recipe (its schedule follows the shorter run),
-    from the recipe's seed, with no logger or checkpoint."""
+    """The validation metric (accuracy, average precision or R², by task) of ``model`` after ``epochs`` of the
+    recipe (its schedule follows the shorter run), from the recipe's seed, with no logger or checkpoint."""
     short = OmegaConf.merge(cfg, {"trainer": {"max_epochs": epochs}})
     L.seed_everything(cfg.finetune.seed, workers=True, verbose=False)
     with _quiet():
         trainer = _trainer(short.trainer, callbacks=[FinetuneCallback(model=model, store_root=cfg.store.root)],
                            logger=False, enable_checkpointing=False, enable_model_summary=False)
-        trainer.fit(_module(short.finetune), datamodule=data)
-    return float(trainer.callback_metrics.get("val/acc", float("nan")))
+        module = _module(short.finetune)
+        trainer.fit(module, datamodule=data)
+    return float(trainer.callback_metrics.get(f"val/{module.metric_key}", float("nan")))
 
 
 NOISE = (r".*module\(s\) in eval mode.*",  # frozen blocks are in eval mode on purpose

@@ -56,9 +56,12 @@ def run_search(cfg: DictConfig, output_dir: str | Path | None = None, data: Sear
     callbacks = make_callbacks(cfg.get("callbacks"))
     searcher = _call(instantiate(cfg.search), "search", store=store, data=data, logger=logger, callbacks=callbacks,
                      on_invalid=on_invalid_of(cfg.models))
+    searcher.check_task()  # a scorer that cannot score the data's task says so before anything is decoded or built
     about = describe_zoo(spec)
-    if searcher.progress:  # what the zoo is (random init or which weights), before a long build or search
-        Output(Console(stderr=True)).line(f"candidates: {about}")  # wrapped at spaces on a terminal, whole in a log
+    if searcher.progress:  # the task (what auto inferred) and what the zoo is, before a long build or search
+        out = Output(Console(stderr=True))
+        out.line(data.task_note)
+        out.line(f"candidates: {about}")  # wrapped at spaces on a terminal, whole in a log
     size = expected_size(spec, store)
     searcher.strategy.cut_rounds(data, size, searcher.result_size)
     zoo = spec.build(store, progress=searcher.progress)

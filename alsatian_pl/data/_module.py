@@ -27,7 +27,8 @@ from ._cache import DiskRows
 from ._items import AsIs, Convert, Items, MemoryRows, Rows, ToIds, ToPixels
 from ._sources import DATASETS, DataSpec, ImageSource, Source, make_source, unreadable
 from ._text import TextSource, tokenizer_key
-from ._split import balanced_subset, chunk_bounds, class_prefix, stratified_split
+from ._split import balanced_subset, chunk_bounds, stratified_split
+from ._tasks import TASKS, Labels, check_targets, cover_first, first_needed, label_prefix, resolve, strata
 
 
 @dataclass
@@ -35,13 +36,15 @@ class _Prepared:
     rows: Rows  # the prepared set (uint8 pixels, in memory or on disk; int32 token ids in memory)
     row_of: np.ndarray  # the row of each item: training items (round-robin order: chunk i is bounds[i]:bounds[i+1]),
     #                     then the test items
-    train_y: torch.Tensor
+    train_y: torch.Tensor  # multiclass: int64 class ids [N]; multilabel: float32 0/1 [N, L]; regression: float32 [N, T]
     test_y: torch.Tensor
-    class_names: list[str]
+    class_names: list[str]  # the classes, labels or targets
     order: np.ndarray  # source indices of the items, in the same order as row_of
     convert: Convert  # how rows become model-ready items
     decoded: int = 0  # items decoded by this module (the rest came from the prepared-data cache)
     skipped: tuple[str, ...] = ()  # unreadable files left out (dataset.skip_unreadable)
+    task: str = "multiclass"
+    train_strata: np.ndarray | None = None  # the stratum of each training item, in training order (_tasks.strata)
 
 
 MIN_IMAGE_SIZE = 8  # smaller images carry no shape to rank models on (a 1x1 image is one colour)
@@ -49,7 +52,7 @@ MIN_IMAGE_SIZE = 8  # smaller images carry no shape to rank models on (a 1x1 ima
 
 def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fraction: Any, seed: Any,
           mean: Sequence[float], std: Sequence[float], max_length: Any = 128, tokenizer: str | None = None,
-          text_column: str = "text", label_column: str = "label") -> DataSpec:
+          text_column: str = "text", label_column: str = "label", task: str = "auto") -> DataSpec:
     """A validated :class:`DataSpec`; bad values raise ``DataError`` saying which value to change."""
     if not isinstance(name, str) or name not in DATASETS:
         raise DataError(f"unknown dataset name {name!r}: use one of {', '.join(sorted(DATASETS))}")
@@ -67,6 +70,8 @@ def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fra
     tokenizer = text("dataset.tokenizer", tokenizer, optional=True, error=DataError)
     for key, col in (("dataset.text_column", text_column), ("dataset.label_column", label_column)):
         text(key, col, error=DataError)
+    if task not in ("auto", *TASKS):
+        raise DataError(f"dataset.task must be auto, multiclass, multilabel or regression, got {task!r}")
     stats = []
     for key, values in (("dataset.mean", mean), ("dataset.std", std)):
         values = list(values) if isinstance(values, Iterable) and not isinstance(values, (str, bytes)) else None
@@ -76,7 +81,7 @@ def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fra
                                   hint=" (std > 0)" if key.endswith("std") else "", error=DataError)
                            for i, v in enumerate(values)))
     return DataSpec(name, path, num_items, image_size, test_fraction, seed, stats[0], stats[1],  # type: ignore
-                    max_length, tokenizer, text_column, label_column)
+                    max_length, tokenizer, text_column, label_column, task)
 
 
 IMAGES_AT_ONCE = 16  # prepared images a decoding batch and its copies hold at once, at least
@@ -111,6 +116,8 @@ class SearchDataModule(LightningDataModule):
     fashion_mnist: the 3,000 embedded items); image_size: side of the square model input; test_fraction: share of each class held out for D_test; seed:
     drives subset, split and chunk order; mean/std: per-channel normalisation. Text: max_length tokens per item,
     tokenizer (a tokenizer.json, a model folder or ``all-MiniLM-L6-v2``), text_column/label_column of text files.
+    task: ``auto`` (the source's task, else inferred from its labels: :attr:`task_note` says which),
+    ``multiclass``, ``multilabel`` or ``regression`` (``alsatian_pl/data/_tasks.py``).
     data_cache: folder of the prepared-data cache (None: prepared items stay in memory); skip_unreadable: leave out
     image files that cannot be decoded (counted in ``describe()``) instead of stopping; num_workers: decoding
     processes (None: one per core, at most 8; 0: decode in this process).
@@ -121,10 +128,10 @@ class SearchDataModule(LightningDataModule):
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                  max_length: int = 128, tokenizer: str | None = None, text_column: str = "text",
                  label_column: str = "label", data_cache: str | None = None, skip_unreadable: bool = False,
-                 num_workers: int | None = None):
+                 num_workers: int | None = None, task: str = "auto"):
         super().__init__()
         self.spec = _spec(name, path, num_items, image_size, test_fraction, seed, mean, std, max_length, tokenizer,
-                          text_column, label_column)
+                          text_column, label_column, task)
         data_cache = text("dataset.data_cache", data_cache, optional=True, error=DataError)
         self.data_cache = None if data_cache is None else str(check_folder(data_cache, "dataset.data_cache"))
         self.skip_unreadable = flag("dataset.skip_unreadable", skip_unreadable, error=DataError)
@@ -133,6 +140,7 @@ class SearchDataModule(LightningDataModule):
                                    "skip_unreadable": self.skip_unreadable})
         self.batch_size = 64
         self._data: _Prepared | None = None
+        self._source: tuple[Source, Labels] | None = None  # the source and its labels checked for the task
         self._rounds = 1
         self._min_first: int | None = None  # the robust schedule's least |D1| (None: the paper's chunks)
         self.prepare_seconds = 0.0  # wall time spent preparing items (decode/resize or tokenise, or opening the cache)
@@ -154,13 +162,34 @@ class SearchDataModule(LightningDataModule):
         if num_rounds is not None:
             self.setup_rounds(num_rounds, min_class_items)
 
+    def _labelled(self) -> tuple[Source, Labels]:
+        """The source (listed once) and its labels checked for ``dataset.task``; nothing is decoded yet."""
+        if self._source is None:
+            source = make_source(self.spec)
+            self._source = source, resolve(source.labels, list(source.class_names), getattr(source, "task",
+                                           "multiclass"), self.spec.task, self.spec.name, self.skip_unreadable)
+        return self._source
+
+    @property
+    def task(self) -> str:
+        """``multiclass``, ``multilabel`` or ``regression`` (``dataset.task``, or what ``auto`` inferred); reading it
+        lists the source and checks its labels, but decodes nothing."""
+        return self._labelled()[1].task
+
+    @property
+    def task_note(self) -> str:
+        """One line: the task, and with ``dataset.task=auto`` what it was inferred from."""
+        return self._labelled()[1].note
+
     def _prepare(self, num_rounds: int | None, min_class_items: int | None = None) -> _Prepared:
-        source = make_source(self.spec)
-        labels, names = np.asarray(source.labels, dtype=np.int64), list(source.class_names)
+        source, resolved = self._labelled()
+        labels, names = resolved.values, resolved.names
         self.notes = dict(source.notes)
+        if resolved.dropped:
+            self.notes["skipped_nan_targets"] = resolved.dropped
         bad: set[int] = set()
         while True:  # an unreadable file skipped: select again without it
-            n, order = self._select(labels, names, bad, num_rounds, min_class_items)
+            n, order, train_strata = self._select(resolved, bad, num_rounds, min_class_items)
             if not isinstance(source, ImageSource):  # text, or a source that prepares its items itself
                 rows, convert = self._prepared_by(source, order)
                 row_of, decoded = np.arange(len(order)), len(order)
@@ -175,7 +204,9 @@ class SearchDataModule(LightningDataModule):
         if skipped:
             warnings.warn(f"skipped {len(skipped)} image(s) that cannot be read (dataset.skip_unreadable=true), e.g. "
                           f"{skipped[0]}; results.json lists them under dataset.prepared", stacklevel=3)
-        return _Prepared(rows, row_of, targets[:n], targets[n:], names, order, convert, decoded, skipped)
+        self.notes.update(check_targets(labels[order], resolved.task, names, self.spec.name))
+        return _Prepared(rows, row_of, targets[:n], targets[n:], names, order, convert, decoded, skipped,
+                         resolved.task, train_strata)
 
     def _prepared_by(self, source: Source, order: np.ndarray) -> tuple[Rows, Convert]:
         """Items the source prepares in memory: text as int32 token ids (the key of its tokenizer noted), others
@@ -187,24 +218,36 @@ class SearchDataModule(LightningDataModule):
             return rows, self._ids
         return MemoryRows(source.prepare(order)), AsIs()
 
-    def _select(self, labels: np.ndarray, names: list[str], bad: set[int], num_rounds: int | None,
-                min_class_items: int | None = None) -> tuple[int, np.ndarray]:
-        """``(training items, source indices of the training items in round-robin order and then the test items)``
-        of the seeded subset and split, leaving out ``bad`` items."""
-        spec = self.spec
+    def _select(self, resolved: Labels, bad: set[int], num_rounds: int | None,
+                min_class_items: int | None = None) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(training items, source indices of the training items in round-robin order and then the test items,
+        the training items' strata)`` of the seeded subset and split (stratified as the task needs:
+        ``_tasks.strata``), leaving out ``bad`` items."""
+        spec, labels, names, task = self.spec, resolved.values, resolved.names, resolved.task
         rng = np.random.default_rng(spec.seed)
-        keep = np.setdiff1d(np.arange(len(labels)), np.fromiter(bad, dtype=np.int64, count=len(bad)))
+        keep = np.setdiff1d(resolved.keep, np.fromiter(bad, dtype=np.int64, count=len(bad)))
         if spec.num_items is not None and spec.num_items < len(keep):
-            keep = keep[balanced_subset(labels[keep], spec.num_items, rng)]
+            keep = keep[balanced_subset(strata(labels[keep], task), spec.num_items, rng)]
         elif spec.num_items is not None and spec.num_items > len(keep):
             raise DataError(f"dataset {spec.name!r} has only {len(keep)} items but num_items={spec.num_items}: "
                             "lower num_items, or set it to null to use all items")
-        _check_classes(np.bincount(labels[keep], minlength=len(names)), np.bincount(labels, minlength=len(names)),
-                       names, spec)
-        train, test = stratified_split(labels[keep], spec.test_fraction, rng)
+        if task == "multiclass":
+            _check_classes(np.bincount(labels[keep], minlength=len(names)),
+                           np.bincount(labels[resolved.keep], minlength=len(names)), names, spec)
+        else:
+            check_targets(labels[keep], task, names, spec.name)
+        groups = strata(labels[keep], task)
+        train, test = stratified_split(groups, spec.test_fraction, rng)
+        train = cover_first(train, labels[keep], task)
         if num_rounds is not None:  # fail before the expensive part
-            _check_rounds(len(train), len(names), num_rounds, spec, min_class_items)
-        return len(train), keep[np.concatenate([train, test])]
+            _check_rounds(len(train), self._first(labels[keep][train], task, len(names)), num_rounds, spec,
+                          min_class_items, task)
+        return len(train), keep[np.concatenate([train, test])], groups[train]
+
+    @staticmethod
+    def _first(train_values: np.ndarray, task: str, num_classes: int) -> int:
+        """Items the first chunk needs for its guarantee (every class, every label, a spread of the target)."""
+        return num_classes if task == "multiclass" else first_needed(train_values, task)
 
     def _images(self, source: ImageSource, order: np.ndarray) -> tuple[Rows, np.ndarray, int, set[int]]:
         """``(prepared set, row of each item, items decoded now, unreadable items)``: rows of the prepared-data cache
@@ -236,9 +279,12 @@ class SearchDataModule(LightningDataModule):
         would be empty are merged away, so there may be fewer chunks than ``num_rounds`` (:func:`chunk_bounds`).
         """
         data = self._prepared()
-        _check_rounds(len(data.train_y), len(data.class_names), num_rounds, self.spec, min_class_items)
+        train = data.train_y.numpy()
+        _check_rounds(len(train), self._first(train, data.task, len(data.class_names)), num_rounds, self.spec,
+                      min_class_items, data.task)
         self._rounds = num_rounds
-        self._min_first = None if min_class_items is None else class_prefix(data.train_y.numpy(), min_class_items)
+        self._min_first = None if min_class_items is None else label_prefix(train, data.train_strata, data.task,
+                                                                               min_class_items)
 
     def _prepared(self) -> _Prepared:
         if self._data is None:
@@ -271,12 +317,17 @@ class SearchDataModule(LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        """Number of classes."""
+        """Number of classes (multiclass), labels (multilabel) or targets (regression): the head's outputs."""
         return len(self._prepared().class_names)
 
     @property
+    def num_targets(self) -> int:
+        """The same as :attr:`num_classes`, under the name that fits multilabel and regression."""
+        return self.num_classes
+
+    @property
     def class_names(self) -> list[str]:
-        """Class names; label ``k`` is ``class_names[k]``."""
+        """Names of the classes (label ``k`` is ``class_names[k]``), the labels or the targets (column ``k``)."""
         return list(self._prepared().class_names)
 
     @property
@@ -300,7 +351,8 @@ class SearchDataModule(LightningDataModule):
         without a prepared-data cache) and the labels; a prepared set on disk is not held."""
         data = self._prepared()
         sets = {id(r): r for r in [data.rows, *self._inputs.values()]}
-        return sum(r.resident_bytes for r in sets.values()) + 8 * (len(data.train_y) + len(data.test_y))
+        labels = sum(y.numel() * y.element_size() for y in (data.train_y, data.test_y))
+        return sum(r.resident_bytes for r in sets.values()) + labels
 
     def test_items(self, tokenizer: str | None = None) -> tuple[Items, torch.Tensor]:
         """``(x, y)`` of the test set D_test, the same in every round (text: tokenised with ``tokenizer``)."""
@@ -335,7 +387,7 @@ class SearchDataModule(LightningDataModule):
         if data.skipped:
             prepared["skipped_files"] = list(data.skipped[:20])
         return {"name": self.spec.name, "path": self.spec.path, "items": len(data.train_y) + len(data.test_y),
-                "classes": len(data.class_names), "image_size": self.spec.image_size,
+                "task": data.task, "classes": len(data.class_names), "image_size": self.spec.image_size,
                 "train_size": len(data.train_y), "test_size": len(data.test_y), "chunk_sizes": self.chunk_sizes,
                 "item_bytes": self.item_bytes, "in_flight_item_bytes": self.test_items()[0].in_flight_item_bytes,
                 "held_bytes": self.held_bytes, "seed": self.spec.seed, "prepared": prepared,
@@ -407,10 +459,15 @@ def _check_classes(counts: np.ndarray, available: np.ndarray, names: list[str], 
                         f"{len(small)} class(es) have fewer: {listed}; {fix}")
 
 
+_FIRST = {"multiclass": "one item per class", "multilabel": "every label",
+          "regression": "two items (a spread of the target)"}
+
+
 def _check_rounds(num_train: int, num_classes: int, rounds: int, spec: DataSpec,
-                  min_class_items: int | None = None) -> None:
-    """A positive number of rounds whose first chunk D1 = round(num_train / (2**rounds - 1)) holds every class (with
-    ``min_class_items`` D1 holds at least one item of every class by construction)."""
+                  min_class_items: int | None = None, task: str = "multiclass") -> None:
+    """A positive number of rounds whose first chunk D1 = round(num_train / (2**rounds - 1)) holds every class (its
+    ``num_classes`` first items; multilabel: every label, regression: a spread; with ``min_class_items`` D1 holds
+    that by construction)."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise DataError(f"the number of rounds must be a positive integer, got {rounds!r}")
     if min_class_items is not None:
@@ -420,9 +477,10 @@ def _check_rounds(num_train: int, num_classes: int, rounds: int, spec: DataSpec,
     needed = num_classes * (2**rounds - 1)
     if num_train < needed:
         total = math.ceil((needed + num_classes) / (1 - spec.test_fraction))
+        each = f"{num_classes} classes" if task == "multiclass" else f"{num_classes} items"
         raise DataError(
-            f"too few items for {rounds} rounds: the first chunk D1 must hold one item per class, so {rounds} rounds "
-            f"need at least {needed} training items ({num_classes} classes x (2^{rounds} - 1)), but dataset "
+            f"too few items for {rounds} rounds: the first chunk D1 must hold {_FIRST[task]}, so {rounds} rounds "
+            f"need at least {needed} training items ({each} x (2^{rounds} - 1)), but dataset "
             f"{spec.name!r} has {num_train} (test_fraction={spec.test_fraction}). Use at least {total} items "
             "(num_items, or more images), or fewer rounds (rounds = ceil(log2(models / result size)): search fewer "
             "models or ask for a larger result), or set search.min_class_items (e.g. 5: D1 then holds 5 items of every "

@@ -45,6 +45,7 @@ class DataSpec:
     tokenizer: str | None = None  # text: tokenizer.json, model folder or all-MiniLM-L6-v2 (None: all-MiniLM-L6-v2)
     text_column: str = "text"  # text files: the columns holding the text and the label
     label_column: str = "label"
+    task: str = "auto"  # auto | multiclass | multilabel | regression (data/_tasks.py)
 
 
 class Decoded(NamedTuple):
@@ -91,10 +92,25 @@ class RowWriter:
 
 
 class Source(ABC):
-    """A dataset before preparation: ``labels`` (int64 in ``0..len(class_names)-1``) and ``class_names`` are cheap."""
+    """A dataset before preparation; ``labels``, ``class_names`` and ``task`` are cheap (no item is decoded).
+
+    The label contract, by ``task`` (the data module checks it, ``_tasks.resolve``):
+
+    - ``"multiclass"`` (the default): ``labels`` int64 [N], class ids in ``0..len(class_names)-1``; ``class_names``
+      names the classes.
+    - ``"multilabel"``: ``labels`` float32 [N, L] of 0/1 (an item may have no label); ``class_names`` names the L
+      labels.
+    - ``"regression"``: ``labels`` float32 [N, T] of real targets, T >= 1 (one target is [N, 1]); ``class_names``
+      names the T targets.
+
+    With ``dataset.task=auto`` a source's own ``task`` is used when it is not the default; a multiclass source's
+    labels may also be read as another task when ``dataset.task`` asks for it (class ids one-hot as labels, or as one
+    number). The data module's chunks and test items return label tensors of these shapes.
+    """
 
     labels: np.ndarray
     class_names: list[str]
+    task: str = "multiclass"
     notes: dict[str, int] = {}  # what the source left out while listing it (e.g. non-image files), for results.json
 
 
@@ -133,8 +149,10 @@ def make_source(spec: DataSpec) -> Source:
 class ArraySource(ImageSource):
     """Images already in memory: uint8 ``[N, H, W]`` (grayscale) or ``[N, H, W, 3]``; resized in this process."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str], spec: DataSpec):
-        self.images, self.labels, self.class_names, self.spec = images, labels.astype(np.int64), class_names, spec
+    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str], spec: DataSpec,
+                 task: str = "multiclass"):
+        self.images, self.class_names, self.spec, self.task = images, class_names, spec, task
+        self.labels = labels.astype(np.int64) if task == "multiclass" else labels.astype(np.float32)
 
     def identity(self) -> str:
         h = hashlib.sha256(f"{self.images.dtype}{self.images.shape}".encode())

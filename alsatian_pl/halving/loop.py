@@ -28,7 +28,8 @@ from ..features import FeatureStore
 from ..precision import DEFAULT_PRECISION, Precision
 from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_round
 from ..resources import release_free_memory, reset_peak_memory, resolve_device
-from ..score import JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, ScoreProgress, rank, replicating, reporting
+from ..score import (JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, ScoreProgress, check_task, rank, replicating,
+                     reporting, scoring_task)
 from ..stats import SearchStats
 from ..threads import describe as describe_threads
 from ..threads import using as using_threads
@@ -182,9 +183,18 @@ class SuccessiveHalving:
 
     # ------------------------------------------------------------------------------------------------ the loop
     def run(self, model_names: Sequence[str]) -> SearchResult:
-        """Rank ``model_names`` (all stored in ``self.store``) on the data module's dataset (Figure 6)."""
-        with using_threads(self.threads, self.group.local_size):
+        """Rank ``model_names`` (all stored in ``self.store``) on the data module's dataset (Figure 6), with the
+        scorer set to the data's task (ConfigError first if it cannot score it)."""
+        task = self.check_task()
+        with scoring_task(self.scorer, task), using_threads(self.threads, self.group.local_size):
             return self._run(model_names)
+
+    def check_task(self) -> str:
+        """The data's task (``dataset.task``, or what ``auto`` inferred from the labels; nothing is decoded);
+        ConfigError in one line when the scorer cannot score it."""
+        task = self.data.task
+        check_task(self.scorer, task)
+        return task
 
     def _run(self, model_names: Sequence[str]) -> SearchResult:
         manifests = self._manifests(model_names)
@@ -213,7 +223,7 @@ class SuccessiveHalving:
                                limits=self.scorer.score_range,
                                total=time.perf_counter() - wall + prepared_before + self.stats.earlier_seconds,
                                blocks_read=sum(self.store.blocks_read.values()), rebalance_below=self.rebalance_below,
-                               precision=self.precision.name)
+                               precision=self.precision.name, task=self.scorer.task)
         result.threads = describe_threads(self.threads, torch.get_num_threads(), self.group.local_size)
         self.callbacks.call("on_search_end", self, state, result)
         return result

@@ -43,7 +43,7 @@ def search_result(state: SearchState, engine: Engine, *, strategy: str, higher_i
                   prepare_data: float, total: float, blocks_read: int, rebalance_below: float | None,
                   confidence: float | None = None,
                   limits: tuple[float, float] = (-math.inf, math.inf),
-                  precision: str = "32-true") -> SearchResult:
+                  precision: str = "32-true", task: str = "multiclass") -> SearchResult:
     """The finished search: its ranking (with intervals and the confident set at the ``confidence`` level),
     statistics and memory (and, distributed, every rank's summary)."""
     stats = engine.stats.compute(prepare_data=prepare_data, total=total, blocks_read=blocks_read)
@@ -60,6 +60,7 @@ def search_result(state: SearchState, engine: Engine, *, strategy: str, higher_i
     result.agreement = state.reports[0].agreement if state.reports else None
     result.precision = precision
     result.skipped = [{"name": m, "reason": why} for m, why in state.skipped.items()]
+    result.task = task
     if group.world_size > 1:
         mine = {**stats, "memory": memory, "bytes_sent": group.bytes_sent, "collectives": group.collectives,
                 "migration_s": [m.seconds for m in state.migrations]}

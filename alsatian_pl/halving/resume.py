@@ -142,8 +142,11 @@ def checkpoint_file(search: SuccessiveHalving, state: SearchState, folder: Path)
     data = search.data
     x, y = data.train_items()
     parts = [search.strategy.name, [(n, m.hashes) for n, m in state.manifests.items()],
-             type(search.scorer).__name__, vars(search.scorer), search.result_size, search.batch_size,
-             search.device.type, search.channels_last, x.key, items_key(y), data.test_items()[0].key]
+             type(search.scorer).__name__, {k: v for k, v in vars(search.scorer).items() if k != "task"},
+             search.result_size, search.batch_size, search.device.type, search.channels_last, x.key, items_key(y),
+             data.test_items()[0].key]
+    if search.scorer.task != "multiclass":  # the labels' bytes are keyed; 0/1 targets could be either task
+        parts.append({"task": search.scorer.task})
     # the paper's schedule and 32-true keep the key they always had; the robust knobs and another precision are part
     # of the key when set (not of the family: the warning names the saved search's values)
     schedule = [] if search.schedule.is_paper else [search.schedule.options()]

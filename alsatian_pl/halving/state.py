@@ -81,6 +81,7 @@ class SearchResult:
     precision: str = "32-true"  # search.precision: what block inference ran in (alsatian_pl.precision)
     threads: dict[str, Any] = field(default_factory=dict)  # search.threads: the CPU threads used (alsatian_pl.threads)
     skipped: list[dict[str, str]] = field(default_factory=list)  # left out (models.on_invalid=skip): name, reason
+    task: str = "multiclass"  # the data's task type; the scores are that task's metric (accuracy, average precision, R²)
 
     @property
     def winner(self) -> str:

@@ -21,14 +21,15 @@ from typing import TypeVar
 
 from ..errors import ConfigError
 from ..registry import Registry
-from ._base import ProxyScore, ProxyScorer, ScoreProgress, binomial_stderr, check_inputs, rank, reporting
+from ._base import (TASKS, ProxyScore, ProxyScorer, ScoreProgress, binomial_stderr, check_inputs, check_task, rank,
+                    reporting, scoring_task)
 from ._confidence import GROUPS as JACKKNIFE_GROUPS, could_be_best, interval, replicating
 
 __all__ = ["ProxyScore", "ProxyScorer", "ScoreProgress", "reporting", "LinearProbes", "LinearScorer", "KNNScorer", "LogMEScorer", "HScorer",
            "RegularizedHScorer", "GBCScorer", "TransRateScorer", "TransferabilityScorer",
            "SCORERS", "register_scorer", "get_scorer", "available_scorers", "rank", "check_inputs",
            "binomial_stderr", "dual_is_cheaper", "EnsembleScorer", "JACKKNIFE_GROUPS", "could_be_best", "interval",
-           "replicating"]
+           "replicating", "TASKS", "check_task", "scoring_task"]
 
 SCORERS: Registry[type[ProxyScorer]] = Registry("proxy scorer", plural="scorers")
 _S = TypeVar("_S", bound=type[ProxyScorer])

@@ -69,14 +69,23 @@ def reporting(scorer: "ProxyScorer", progress: ScoreProgress) -> Iterator["Proxy
     finally:
         del scorer.progress
         progress.start(0, "")  # nothing to show between scorings
+TASKS = ("multiclass", "multilabel", "regression")
 
 
 class ProxyScorer:
-    """Base class of scorers; subclasses declare ``higher_is_better`` and get ``name`` from :func:`register_scorer`."""
+    """Base class of scorers; subclasses declare ``higher_is_better`` and get ``name`` from :func:`register_scorer`.
+
+    ``tasks``: the task types it scores (torchmetrics-style; the default: multiclass only). ``task``: the one it
+    scores now, set by the search around each scoring (:func:`scoring_task`, after :func:`check_task`). Labels by
+    task: multiclass int64 class ids [N]; multilabel float32 0/1 [N, L]; regression float32 targets [N, T];
+    ``num_classes`` is C, L or T.
+    """
 
     progress: ScoreProgress | None = None  # while a search scores: where the scorer counts its work (reporting)
 
     name: ClassVar[str] = ""
+    tasks: ClassVar[frozenset[str]] = frozenset({"multiclass"})
+    task: str = "multiclass"
     higher_is_better: ClassVar[bool] = True
     reports_stderr: ClassVar[bool] = False  # whether its scores carry a standard error (ProxyScore.stderr)
     jackknife: int = 0  # > 0: attach that many jackknife replicates to every score (the search sets it; 0: none)
@@ -91,7 +100,8 @@ class ProxyScorer:
 
     def __repr__(self) -> str:
         """Its class and public options (stable across runs: a search's checkpoint key records nested scorers so)."""
-        options = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()) if not k.startswith("_"))
+        options = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items())
+                            if not k.startswith("_") and k != "task")  # the task is the data's, set per search
         return f"{type(self).__name__}({options})"
 
     def combine(self, scores: dict[str, ProxyScore]) -> dict[str, ProxyScore]:
@@ -107,6 +117,34 @@ class ProxyScorer:
         rows, k = train_rows + test_rows, max(train_rows, test_rows)
         grams = sum(min(k, d) ** 2 for d in dims.values())
         return 8 * (4 * rows * sum(dims.values()) + 3 * grams + rows * num_classes * (len(dims) + 2))
+
+
+def check_task(scorer: ProxyScorer, task: str) -> None:
+    """ConfigError, in one line before any work, when ``scorer`` cannot score ``task``."""
+    if task not in scorer.tasks:
+        from . import SCORERS  # the registry, to name the scorers that can
+
+        able = [n for n in SCORERS.names()
+                if isinstance(kinds := SCORERS.get(n).tasks, frozenset) and task in kinds]  # class-level tasks
+        name = scorer.name or type(scorer).__name__
+        raise ConfigError(f"proxy scorer {name!r} cannot score a {task} task (it scores "
+                          f"{', '.join(sorted(scorer.tasks))}): choose {' or '.join(f'search/scorer={n}' for n in able)}"
+                          ", or set dataset.task")
+
+
+@contextmanager
+def scoring_task(scorer: ProxyScorer, task: str) -> Iterator[ProxyScorer]:
+    """``scorer`` scoring ``task`` within the block (checked with :func:`check_task`)."""
+    check_task(scorer, task)
+    before = scorer.__dict__.get("task")
+    scorer.task = task
+    try:
+        yield scorer
+    finally:
+        if before is None:
+            del scorer.task
+        else:
+            scorer.task = before
 
 
 def binomial_stderr(accuracy: float, num_test: int) -> float | None:
@@ -131,7 +169,9 @@ def rank(scores: Mapping[str, ProxyScore], higher_is_better: bool) -> list[str]:
 # input checks shared by all scorers
 
 
-def _check_labels(split: str, labels: Tensor, num_classes: int) -> int:
+def _check_labels(split: str, labels: Tensor, num_classes: int, task: str = "multiclass") -> int:
+    if task != "multiclass":
+        return _check_targets(split, labels, num_classes, task)
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() \
             or labels.dtype == torch.bool:
         raise DataError(f"{split} labels must be a 1-D integer tensor, got {_describe(labels)}")
@@ -144,22 +184,38 @@ def _check_labels(split: str, labels: Tensor, num_classes: int) -> int:
     return labels.numel()
 
 
+def _check_targets(split: str, labels: Tensor, width: int, task: str) -> int:
+    """The rows of a multilabel (0/1) or regression (finite) float table [N, width]; DataError otherwise."""
+    if not isinstance(labels, Tensor) or labels.dim() != 2 or not labels.is_floating_point() or labels.shape[1] != width:
+        raise DataError(f"{split} labels of a {task} task must be a 2-D float tensor [items, {width}], got "
+                        f"{_describe(labels)}")
+    if labels.shape[0] == 0:
+        raise DataError(f"there are no {split} items to score with: the {split} labels are empty")
+    if not bool(torch.isfinite(labels).all()):
+        raise DataError(f"{split} targets contain NaN or infinite values")
+    if task == "multilabel" and not bool(((labels == 0) | (labels == 1)).all()):
+        raise DataError(f"{split} labels of a multilabel task must be 0 or 1")
+    return labels.shape[0]
+
+
 def _describe(x: object) -> str:
     return f"a {x.dim()}-D {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def check_inputs(train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor], test_labels: Tensor,
-                 num_classes: int) -> None:
-    """Raise DataError unless every model has finite 2-D float features matching the labels (same dim train/test)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise DataError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+                 num_classes: int, task: str = "multiclass") -> None:
+    """Raise DataError unless every model has finite 2-D float features matching the labels (same dim train/test),
+    the labels in ``task``'s form (:class:`ProxyScorer`)."""
+    least = 1 if task == "regression" else 2
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < least:
+        raise DataError(f"num_classes must be an integer of at least {least}, got {num_classes!r}")
     if not train:
         raise DataError("there are no models to score: the train feature mapping is empty")
     if set(train) != set(test):
         raise DataError("train and test features must cover the same models; only in train: "
                         f"{sorted(set(train) - set(test))}, only in test: {sorted(set(test) - set(train))}")
-    rows = {"train": _check_labels("train", train_labels, num_classes),
-            "test": _check_labels("test", test_labels, num_classes)}
+    rows = {"train": _check_labels("train", train_labels, num_classes, task),
+            "test": _check_labels("test", test_labels, num_classes, task)}
     for m in train:
         for split, x in (("train", train[m]), ("test", test[m])):
             if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point() or x.shape[1] == 0:

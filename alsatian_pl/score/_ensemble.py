@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import get_scorer, register_scorer
-from ._base import ProxyScore, ProxyScorer
+from ._base import ProxyScore, ProxyScorer, scoring_task
 from ._confidence import replicating, with_replicates
 
 __all__ = ["EnsembleScorer", "DEFAULT_MEMBERS"]
@@ -51,12 +51,17 @@ class EnsembleScorer(ProxyScorer):
         self.members = {name: get_scorer(name, **{"seed": seed, **kw}) for name, kw in options.items()}
         self.costly_replicates = any(s.costly_replicates for s in self.members.values())
 
+    @property
+    def tasks(self) -> frozenset[str]:  # type: ignore[override]
+        """The task types every member scores."""
+        return frozenset.intersection(*(s.tasks for s in self.members.values()))
+
     def score(self, train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor],
               test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         """Every member's scores (``members``); the ensemble's own score is set by :meth:`combine`."""
         parts = {}
         for name, member in self.members.items():
-            with replicating(member, self.jackknife):
+            with replicating(member, self.jackknife), scoring_task(member, self.task):
                 parts[name] = member.score(train, train_labels, test, test_labels, num_classes)
         return {m: ProxyScore(math.nan, math.nan, members={n: parts[n][m] for n in parts}) for m in train}
 
@@ -77,7 +82,11 @@ class EnsembleScorer(ProxyScorer):
 
     def working_bytes(self, train_rows: int, test_rows: int, dims: Mapping[str, int], num_classes: int) -> int:
         """The largest member's (members run one after the other)."""
-        return max(s.working_bytes(train_rows, test_rows, dims, num_classes) for s in self.members.values())
+        sizes = []
+        for s in self.members.values():
+            with scoring_task(s, self.task):
+                sizes.append(s.working_bytes(train_rows, test_rows, dims, num_classes))
+        return max(sizes)
 
 
 def _shares(models: list[str], scores: list[ProxyScore], higher_is_better: bool) -> list[float]:

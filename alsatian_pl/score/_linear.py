@@ -1,4 +1,6 @@
-"""The linear probe (paper §2.2, SHiFT): one linear head per model, all heads of a round trained together."""
+"""The linear probe (paper §2.2, SHiFT): one linear head per model, all heads of a round trained together, with the
+loss of the task: cross-entropy (multiclass), binary cross-entropy of logits (multilabel), squared error on
+standardised targets (regression)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import RandomSampler
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from . import register_scorer
-from ._base import ProxyScore, ProxyScorer, _check_option, _is_int, _model_chunks, binomial_stderr, check_inputs
-from ._confidence import hit_replicates, with_replicates
+from ._base import TASKS, ProxyScore, ProxyScorer, _check_option, _is_int, _model_chunks, binomial_stderr, check_inputs
+from ._confidence import with_replicates
+from ._metrics import metric_replicates, task_loss, task_metric
 from ..errors import ConfigError
 
 
-DIVERGED = 1000  # a head whose mean test loss exceeds this times ln(C) diverged (an untrained head's is ln C)
+DIVERGED = 1000  # a head whose mean test loss exceeds this times an untrained head's (ln C, ln 2, 1) diverged
+STEP_CURVATURE = 0.5  # regression: features scaled so that lr times the largest curvature of the squared error is
+#                       at most this (plain SGD on a squared error diverges above 2)
 
 
 def _init_seed(seed: int, dim: int) -> int:
@@ -31,12 +35,15 @@ def dual_is_cheaper(n: int, dim: int, classes: int, epochs: int) -> bool:
     return n <= dim and n * (dim + classes * epochs) <= 2 * dim * classes * epochs
 
 
-def _dlogits(logits: Tensor, onehot: Tensor, idx: Tensor) -> Tensor:
-    """dLoss/dlogits [M, C, B] of each head's mean cross-entropy over the batch ``idx`` (softmax minus one-hot).
-    torch's CPU softmax over a middle dim splits its work across threads by M·B and runs a chunk's tail scalar,
-    so a head's rounding can depend on M when B is not a multiple of the vector width (a row-wise softmax over a
-    [M, B, C] copy would not, but costs ~15x more at C=10)."""
-    return logits.softmax(1).sub_(torch.index_select(onehot, 0, idx).T).div_(len(idx))
+def _dlogits(logits: Tensor, targets: Tensor, idx: Tensor, task: str = "multiclass") -> Tensor:
+    """dLoss/dlogits [M, C, B] of each head's loss, mean over the batch ``idx`` of its items' loss summed over the
+    outputs: softmax minus one-hot (cross-entropy), sigmoid minus the labels (binary cross-entropy), the outputs
+    minus the targets (half the squared error); ``targets`` item-major [N, C]. torch's CPU softmax over a middle dim
+    splits its work across threads by M·B and runs a chunk's tail scalar, so a head's rounding can depend on M when B
+    is not a multiple of the vector width (a row-wise softmax over a [M, B, C] copy would not, but costs ~15x more at
+    C=10)."""
+    out = logits.softmax(1) if task == "multiclass" else logits.sigmoid() if task == "multilabel" else logits
+    return out.sub_(torch.index_select(targets, 0, idx).T).div_(len(idx))
 
 
 def _counted(batches: Iterable[Tensor], step: Callable[[], None] | None) -> Iterator[Tensor]:
@@ -67,9 +74,11 @@ class LinearProbes(L.LightningModule):
     """
 
     def __init__(self, num_models: int, dim: int, num_classes: int, *, lr: float = 0.1, momentum: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, task: str = "multiclass"):
         super().__init__()
-        self.lr, self.momentum = lr, momentum
+        if task not in TASKS:
+            raise ConfigError(f"LinearProbes task must be one of {', '.join(TASKS)}, got {task!r}")
+        self.lr, self.momentum, self.task = lr, momentum, task
         gen = torch.Generator().manual_seed(_init_seed(seed, dim))
         bound = 1 / math.sqrt(dim)
         weight = torch.empty(num_classes, dim).uniform_(-bound, bound, generator=gen)
@@ -82,10 +91,17 @@ class LinearProbes(L.LightningModule):
         return torch.baddbmm(self.bias.unsqueeze(-1), self.weight, x.transpose(1, 2))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Sum over heads of each head's mean cross-entropy, so each head gets its own gradient; batch = (x [B, M, D],
-        y [B]) as a DataLoader over item-major features yields it."""
+        """Sum over heads of each head's loss (mean over the batch of the item's loss summed over the outputs), so
+        each head gets its own gradient; batch = (x [B, M, D], y [B] or [B, C]) as a DataLoader over item-major
+        features yields it."""
         x, y = batch
-        return F.cross_entropy(self(x.transpose(0, 1)), y.expand(x.shape[1], -1), reduction="sum") / x.shape[0]
+        logits = self(x.transpose(0, 1))                                        # [M, C, B]
+        if self.task == "multiclass":
+            return F.cross_entropy(logits, y.expand(x.shape[1], -1), reduction="sum") / x.shape[0]
+        target = y.T.expand(x.shape[1], -1, -1)
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / x.shape[0]
+        return (logits - target).square().sum() / (2 * x.shape[0])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Plain SGD over all heads (per-element updates, so heads stay independent)."""
@@ -96,7 +112,8 @@ class LinearProbes(L.LightningModule):
             step: Callable[[], None] | None = None) -> None:
         """Train exactly as ``Trainer.fit`` would with :meth:`training_step`, :meth:`configure_optimizers` and
         ``DataLoader(TensorDataset(x, y), batch_size, sampler=RandomSampler(x, generator=generator))``, but without
-        the framework's per-step cost; x item-major [N, M, D], y [N]; ``step`` is called after each SGD step.
+        the framework's per-step cost; x item-major [N, M, D], y [N] (class ids) or [N, C] (labels, targets);
+        ``step`` is called after each SGD step.
 
         Runs the primal form (per step: gather the batch, forward and weight-gradient GEMMs over D) or, when
         :func:`dual_is_cheaper`, the same SGD in the dual form (:meth:`_fit_dual`); the choice depends on the
@@ -108,7 +125,7 @@ class LinearProbes(L.LightningModule):
         sampler = RandomSampler(range(n), generator=generator)     # the DataLoader's item order, epoch by epoch
         # item-major [N, C]: a step gathers its batch's rows (gathering columns of a [C, N] view took 0.7 s a step
         # at C = N = 10,000, most of a 10,000-class search's scoring)
-        onehot = F.one_hot(y, self.weight.shape[1]).to(self.weight.dtype)
+        onehot = (F.one_hot(y, self.weight.shape[1]) if self.task == "multiclass" else y).to(self.weight.dtype)
         batches = _counted((idx for _ in range(epochs)
                             for idx in torch.tensor(list(sampler), device=x.device).split(batch_size)), step)
         if dual_is_cheaper(n, x.shape[2], onehot.shape[1], epochs):
@@ -123,7 +140,7 @@ class LinearProbes(L.LightningModule):
         vel_w = vel_b = None
         for idx in batches:
             xb = torch.index_select(x, 0, idx, out=buf[:len(idx)]).transpose(0, 1)      # [M, B, D]
-            grad = _dlogits(self.forward(xb), onehot, idx)
+            grad = _dlogits(self.forward(xb), onehot, idx, self.task)
             vel_b = _sgd_(b, grad.sum(2, keepdim=True), vel_b, lr, momentum)
             if momentum == 0:
                 w.baddbmm_(grad, xb, alpha=-lr)                     # gradient GEMM fused with the update
@@ -144,7 +161,7 @@ class LinearProbes(L.LightningModule):
         for idx in batches:
             kb = torch.index_select(gram, 0, idx, out=buf[:len(idx)]).permute(1, 2, 0)    # K[:, batch]ᵀ [M, N, B]
             logits = torch.baddbmm(torch.index_select(base, 2, idx).add_(b), coef, kb)
-            grad = _dlogits(logits, onehot, idx)
+            grad = _dlogits(logits, onehot, idx, self.task)
             vel_b = _sgd_(b, grad.sum(2, keepdim=True), vel_b, lr, momentum)
             if momentum == 0:
                 coef.index_add_(2, idx, grad, alpha=-lr)
@@ -154,32 +171,44 @@ class LinearProbes(L.LightningModule):
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-head test accuracy (torchmetrics, micro) and mean cross-entropy (float64) for x [M, T, D], y [T]; the
-        loss is taken row-wise over [M·T, C] so a head's loss never depends on M (see :func:`_dlogits`)."""
+        """Per-head test metric (torchmetrics: accuracy, macro average precision or R², ``_metrics``) and mean
+        test loss (float64) for x [M, T, D], y [T] or [T, C]; head by head on a row-major [T, C] copy of its
+        logits, so a head's numbers never depend on M (see :func:`_dlogits`)."""
         logits = self.forward(x)
-        target = y.expand(logits.shape[0], -1)
-        accuracy, loss = logits.new_empty(len(logits)), logits.new_empty(target.shape)
-        for h in range(len(logits)):  # head by head: torchmetrics' one-hot copies are [T, C], not [M, T, C]
-            accuracy[h:h + 1] = multiclass_accuracy(logits[h:h + 1], target[h:h + 1], num_classes=logits.shape[1],
-                                                    average="micro", multidim_average="samplewise")
-            loss[h] = F.cross_entropy(logits[h].T.contiguous(), y, reduction="none")  # row-wise
-        return accuracy, loss.double().mean(1)
+        metric = torch.empty(len(logits), dtype=torch.float64)
+        loss = torch.empty(len(logits), dtype=torch.float64)
+        for h in range(len(logits)):
+            preds = logits[h].T.contiguous()
+            metric[h] = task_metric(self.task, preds, y)
+            loss[h] = task_loss(self.task, preds, y).mean()
+        return metric, loss
 
 
 @register_scorer("linear")
 class LinearScorer(ProxyScorer):
-    """Test accuracy of a linear head per model trained with mini-batch SGD on cross-entropy (paper §2.2, SHiFT).
+    """The test metric of a linear head per model trained with mini-batch SGD (paper §2.2, SHiFT), by task:
+    multiclass accuracy (cross-entropy), multilabel macro average precision over the labels the test items show
+    (binary cross-entropy of logits), regression R² averaged over the targets (squared error on the targets
+    standardised with the training items' mean and std; each model's features are further scaled so that lr times
+    the squared error's largest curvature is at most ``STEP_CURVATURE``, which plain SGD needs to converge).
 
     ``standardize`` scales each model's features by its own train mean/std, so lr 0.1 means the same for every
     model whatever its feature scale. Models are grouped by feature dim and trained together in chunks of at most
-    ``max_chunk_bytes`` of stacked features (chunking never changes a score). A score is a test accuracy, so it
-    carries the binomial standard error over the test items (``ProxyScore.stderr``).
+    ``max_chunk_bytes`` of stacked features (chunking never changes a score). An accuracy carries the binomial
+    standard error over the test items (``ProxyScore.stderr``). Confidence: the jackknife leaves out groups of test
+    items of the trained heads' predictions; accuracy is a mean of per-item hits, average precision and R² are not,
+    so their replicates compute the metric again on the items each keeps (``_metrics.metric_replicates``).
     """
 
+    tasks = frozenset(TASKS)
     higher_is_better = True
     reports_stderr = True
     gives_replicates = True
-    score_range = (0.0, 1.0)
+
+    @property
+    def score_range(self) -> tuple[float, float]:  # type: ignore[override]
+        """Accuracy and average precision lie in [0, 1]; R² at most 1."""
+        return (-math.inf, 1.0) if self.task == "regression" else (0.0, 1.0)
     probes_class: type[LinearProbes] = LinearProbes  # the heads' module (a subclass may train them another way)
 
     def __init__(self, *, epochs: int = 100, lr: float = 0.1, momentum: float = 0.0, batch_size: int = 64,
@@ -197,8 +226,12 @@ class LinearScorer(ProxyScorer):
 
     def score(self, train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor],
               test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
-        """Test accuracy (score) and mean test cross-entropy of each model's trained linear head."""
-        check_inputs(train, train_labels, test, test_labels, num_classes)
+        """The test metric (score) and mean test loss of each model's trained linear head."""
+        check_inputs(train, train_labels, test, test_labels, num_classes, self.task)
+        if self.task == "regression":  # targets standardised with the training items' mean and std
+            mean, std = train_labels.mean(0), train_labels.std(0, correction=0)
+            std = torch.where(std > 1e-12, std, torch.ones_like(std))
+            train_labels, test_labels = (train_labels - mean) / std, (test_labels - mean) / std
         out: dict[str, ProxyScore] = {}
         chunks = list(_model_chunks(train, len(train_labels) + len(test_labels), self.max_chunk_bytes, 4))
         if self.progress is not None:
@@ -230,13 +263,17 @@ class LinearScorer(ProxyScorer):
         else:
             fit = 4 * b * h * d + steps + (2 * 4 * h * c * d if self.momentum else 0)
         fit += 12 * n * c + 8 * n
+        if self.task == "regression":  # standardised targets, the power iteration's vectors
+            fit += 8 * (n + t) * c + 8 * n * h + 16 * h * d
         evaluate = 4 * h * c * t + 8 * h * t + 4 * h + 40 * t * c
         return stacked + max(fit, evaluate)
 
     def _check_converged(self, ids: list[str], losses: list[float], num_classes: int) -> None:
         """ConfigError naming the learning rate when a head diverged: a test loss that is not finite or above
-        DIVERGED times an untrained head's (ln C), which no trained head reaches (a score would be noise)."""
-        bad = [m for m, l in zip(ids, losses) if not (math.isfinite(l) and l <= DIVERGED * math.log(num_classes))]
+        DIVERGED times an untrained head's (ln C; ln 2 per label; 1 per standardised target), which no trained head
+        reaches (a score would be noise)."""
+        untrained = {"multiclass": math.log(num_classes), "multilabel": math.log(2), "regression": 1.0}[self.task]
+        bad = [m for m, l in zip(ids, losses) if not (math.isfinite(l) and l <= DIVERGED * untrained)]
         if bad:
             raise ConfigError(f"the linear probe diverged for {len(bad)} model(s) ({bad[0]}: mean test loss "
                               f"{losses[ids.index(bad[0])]:.3g}) with lr={self.lr:g}: lower "
@@ -260,18 +297,40 @@ class LinearScorer(ProxyScorer):
                 torch.sub(b, mean, out=xt[j]).div_(std)
             else:
                 x[:, j], xt[j] = a, b
-        probes = self.probes_class(heads, dim, num_classes, lr=self.lr, momentum=self.momentum, seed=self.seed)
-        probes.to(device).fit(x, train_labels.to(device, torch.long), epochs=self.epochs, batch_size=self.batch_size,
+        if self.task == "regression":
+            self._bound_curvature(x, xt)
+        probes = self.probes_class(heads, dim, num_classes, lr=self.lr, momentum=self.momentum, seed=self.seed,
+                                   task=self.task)
+        kind = torch.long if self.task == "multiclass" else torch.float32
+        probes.to(device).fit(x, train_labels.to(device, kind), epochs=self.epochs, batch_size=self.batch_size,
                               generator=torch.Generator().manual_seed(self.seed),
                               **({} if self.progress is None else {"step": self.progress.advance}))
-        target = test_labels.to(device, torch.long)
-        accuracy, loss = probes.evaluate(xt, target)
+        target = test_labels.to(device, kind)
+        metric, loss = probes.evaluate(xt, target)
         self._check_converged(ids, loss[:len(ids)].tolist(), num_classes)
-        scores = {m: ProxyScore(a, l, binomial_stderr(a, t)) for m, a, l in zip(ids, accuracy.tolist(), loss.tolist())}
+        scores = {m: ProxyScore(a, l, binomial_stderr(a, t) if self.task == "multiclass" else None)
+                  for m, a, l in zip(ids, metric.tolist(), loss.tolist())}
         if not self.jackknife:
             return scores
-        hits = probes(xt)[:len(ids)].argmax(1) == target            # [M, T]: the heads' per-item hits
-        replicates = hit_replicates(ids, hits, self.seed, self.jackknife)
+        with torch.no_grad():
+            preds = probes(xt)[:len(ids)].transpose(1, 2)           # [M, T, C]: the heads' test predictions
+        replicates = metric_replicates(ids, preds, target, self.task, self.seed, self.jackknife)
         return scores if replicates is None else with_replicates(scores, replicates)
+
+    def _bound_curvature(self, x: Tensor, xt: Tensor, iterations: int = 30) -> None:
+        """Scale each head's train x [N, M, D] and test xt [M, T, D] features in place so that lr times the largest
+        eigenvalue of its XᵀX/N (power iteration from a seeded start; a head's own slice of every op) is at most
+        ``STEP_CURVATURE``; features already within it are left as they are."""
+        n = x.shape[0]
+        gen = torch.Generator().manual_seed(_init_seed(self.seed, x.shape[2]))
+        v = torch.randn(x.shape[2], generator=gen).to(x.device).expand(x.shape[1], -1).contiguous()  # [M, D]
+        top = torch.zeros(x.shape[1], device=x.device)
+        for _ in range(iterations):
+            v = torch.einsum("nmd,nm->md", x, torch.einsum("nmd,md->nm", x, v)) / n
+            top = v.norm(dim=1)
+            v = v / top.clamp_min(1e-30).unsqueeze(1)
+        scale = (STEP_CURVATURE / (self.lr * top).clamp_min(STEP_CURVATURE)).sqrt()  # 1 where already small
+        x.mul_(scale.view(1, -1, 1))
+        xt.mul_(scale.view(-1, 1, 1))
 
 

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from . import register_scorer
 from ._base import _check_option, _is_int, _is_positive
-from ._transfer import TransferabilityScorer, indicators, spectrum
+from ._base import TASKS
+from ._transfer import TransferabilityScorer, label_columns, spectrum
 
 
 @register_scorer("logme")
@@ -24,7 +25,13 @@ class LogMEScorer(TransferabilityScorer):
     updates; the evidence is then evaluated at the final α, β. log|A| counts all D eigenvalues (the N < D fix of
     thuml/LogME issue 23). Where the evidence keeps growing with β (the labels lie in the features' span, as with
     N ≤ D), the score is its β → ∞ limit, the noise-free model's evidence. All-zero features score NaN (ranked last).
+
+    The same evidence scores the other tasks (the authors' code fits any real label columns): regression, the mean
+    over the targets of each raw target's evidence; multilabel, the mean over the labels some item shows of each
+    0/1 label column's.
     """
+
+    tasks = frozenset(TASKS)
 
     def __init__(self, *, tol: float = 1e-6, max_iter: int = 100, seed: int = 0,
                  max_chunk_bytes: int = 256 * 2**20):
@@ -34,12 +41,12 @@ class LogMEScorer(TransferabilityScorer):
         self.tol, self.max_iter = float(tol), max_iter
 
     def metric(self, x: Tensor, y: Tensor) -> Tensor:
-        """Mean over classes of the maximum log evidence per item, per model."""
+        """Mean over the label columns (classes, labels or targets) of the maximum log evidence per item, per model."""
         n, d = x.shape[-2:]
-        onehot, _ = indicators(y)
-        sigma, energy = spectrum(x, onehot)                        # [M, k], [M, k, K]
+        columns = label_columns(y)
+        sigma, energy = spectrum(x, columns)                       # [M, k], [M, k, K]
         sigma = sigma.unsqueeze(-1)
-        rest = (onehot.sum(0) - energy.sum(1)).clamp_min(0)        # ‖y_c‖² outside the span of the u_j
+        rest = (columns.square().sum(0) - energy.sum(1)).clamp_min(0)  # ‖y_c‖² outside the span of the u_j
         alpha, beta = self._fixed_point(sigma, energy, rest, n)
         _, _, m2, res2 = _terms(sigma, energy, rest, alpha / beta, n)
         logdet = (alpha.unsqueeze(1) + beta.unsqueeze(1) * sigma).log().sum(1) + (d - sigma.shape[1]) * alpha.log()

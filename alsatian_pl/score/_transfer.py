@@ -39,13 +39,14 @@ class TransferabilityScorer(ProxyScorer):
     def score(self, train: Mapping[str, Tensor], train_labels: Tensor, test: Mapping[str, Tensor],
               test_labels: Tensor, num_classes: int) -> dict[str, ProxyScore]:
         """The metric on the train items (score) and minus the metric on the test items (test_loss), per model."""
-        check_inputs(train, train_labels, test, test_labels, num_classes)
+        check_inputs(train, train_labels, test, test_labels, num_classes, self.task)
         group = jackknife_groups(len(train_labels), self.seed, self.jackknife) if self.jackknife else None
+        kind = torch.long if self.task == "multiclass" else torch.float64
         out: dict[str, ProxyScore] = {}
         for ids in _model_chunks(train, len(train_labels) + len(test_labels), self.max_chunk_bytes, 8):
             device = train[ids[0]].device
-            x, y = _stack(train, ids, device), train_labels.to(device, torch.long)
-            on_train, on_test = self.metric(x, y), self.metric(_stack(test, ids, device), test_labels.to(device, torch.long))
+            x, y = _stack(train, ids, device), train_labels.to(device, kind)
+            on_train, on_test = self.metric(x, y), self.metric(_stack(test, ids, device), test_labels.to(device, kind))
             chunk = {m: ProxyScore(a, -b) for m, a, b in zip(ids, on_train.tolist(), on_test.tolist())}
             if group is not None:  # the metric without each group of train items, [G, M] -> per model
                 again = torch.stack([self.metric(x[:, keep], y[keep]) for keep in leave_out(group.to(device),
@@ -55,7 +56,8 @@ class TransferabilityScorer(ProxyScorer):
         return {m: out[m] for m in train}
 
     def metric(self, x: Tensor, y: Tensor) -> Tensor:
-        """The metric [M] of each model's features x [M, N, D] (float64) with the labels y [N] (int64)."""
+        """The metric [M] of each model's features x [M, N, D] (float64) with the labels y [N] (int64; a scorer
+        that scores other tasks also gets float64 label or target tables [N, C])."""
         raise NotImplementedError
 
 
@@ -67,6 +69,16 @@ def indicators(y: Tensor) -> tuple[Tensor, Tensor]:
     """(one-hot [N, K] float64 over the K classes present in y, ascending; each item's class index [N])."""
     classes, index = torch.unique(y, return_inverse=True)
     return torch.nn.functional.one_hot(index, len(classes)).to(torch.float64), index
+
+
+def label_columns(y: Tensor) -> Tensor:
+    """The label columns [N, K] float64 a regression of the features fits: the one-hot of the classes present (class
+    ids y [N]), the labels some item shows (a 0/1 table), or the targets (a real table)."""
+    if not y.is_floating_point():
+        return indicators(y)[0]
+    y = y.to(torch.float64)
+    binary = bool(((y == 0) | (y == 1)).all())
+    return y[:, y.sum(0) > 0] if binary else y
 
 
 def centred(x: Tensor) -> Tensor:
