@@ -541,7 +541,6 @@ def table_source(spec: DataSpec) -> Source:
     rows, dropped = _complete_rows(table, columns, missing, item, spec.skip_unreadable)
     found = targets(table, {c: [v[r] for r in rows] for c, v in columns.items()}, rows,
                     getattr(spec, "task", "auto"))  # dataset.task where this version has task types
-    _supported(found, spec)
     notes = {"table_rows": table.rows, "rows_missing_values": dropped, **(
         {"items_without_labels": found.without_labels} if found.task == "multilabel" else {})}
     if not spec.image_column:
@@ -552,13 +551,6 @@ def table_source(spec: DataSpec) -> Source:
     if not spec.skip_unreadable:
         _refuse_missing_files(table, images)
     return TableImageSource(images, found, spec, table.files, notes)
-
-
-def _supported(found: Targets, spec: DataSpec) -> None:
-    """DataError for a task this version's search cannot run (a DataSpec without ``task`` has multiclass only)."""
-    if found.task != "multiclass" and not hasattr(spec, "task"):
-        raise DataError(f"{spec.path}: the labels are {found.task} targets, but this version searches multiclass "
-                        "labels only; give one column of class names")
 
 
 def _texts(table: Table, column: str) -> list[Any]:
