@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -253,6 +254,9 @@ def test_files_that_are_no_table_are_refused(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="does not exist"):
         table_source(spec(tmp_path / "nowhere.csv"))
     (tmp_path / "t.parquet").write_bytes(b"not parquet")
+    if importlib.util.find_spec("pyarrow") is not None:
+        with pytest.raises(DataError, match="cannot read parquet file .*t.parquet.*replace it with an intact copy"):
+            table_source(spec(tmp_path / "t.parquet"))
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(DataError, match=r"needs pyarrow, which is not installed: pip install 'alsatian-pl\[tables\]'"):
         table_source(spec(tmp_path / "t.parquet"))

@@ -92,7 +92,8 @@ class SearchDataModule(LightningDataModule):
 
     name: a registered dataset (``fashion_mnist``, ``image_folder``, ``stanford_cars``, ``text_file``,
     ``rotten_tomatoes``, ``reuters_r8``, ``twenty_newsgroups``, ``table``); path: its folder (image folders; for
-    fashion_mnist an optional folder of IDX files; a table saved by Hugging Face datasets) or file (text_file, table); num_items: a seeded class-balanced subset (None: all;
+    fashion_mnist an optional folder of IDX files; a table saved by Hugging Face datasets) or file (text_file,
+    table); num_items: a seeded class-balanced subset (None: all;
     fashion_mnist: the 3,000 embedded items); image_size: side of the square model input; test_fraction: share of each class held out for D_test; seed:
     drives subset, split and chunk order; mean/std: per-channel normalisation. Text: max_length tokens per item,
     tokenizer (a tokenizer.json, a model folder or ``all-MiniLM-L6-v2``), text_column/label_column of text files

@@ -94,32 +94,31 @@ class Table:
 
 def read_table(path: Path, needed: dict[str, str]) -> Table:
     """The columns ``needed`` (name -> the config key that names it) of the table at ``path``; DataError for a file
-    type that is no table, a missing column (naming those there are) or a file that cannot be read."""
+    type that is no table, an empty table, a missing column (naming those there are) or a file that cannot be read."""
     if path.is_dir():
-        return _with_columns(_read_saved(path), needed)
+        return _read_saved(path, needed)
     kind = (path.with_suffix("") if path.suffix in _COMPRESSED else path).suffix.lower()
     if kind in _LINES:
-        return _with_columns(_read_lines(path, kind), needed)
+        return _read_lines(path, kind, needed)
     if kind == ".parquet" and path.suffix == kind:
-        return _with_columns(_read_parquet(path), needed)
+        return _read_parquet(path, needed)
     raise DataError(f"unsupported table {path.name!r}: use a .csv, .tsv or .jsonl file (optionally .gz, .bz2 or .xz), "
                     "a .parquet file, or a folder saved by Hugging Face datasets (save_to_disk)")
 
 
-def _with_columns(table: tuple[Table, list[str]], needed: dict[str, str]) -> Table:
-    data, names = table
+def _check_columns(where: Path, rows: int, names: list[str], needed: dict[str, str]) -> None:
+    """DataError for a table without rows, or without a column it needs (naming the columns it has)."""
+    if rows == 0:
+        raise DataError(f"empty dataset: table {where} holds no rows")
     for column, key in needed.items():
         if column not in names:
             what = {"dataset.label_column": "the labels", "dataset.image_column": "the images",
                     "dataset.text_column": "the texts, or dataset.image_column to the column holding the images"}[key]
-            raise DataError(f"table {data.where} has no column {column!r} (columns: {', '.join(names) or 'none'}); "
-                            f"set {key} to the column holding {what}")
-    if not isinstance(data.columns, dict):  # a pyarrow Table: keep the columns needed
-        data.columns = {c: data.columns.column(c) for c in needed}
-    return data
+            raise DataError(f"table {where} has no column {column!r} (columns: {', '.join(names)}); set {key} to the "
+                            f"column holding {what}")
 
 
-def _read_lines(path: Path, kind: str) -> tuple[Table, list[str]]:
+def _read_lines(path: Path, kind: str, needed: dict[str, str]) -> Table:
     """A CSV / TSV / JSON-lines file read with the standard library (``_text._records``)."""
     lines, records = [], []
     try:
@@ -128,41 +127,42 @@ def _read_lines(path: Path, kind: str) -> tuple[Table, list[str]]:
             records.append(record)
     except (OSError, UnicodeDecodeError, csv.Error, EOFError, lzma.LZMAError) as exc:
         raise DataError(f"cannot read table {path}: {exc}; use a UTF-8 CSV, TSV or JSON-lines file") from exc
-    names = list(dict.fromkeys(k for r in records for k in r if isinstance(k, str)))
-    columns = {n: [r.get(n) for r in records] for n in names}
-    return Table(path, path.parent, [path], len(records), columns, lines, typed=kind not in (".csv", ".tsv")), names
+    _check_columns(path, len(records), list(dict.fromkeys(k for r in records for k in r if isinstance(k, str))),
+                   needed)
+    columns = {c: [r.get(c) for r in records] for c in needed}
+    return Table(path, path.parent, [path], len(records), columns, lines, typed=kind not in (".csv", ".tsv"))
 
 
-def _arrow() -> Any:
+def _pyarrow(path: Path) -> Any:
+    """The pyarrow module; DataError naming the extra that installs it."""
     try:
         import pyarrow
     except ImportError:
-        return None
+        raise DataError(f"reading {path} needs pyarrow, which is not installed: {EXTRA}") from None
     return pyarrow
 
 
-def _needs_pyarrow(path: Path) -> Any:
-    pa = _arrow()
-    if pa is None:
-        raise DataError(f"reading {path} needs pyarrow, which is not installed: {EXTRA}")
-    return pa
-
-
-def _read_parquet(path: Path) -> tuple[Table, list[str]]:
-    pa = _needs_pyarrow(path)
+def _read_parquet(path: Path, needed: dict[str, str]) -> Table:
+    """The columns ``needed`` of a parquet file (only those are read)."""
+    pa = _pyarrow(path)
     import pyarrow.parquet as pq
 
     try:
-        data = pq.read_table(path, memory_map=True)
+        meta = pq.read_metadata(path)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"cannot read parquet file {path}: {exc}; replace it with an intact copy") from None
-    return _arrow_table(data, path, path.parent, [path])
+    _check_columns(path, meta.num_rows, meta.schema.to_arrow_schema().names, needed)
+    try:
+        data = pq.read_table(path, columns=list(needed), memory_map=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read parquet file {path}: {exc}; replace it with an intact copy") from None
+    return _arrow_table(data, meta.schema.to_arrow_schema().metadata, path, path.parent, [path], needed)
 
 
-def _read_saved(folder: Path) -> tuple[Table, list[str]]:
-    """A folder ``datasets`` saved: one dataset (state.json + arrow files) or a DatasetDict (its splits, together:
-    the search makes its own test split)."""
-    pa = _needs_pyarrow(folder)
+def _read_saved(folder: Path, needed: dict[str, str]) -> Table:
+    """A folder ``datasets`` saved: one dataset (state.json and arrow files, mapped, not read) or a DatasetDict
+    (its splits, together: the search makes its own test split)."""
+    pa = _pyarrow(folder)
     import pyarrow.ipc as ipc
 
     splits = _json(folder / "dataset_dict.json").get("splits") if (folder / "dataset_dict.json").is_file() else None
@@ -186,7 +186,8 @@ def _read_saved(folder: Path) -> tuple[Table, list[str]]:
     except pa.ArrowException:
         raise DataError(f"the splits in {folder} have different columns; set dataset.path to one split's folder, "
                         f"e.g. {parts[0]}") from None
-    return _arrow_table(data, folder, folder, files)
+    _check_columns(folder, data.num_rows, data.column_names, needed)
+    return _arrow_table(data, data.schema.metadata, folder, folder, files, needed)
 
 
 def _json(path: Path) -> dict:
@@ -199,19 +200,21 @@ def _json(path: Path) -> dict:
     return value
 
 
-def _arrow_table(data: Any, where: Path, folder: Path, files: list[Path]) -> tuple[Table, list[str]]:
-    meta = (data.schema.metadata or {}).get(b"huggingface")
+def _arrow_table(data: Any, meta: Any, where: Path, folder: Path, files: list[Path], needed: dict[str, str]) -> Table:
+    """A :class:`Table` of the ``needed`` columns of a pyarrow table, with the ClassLabel names that ``datasets``
+    wrote into its schema metadata (``meta``)."""
     try:
-        features = json.loads(meta)["info"]["features"] if meta else {}
+        features = json.loads((meta or {})[b"huggingface"])["info"]["features"]
     except (ValueError, KeyError, TypeError):
         features = {}
     names = {}
     for column, feature in features.items() if isinstance(features, dict) else ():
-        inner = feature.get("feature") if isinstance(feature, dict) and feature.get("_type") in ("List", "Sequence") \
-            else feature
+        listed = isinstance(feature, dict) and feature.get("_type") in ("List", "Sequence", "LargeList")
+        inner = feature.get("feature") if listed else feature
         if isinstance(inner, dict) and inner.get("_type") == "ClassLabel" and isinstance(inner.get("names"), list):
             names[column] = [str(n) for n in inner["names"]]
-    return Table(where, folder, files, data.num_rows, data, class_labels=names), list(data.column_names)
+    columns = {c: data.column(c) for c in needed}
+    return Table(where, folder, files, data.num_rows, columns, class_labels=names)
 
 
 def _typed(value: Any) -> Any:
@@ -264,7 +267,12 @@ def _one_kind(table: Table, label: str, values: list[Any], rows: np.ndarray) -> 
     first: dict[str, int] = {}
     for k, value in enumerate(values):
         first.setdefault(_kind(value), k)
-    if len(first) == 1 and next(iter(first)) in ("numbers", "text", "true/false", "lists"):
+    odd = next((kind for kind in first if kind not in ("numbers", "text", "true/false", "lists")), None)
+    if odd is not None:
+        k = first[odd]
+        raise DataError(f"{table.where}, {table.at(rows[k])}: {label} holds a {odd} ({values[k]!r}), which is no "
+                        "label: labels are text, numbers, true/false or lists of labels")
+    if len(first) == 1:
         return next(iter(first))
     shown = " and ".join(f"{kind} ({values[k]!r}, {table.at(rows[k])})" for kind, k in list(first.items())[:3])
     raise DataError(f"{table.where}: {label} mixes kinds of value: {shown}; a label column holds one kind of value: "
@@ -319,19 +327,20 @@ def _one_column(table: Table, column: str, values: list[Any], rows: np.ndarray, 
 
 def _multiclass(table: Table, column: str, values: list[Any], rows: np.ndarray, mixed: bool = False) -> Targets:
     """Class ids in the order of datasets' ClassLabel names where there are some, else sorted (numbers first)."""
-    if mixed:
-        listed = next((k for k, v in enumerate(values) if isinstance(v, list)), None)
-        if listed is not None:
-            raise DataError(f"{table.where}: column {column!r} holds lists of labels ({table.at(rows[listed])}), "
-                            "that is multilabel; set dataset.task=multilabel (or auto)")
+    odd = next((k for k, v in enumerate(values) if not isinstance(v, (bool, int, float, str))), None) if mixed else None
+    if odd is not None:  # task=multiclass: any text, number or true/false is a class name
+        kind = _kind(values[odd])
+        why = "that is multilabel; set dataset.task=multilabel (or auto)" if kind == "lists" else "which is no class"
+        raise DataError(f"{table.where}, {table.at(rows[odd])}: column {column!r} holds {kind} ({values[odd]!r}), "
+                        f"{why}")
     keys = {v: str(v) for v in values}  # a class per name: with task=multiclass, 1 and "1" are one class
     names = list(dict.fromkeys(keys[v] for v in sorted(keys, key=_order)))  # text as an image folder sorts it
     order = (table.class_labels or {}).get(column)
     if order:
         names.sort(key={n: k for k, n in enumerate(order)}.__getitem__)
     if len(names) < 2:
-        raise DataError(f"{table.where}: column {column!r} holds {'one class only (' + repr(names[0]) + ')' if names else 'no labels'}; "
-                        "model search needs at least two classes")
+        raise DataError(f"{table.where}: column {column!r} holds one class only ({names[0]!r}); model search needs at "
+                        "least two classes")
     index = {n: k for k, n in enumerate(names)}
     return Targets("multiclass", np.array([index[keys[v]] for v in values], dtype=np.int64), names)
 
@@ -530,8 +539,6 @@ def table_source(spec: DataSpec) -> Source:
     needed = {**{c: "dataset.label_column" for c in label_names},
               item: "dataset.image_column" if spec.image_column else "dataset.text_column"}
     table = read_table(path, needed)
-    if table.rows == 0:
-        raise DataError(f"empty dataset: table {path} holds no rows")
     columns = {c: table.values(c) for c in label_names}
     if spec.image_column:
         paths, blobs, missing = image_cells(table, item)
