@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -111,24 +110,58 @@ def test_an_explicit_task_overrides_the_inferred_one(tmp_path):
         targets(table, {"z": z}, rows, "ranking")
 
 
+FEATURES = {"image": {"_type": "Image"}, "label": {"names": ["zebra", "ant"], "_type": "ClassLabel"},
+            "tags": {"feature": {"names": ["p", "q"], "_type": "ClassLabel"}, "_type": "List"}}
+
+
+def saved_by_hand(folder: Path, columns: dict) -> None:
+    """The folder ``Dataset.save_to_disk`` writes: an arrow stream file, state.json and dataset_info.json, the
+    features also in the schema's metadata."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.ipc as ipc
+
+    table = pa.table(columns).replace_schema_metadata({"huggingface": json.dumps({"info": {"features": FEATURES}})})
+    folder.mkdir(parents=True)
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (folder / "dataset_info.json").write_text(json.dumps({"features": FEATURES}))
+
+
+def saved_columns(root: Path) -> dict:
+    rows = class_folder(root, per_class=2, classes=("a", "b"))
+    images = [{"bytes": (root / p).read_bytes(), "path": Path(p).name} for p, _ in rows]
+    return {"image": images, "label": [0, 1, 1, 0], "tags": [[0], [0, 1], [], [1]]}
+
+
 def test_saved_dataset_folder_with_class_labels_and_encoded_images(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    rows = class_folder(tmp_path, per_class=2, classes=("a", "b"))
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["zebra", "ant"]),
-                                  "tags": datasets.Sequence(datasets.ClassLabel(names=["p", "q"]))})
-    images = [{"bytes": (tmp_path / p).read_bytes(), "path": Path(p).name} for p, _ in rows]
-    data = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1, 0], "tags": [[0], [0, 1], [], [1]]},
-                                      features=features)
-    datasets.DatasetDict({"train": data.select([0, 1]), "test": data.select([2, 3])}).save_to_disk(tmp_path / "ds")
+    columns = saved_columns(tmp_path)
+    for split, part in (("train", slice(0, 2)), ("test", slice(2, 4))):
+        saved_by_hand(tmp_path / "ds" / split, {c: v[part] for c, v in columns.items()})
+    (tmp_path / "ds" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
     source = table_source(spec(tmp_path / "ds", image="image"))
     assert source.class_names == ["zebra", "ant"] and source.labels.tolist() == [0, 1, 1, 0]  # ClassLabel's order
     assert source.task == "multiclass" and len(source.files) == 2  # both splits: the search makes its own split
+    assert all(p is None for p in source.images.paths)  # the bytes, not the files they came from
     tags = table_source(spec(tmp_path / "ds", label="tags", image="image"))
     assert tags.class_names == ["p", "q"] and tags.labels.tolist() == [[1, 0], [1, 1], [0, 0], [0, 1]]
-    assert all(p is None for p in source.images.paths)  # the bytes, not the files they came from
     folder = folder_source(dataclasses.replace(spec(tmp_path / "images"), name="image_folder"))
     pixels = torch.cat([b.pixels for b in source.decode(np.arange(4), 0)])
     assert torch.equal(pixels, torch.cat([b.pixels for b in folder.decode(np.arange(4), 0)]))
+    saved_by_hand(tmp_path / "unlabelled", {**columns, "label": [0, -1, 1, 0]})  # -1: datasets' "no label"
+    with pytest.raises(DataError, match="row index 1: the value in column 'label' is empty"):
+        table_source(spec(tmp_path / "unlabelled", image="image"))
+
+
+def test_a_folder_that_datasets_saved_reads_as_the_same_folder_laid_out_by_hand(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    columns = saved_columns(tmp_path)
+    saved_by_hand(tmp_path / "by_hand", columns)
+    datasets.Dataset.from_dict(columns, features=datasets.Features.from_dict(FEATURES)).save_to_disk(tmp_path / "ds")
+    for label in ("label", "tags"):
+        real, hand = (table_source(spec(tmp_path / f, label=label, image="image")) for f in ("ds", "by_hand"))
+        assert real.class_names == hand.class_names and np.array_equal(real.labels, hand.labels)
+        assert torch.equal(next(real.decode(np.arange(4), 0)).pixels, next(hand.decode(np.arange(4), 0)).pixels)
 
 
 # -- the same pixels whatever the source
@@ -177,6 +210,14 @@ def test_a_table_ranks_as_the_class_folders_of_the_same_images(three_sources, ta
 
 
 # -- bad input: one clear line
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 
 def test_missing_label_column_names_the_columns_there_are(tmp_path):
     table = write_csv(tmp_path / "t.csv", ["file", "kind"], [["a.png", "x"]])
@@ -254,7 +295,7 @@ def test_files_that_are_no_table_are_refused(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="does not exist"):
         table_source(spec(tmp_path / "nowhere.csv"))
     (tmp_path / "t.parquet").write_bytes(b"not parquet")
-    if importlib.util.find_spec("pyarrow") is not None:
+    if _has_pyarrow():
         with pytest.raises(DataError, match="cannot read parquet file .*t.parquet.*replace it with an intact copy"):
             table_source(spec(tmp_path / "t.parquet"))
     monkeypatch.setitem(sys.modules, "pyarrow", None)

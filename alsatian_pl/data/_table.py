@@ -162,17 +162,18 @@ def _read_parquet(path: Path, needed: dict[str, str]) -> Table:
 def _read_saved(folder: Path, needed: dict[str, str]) -> Table:
     """A folder ``datasets`` saved: one dataset (state.json and arrow files, mapped, not read) or a DatasetDict
     (its splits, together: the search makes its own test split)."""
-    pa = _pyarrow(folder)
-    import pyarrow.ipc as ipc
-
     splits = _json(folder / "dataset_dict.json").get("splits") if (folder / "dataset_dict.json").is_file() else None
     parts = [folder / s for s in splits] if splits else [folder]
-    files, tables = [], []
     for part in parts:
         if not (part / "state.json").is_file():
             raise DataError(f"{part} is a folder but not one that Hugging Face datasets saved (no state.json): give a "
                             "table file (.csv, .tsv, .jsonl, .parquet) or a folder written by save_to_disk; for a "
                             "folder of images in one subfolder per class use dataset=image_folder")
+    pa = _pyarrow(folder)
+    import pyarrow.ipc as ipc
+
+    files, tables = [], []
+    for part in parts:
         for entry in _json(part / "state.json").get("_data_files", []):
             files.append(part / entry["filename"])
             try:
