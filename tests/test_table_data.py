@@ -209,6 +209,48 @@ def test_a_table_ranks_as_the_class_folders_of_the_same_images(three_sources, ta
     assert len({r["score"] for r in got["ranking"]}) > 1  # the scores tell models apart: the comparison means something
 
 
+def test_a_text_table_tokenises_as_the_text_file_of_the_same_rows(tmp_path):
+    from _tokenizer import write_tokenizer
+
+    rows = [("a good film", "pos"), ("bad plot", "neg"), ("the great movie", "pos"), ("awful", "neg")] * 5
+    write_csv(tmp_path / "t.csv", ["text", "label"], [list(r) for r in rows])
+    write_jsonl(tmp_path / "t.jsonl", [{"review": t, "id": k, "y": y} for k, (t, y) in enumerate(rows)])
+    tokenizer = str(write_tokenizer(tmp_path / "tok.json"))
+    text_file = SearchDataModule(name="text_file", path=str(tmp_path / "t.csv"), tokenizer=tokenizer, max_length=8)
+    table = SearchDataModule(name="table", path=str(tmp_path / "t.jsonl"), text_column="review", label_column="y",
+                             tokenizer=tokenizer, max_length=8)
+    (x, y), (tx, ty) = text_file.train_items(), table.train_items()
+    assert torch.equal(tx.tensor(), x.tensor()) and torch.equal(ty, y) and table.class_names == ["neg", "pos"]
+
+
+def test_encoded_images_reuse_and_heal_their_prepared_rows(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = class_folder(tmp_path, per_class=3, classes=("a", "b"))
+    pq.write_table(pa.table({"png": [(tmp_path / p).read_bytes() for p, _ in rows], "label": [c for _, c in rows]}),
+                   tmp_path / "t.parquet")
+
+    def prepared() -> SearchDataModule:
+        data = SearchDataModule(name="table", path=str(tmp_path / "t.parquet"), image_column="png", image_size=16,
+                                test_fraction=0.3, num_workers=0, data_cache=str(tmp_path / "cache"))
+        data.setup()
+        return data
+
+    first = prepared()
+    reference = first.train_items()[0].tensor()
+    assert first.describe()["prepared"]["decoded"] == 6 and prepared().describe()["prepared"]["reused"] == 6
+    items = next((tmp_path / "cache").glob("*/items.npy"))
+    with open(items, "r+b") as f:  # flip a byte of the last row
+        f.seek(items.stat().st_size - 1)
+        byte = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.warns(UserWarning, match=r"t\.parquet, row index 5, column 'png'\) .* decoded it again"):
+        healed = prepared().train_items()[0].tensor()
+    assert torch.equal(healed, reference) and len(healed) == 4
+
+
 # -- bad input: one clear line
 
 def _has_pyarrow() -> bool:
