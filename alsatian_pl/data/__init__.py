@@ -21,7 +21,6 @@ from ._text import (orange_tab, package_file, rotten_tomatoes, save_tokenizer,  
                     tokenize, tokenizer_files, tokenizer_key)
 
 __all__ = ["DATASETS", "DataSpec", "ImageSource", "Items", "SearchDataModule", "Source", "num_rounds", "register_dataset",
-           "table_source",
-           "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_NPZ", "read_idx", "resize_pixels", "ToPixels",
-           "package_file", "orange_tab", "rotten_tomatoes", "save_tokenizer", "tokenize", "tokenizer_files",
-           "tokenizer_key"]
+           "table_source", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_NPZ", "read_idx",
+           "resize_pixels", "ToPixels", "package_file", "orange_tab", "rotten_tomatoes", "save_tokenizer", "tokenize",
+           "tokenizer_files", "tokenizer_key"]
