@@ -26,6 +26,7 @@ from ..units import format_bytes
 from ._cache import DiskRows
 from ._items import AsIs, Convert, Items, MemoryRows, Rows, ToIds, ToPixels
 from ._sources import DATASETS, DataSpec, ImageSource, Source, make_source, unreadable
+from ._table import label_columns
 from ._text import TextSource, tokenizer_key
 from ._split import balanced_subset, chunk_bounds, stratified_split
 from ._tasks import TASKS, Labels, check_targets, cover_first, first_needed, label_prefix, resolve, strata
@@ -52,7 +53,8 @@ MIN_IMAGE_SIZE = 8  # smaller images carry no shape to rank models on (a 1x1 ima
 
 def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fraction: Any, seed: Any,
           mean: Sequence[float], std: Sequence[float], max_length: Any = 128, tokenizer: str | None = None,
-          text_column: str = "text", label_column: str = "label", task: str = "auto") -> DataSpec:
+          text_column: str = "text", label_column: Any = "label", image_column: str | None = None,
+          skip_unreadable: bool = False, task: str = "auto") -> DataSpec:
     """A validated :class:`DataSpec`; bad values raise ``DataError`` saying which value to change."""
     if not isinstance(name, str) or name not in DATASETS:
         raise DataError(f"unknown dataset name {name!r}: use one of {', '.join(sorted(DATASETS))}")
@@ -68,8 +70,9 @@ def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fra
     seed = whole("dataset.seed", seed, at_least=0, hint=" (it follows search.seed unless set)", error=DataError)
     path = text("dataset.path", path, optional=True, error=DataError)
     tokenizer = text("dataset.tokenizer", tokenizer, optional=True, error=DataError)
-    for key, col in (("dataset.text_column", text_column), ("dataset.label_column", label_column)):
-        text(key, col, error=DataError)
+    text("dataset.text_column", text_column, error=DataError)
+    label_column = label_columns(label_column)
+    image_column = text("dataset.image_column", image_column, optional=True, error=DataError)
     if task not in ("auto", *TASKS):
         raise DataError(f"dataset.task must be auto, multiclass, multilabel or regression, got {task!r}")
     stats = []
@@ -81,7 +84,8 @@ def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fra
                                   hint=" (std > 0)" if key.endswith("std") else "", error=DataError)
                            for i, v in enumerate(values)))
     return DataSpec(name, path, num_items, image_size, test_fraction, seed, stats[0], stats[1],  # type: ignore
-                    max_length, tokenizer, text_column, label_column, task)
+                    max_length, tokenizer, text_column, label_column, image_column,
+                    flag("dataset.skip_unreadable", skip_unreadable, error=DataError), task)
 
 
 IMAGES_AT_ONCE = 16  # prepared images a decoding batch and its copies hold at once, at least
@@ -111,11 +115,13 @@ class SearchDataModule(LightningDataModule):
     gives them in one tensor, for small sets).
 
     name: a registered dataset (``fashion_mnist``, ``image_folder``, ``stanford_cars``, ``text_file``,
-    ``rotten_tomatoes``, ``reuters_r8``, ``twenty_newsgroups``); path: its folder (image folders; for fashion_mnist
-    an optional folder of IDX files) or file (text_file); num_items: a seeded class-balanced subset (None: all;
+    ``rotten_tomatoes``, ``reuters_r8``, ``twenty_newsgroups``, ``table``); path: its folder (image folders; for
+    fashion_mnist an optional folder of IDX files; a table saved by Hugging Face datasets) or file (text_file,
+    table); num_items: a seeded class-balanced subset (None: all;
     fashion_mnist: the 3,000 embedded items); image_size: side of the square model input; test_fraction: share of each class held out for D_test; seed:
     drives subset, split and chunk order; mean/std: per-channel normalisation. Text: max_length tokens per item,
-    tokenizer (a tokenizer.json, a model folder or ``all-MiniLM-L6-v2``), text_column/label_column of text files.
+    tokenizer (a tokenizer.json, a model folder or ``all-MiniLM-L6-v2``), text_column/label_column of text files
+    and tables (``table``: label_column may list several columns; image_column: a table's images, see ``_table``).
     task: ``auto`` (the source's task, else inferred from its labels: :attr:`task_note` says which),
     ``multiclass``, ``multilabel`` or ``regression`` (``alsatian_pl/data/_tasks.py``).
     data_cache: folder of the prepared-data cache (None: prepared items stay in memory); skip_unreadable: leave out
@@ -127,14 +133,15 @@ class SearchDataModule(LightningDataModule):
                  image_size: int = 64, test_fraction: float = 0.2, seed: int = 0,
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                  max_length: int = 128, tokenizer: str | None = None, text_column: str = "text",
-                 label_column: str = "label", data_cache: str | None = None, skip_unreadable: bool = False,
-                 num_workers: int | None = None, task: str = "auto"):
+                 label_column: str | Sequence[str] = "label", data_cache: str | None = None,
+                 skip_unreadable: bool = False, num_workers: int | None = None, image_column: str | None = None,
+                 task: str = "auto"):
         super().__init__()
         self.spec = _spec(name, path, num_items, image_size, test_fraction, seed, mean, std, max_length, tokenizer,
-                          text_column, label_column, task)
+                          text_column, label_column, image_column, skip_unreadable, task)
         data_cache = text("dataset.data_cache", data_cache, optional=True, error=DataError)
         self.data_cache = None if data_cache is None else str(check_folder(data_cache, "dataset.data_cache"))
-        self.skip_unreadable = flag("dataset.skip_unreadable", skip_unreadable, error=DataError)
+        self.skip_unreadable = self.spec.skip_unreadable
         self.num_workers = _workers(num_workers)
         self.save_hyperparameters({**asdict(self.spec), "data_cache": self.data_cache,
                                    "skip_unreadable": self.skip_unreadable})

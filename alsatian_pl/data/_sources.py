@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +43,10 @@ class DataSpec:
     std: tuple[float, float, float]
     max_length: int = 128  # text: tokens per item (truncated / padded)
     tokenizer: str | None = None  # text: tokenizer.json, model folder or all-MiniLM-L6-v2 (None: all-MiniLM-L6-v2)
-    text_column: str = "text"  # text files: the columns holding the text and the label
-    label_column: str = "label"
+    text_column: str = "text"  # text files and tables: the columns holding the text and the label(s)
+    label_column: str | tuple[str, ...] = "label"  # several columns (tables): several targets
+    image_column: str | None = None  # tables: the column of image paths or encoded images (None: a text table)
+    skip_unreadable: bool = False  # leave out items that cannot be read (tables: also rows missing a value)
     task: str = "auto"  # auto | multiclass | multilabel | regression (data/_tasks.py)
 
 
@@ -239,17 +241,24 @@ class FolderSource(ImageSource):
         return str(self.files[index])
 
     def decode(self, indices: np.ndarray, workers: int, writer: RowWriter | None = None) -> Iterator[Decoded]:
-        parallel = workers > 0 and len(indices) >= _PARALLEL_FROM
-        dataset = _FileDecode([self.files[i] for i in indices], self.spec.image_size, writer if parallel else None)
-        if not parallel:
-            yield from (_collate([dataset[k] for k in range(s, min(s + 32, len(dataset)))])
-                        for s in range(0, len(dataset), 32))
-            return
-        from torch.utils.data import DataLoader
+        return decode_files([self.files[i] for i in indices], self.spec.image_size, workers, writer)
 
-        resize_pixels(torch.zeros((1, 2, 2), dtype=torch.uint8), 1)  # import torchvision once, before the workers fork
-        yield from DataLoader(dataset, batch_size=32, num_workers=min(workers, len(indices) // 32 + 1),
-                              collate_fn=_collate, worker_init_fn=_one_thread, prefetch_factor=4)
+
+def decode_files(files: Sequence[Any], size: int, workers: int, writer: RowWriter | None = None
+                 ) -> Iterator[Decoded]:
+    """:meth:`ImageSource.decode` of ``files`` (paths, or file objects that PIL opens and ``str()`` names), in
+    worker processes when there are many."""
+    parallel = workers > 0 and len(files) >= _PARALLEL_FROM
+    dataset = _FileDecode(files, size, writer if parallel else None)
+    if not parallel:
+        yield from (_collate([dataset[k] for k in range(s, min(s + 32, len(dataset)))])
+                    for s in range(0, len(dataset), 32))
+        return
+    from torch.utils.data import DataLoader
+
+    resize_pixels(torch.zeros((1, 2, 2), dtype=torch.uint8), 1)  # import torchvision once, before the workers fork
+    yield from DataLoader(dataset, batch_size=32, num_workers=min(workers, len(files) // 32 + 1),
+                          collate_fn=_collate, worker_init_fn=_one_thread, prefetch_factor=4)
 
 
 DISK_FAILURE = "\0disk: "  # an error that is the disk's (a full disk, say), not the image's
@@ -259,7 +268,7 @@ _PARALLEL_FROM = 256  # fewer images decode in this process (starting workers co
 class _FileDecode:
     """A map-style dataset: position -> (position, uint8 [3, S, S] or None once written, why it failed or "", CRC)."""
 
-    def __init__(self, files: list[Path], size: int, writer: RowWriter | None):
+    def __init__(self, files: Sequence[Any], size: int, writer: RowWriter | None):
         self.files, self.size, self.writer = files, size, writer
 
     def __len__(self) -> int:

@@ -198,6 +198,9 @@ def text_file(spec: DataSpec) -> Source:
     if spec.path is None:
         raise DataError("dataset text_file needs a file: set dataset.path=/path/to/data.csv (or .tsv / .jsonl) with a "
                         "text and a label column")
+    if not isinstance(spec.label_column, str):
+        raise DataError(f"dataset text_file takes one label column, got {list(spec.label_column)}; for several "
+                        "(multilabel or regression targets) use dataset=table")
     path = Path(spec.path).expanduser()
     if not path.is_file():
         raise DataError(f"text file {path} {'is a folder' if path.is_dir() else 'does not exist'}; set dataset.path "
