@@ -70,3 +70,13 @@ def test_goals_summarise_every_target():
     text = "\n".join(quality_report.goals(report))
     assert "| linear | 0.700 | 0.600 | 0.50 / 1.0 | 1/2 | 3.0 | 0.25 / 0.5 | 20 |" in text
     assert "took 150 s" in text and "took 10 s in all" in text
+
+
+def test_rho_matrix_has_a_row_per_scorer_and_a_dash_where_a_target_lacks_it():
+    truth = {"m": {"accuracy": 0.5, "seconds": 1.0}, "n": {"accuracy": 0.75, "seconds": 1.0}}
+    report = {"tasks": {"a": {"ground_truth": truth, "scorers": {"linear": _cell(0.8, 0, True, 1, 0),
+                                                                 "hscore": _cell(0.1, 0, True, 1, 0)}},
+                        "b": {"ground_truth": truth, "scorers": {"linear": _cell(-0.25, 0, True, 1, 0)}}}}
+    rows = quality_report.rho_matrix(report)
+    assert rows[2] == "| fine-tuned accuracy, % | 50.0–75.0 | 50.0–75.0 |"
+    assert rows[3:] == ["| ρ linear | 0.80 | -0.25 |", "| ρ hscore | 0.10 | – |"]

@@ -131,7 +131,8 @@ def plot(report: dict[str, Any], path: Path = PLOT) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.2))
     width = 0.8 / len(tasks)
     for k, task in enumerate(tasks):
-        rho = [report["tasks"][task]["scorers"][s]["exhaustive"]["spearman"] for s in scorers]
+        cells = report["tasks"][task]["scorers"]
+        rho = [cells[s]["exhaustive"]["spearman"] if s in cells else float("nan") for s in scorers]
         ax.bar([i + k * width for i in range(len(scorers))], rho, width, label=report["tasks"][task]["target"])
     ax.set_xticks([i + width * (len(tasks) - 1) / 2 for i in range(len(scorers))], scorers)
     ax.axhline(0.7, color="grey", lw=0.8, ls="--")
@@ -158,6 +159,31 @@ def section(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rho_matrix(report: dict[str, Any]) -> list[str]:
+    """Spearman rho of every scorer (rows) on every target (columns), exhaustive scoring against the ground truth;
+    the first row gives each target's fine-tuned accuracy range."""
+    tasks = report["tasks"]
+    scorers = list(next(iter(tasks.values()))["scorers"])
+    rows = ["| | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    spread = [sorted(v["accuracy"] for v in d["ground_truth"].values()) for d in tasks.values()]
+    rows.append("| fine-tuned accuracy, % | " + " | ".join(f"{100 * a[0]:.1f}–{100 * a[-1]:.1f}" for a in spread)
+                + " |")
+    for name in scorers:
+        rows.append(f"| ρ {name} | " + " | ".join(
+            f"{d['scorers'][name]['exhaustive']['spearman']:.2f}" if name in d["scorers"] else "–"
+            for d in tasks.values()) + " |")
+    return rows
+
+
+def compact(report: dict[str, Any], plot_path: Path) -> str:
+    """The several-target section: the targets, rho per scorer and target, the goals, the schedule, a plot."""
+    lines = [*(f"- **{t}**: {d['target']}" for t, d in report["tasks"].items()), "", *rho_matrix(report), "",
+             *goals(report), "", *_schedule_summary(report), "",
+             f"![Spearman ρ per scorer and target](bench/results/quality/{plot_path.name})", ""]
+    plot(report, plot_path)
+    return "\n".join(lines)
+
+
 def merged(paths: list[Path]) -> dict[str, Any]:
     """One report from evaluate.py's per-target files (their targets side by side; the zoo is the last file's)."""
     reports = [json.loads(p.read_text()) for p in paths]
@@ -171,8 +197,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("quality", type=Path, nargs="+")
     p.add_argument("--write", type=Path)
+    p.add_argument("--compact", type=Path, help="the several-target section instead, its plot at this path")
     a = p.parse_args()
-    text = section(merged(a.quality))
+    text = compact(merged(a.quality), a.compact) if a.compact else section(merged(a.quality))
     if a.write:
         a.write.write_text(text)
     print(text)
