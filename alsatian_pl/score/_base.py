@@ -69,6 +69,22 @@ def reporting(scorer: "ProxyScorer", progress: ScoreProgress) -> Iterator["Proxy
     finally:
         del scorer.progress
         progress.start(0, "")  # nothing to show between scorings
+
+
+@contextmanager
+def lending(scorer: "ProxyScorer", attr: str, value: object) -> Iterator["ProxyScorer"]:
+    """``scorer`` with its attribute ``attr`` set to ``value`` within the block, as it was (or unset) after it."""
+    before = scorer.__dict__.get(attr)
+    setattr(scorer, attr, value)
+    try:
+        yield scorer
+    finally:
+        if before is None:
+            delattr(scorer, attr)
+        else:
+            setattr(scorer, attr, before)
+
+
 TASKS = ("multiclass", "multilabel", "regression")
 
 
@@ -136,15 +152,8 @@ def check_task(scorer: ProxyScorer, task: str) -> None:
 def scoring_task(scorer: ProxyScorer, task: str) -> Iterator[ProxyScorer]:
     """``scorer`` scoring ``task`` within the block (checked with :func:`check_task`)."""
     check_task(scorer, task)
-    before = scorer.__dict__.get("task")
-    scorer.task = task
-    try:
+    with lending(scorer, "task", task):
         yield scorer
-    finally:
-        if before is None:
-            del scorer.task
-        else:
-            scorer.task = before
 
 
 def binomial_stderr(accuracy: float, num_test: int) -> float | None:

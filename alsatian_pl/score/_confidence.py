@@ -30,7 +30,7 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-from ._base import ProxyScore, ProxyScorer, rank
+from ._base import ProxyScore, ProxyScorer, lending, rank
 
 __all__ = ["GROUPS", "replicating", "jackknife_groups", "leave_out_means", "hit_replicates", "leave_out", "with_replicates", "jackknife_se",
            "t_quantile", "interval", "could_be_best"]
@@ -41,15 +41,8 @@ GROUPS = 10  # jackknife groups: 9 degrees of freedom; a transferability scorer 
 @contextmanager
 def replicating(scorer: ProxyScorer, groups: int) -> Iterator[ProxyScorer]:
     """``scorer`` attaching ``groups`` jackknife replicates to its scores (0: none) within the block."""
-    before = scorer.__dict__.get("jackknife")
-    scorer.jackknife = groups
-    try:
+    with lending(scorer, "jackknife", groups):
         yield scorer
-    finally:
-        if before is None:
-            del scorer.jackknife
-        else:
-            scorer.jackknife = before
 
 
 def jackknife_groups(n: int, seed: int, groups: int = GROUPS) -> Tensor | None:
