@@ -353,7 +353,7 @@ def instantiate_config(name: str, *overrides: str) -> SearchDataModule:
 def test_config_files_compose_and_instantiate(tmp_path):
     assert sorted(p.stem for p in (CONF / "dataset").glob("*.yaml")) == [
         "cars", "fashion_mnist", "fashion_mnist_mosaic", "fashion_mnist_rotation", "image_folder", "reuters_r8",
-        "rotten_tomatoes", "table", "text_file", "twenty_newsgroups"]
+        "rotten_tomatoes", "table", "text_file", "twenty_newsgroups", "twenty_newsgroups_topics"]
     dm = instantiate_config("fashion_mnist", "dataset.image_size=8", "+search.seed=5")
     assert isinstance(dm, SearchDataModule) and dm.spec.seed == 5 and dm.spec.num_items == 2000
     assert dm.describe()["items"] == 2000 and dm.describe()["test_size"] == 400

