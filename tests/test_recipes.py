@@ -3,18 +3,21 @@ here on tiny data, or its line's comment says ``needs: <what>`` (data, weights o
 
 Commands that differ only in the values of the same overrides are one kind: RUNS holds one command of each kind
 that runs (copied from the pages), and a page's command is covered by a run whose group choices and keys hold its
-own. Each run appends TINY (a 3-model MobileNet zoo, 60 items at 16 px, the smoke trainer) and runs in a temporary
-folder, in process (``run_search``, ``run_finetune``, the CLI's ``main``) to stay quick."""
+own. A marked command may run too, on a stand-in for the user's data (STAND_INS). Each run appends TINY (a 3-model
+MobileNet zoo, 60 items at 16 px, the smoke trainer) and runs in a temporary folder, in process (``run_search``,
+``run_finetune``, the CLI's ``main``) to stay quick."""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from test_docs import RECIPES, ROOT
+from test_data import write_images
+from test_docs import RECIPES, ROOT, _expand
 
 TINY = ["models.arch=mobilenetv3_small_050", "models.num_models=3", "models.checkpoint=null",
         "dataset.num_items=60", "dataset.image_size=16", "search.progress=false", "search.batch_size=32"]
@@ -32,6 +35,7 @@ RUNS = [  # one command of each kind that runs, as a page shows it
     "python search.py dataset.num_items=500 dataset.test_fraction=0.3",
     "python search.py models=resnet18_zoo models.num_models=12 models.distribution=top25",
     "python search.py +models.where.tags=[base] '+models.where.name=*-00?'",
+    "python search.py dataset=image_folder dataset.path=~/photos models=resnet18_zoo",  # marked; a stand-in folder
     "python train.py dataset=fashion_mnist_mosaic",
     "python train.py finetune.confirm_top_k=confident",
     "python train.py finetune.results=outputs/search/DATE/results.json",
@@ -41,11 +45,12 @@ RUNS = [  # one command of each kind that runs, as a page shows it
     "alsatian store verify",
     "alsatian store gc",
 ]
+STAND_INS = {os.path.expanduser("~/photos"): "photos"}  # a user's own data: a tiny stand-in in the temporary folder
 
 
 def _split(command: str) -> tuple[str, list[str]]:
     """(script or 'alsatian', args) of a RUNS line."""
-    words = shlex.split(command)
+    words = [_expand(w) for w in shlex.split(command)]
     return ("alsatian", words[1:]) if words[0] == "alsatian" else (words[1], words[2:])
 
 
@@ -73,8 +78,10 @@ def test_every_recipe_runs_here_or_says_what_it_needs():
 
 @pytest.fixture(scope="module")
 def place(tmp_path_factory):
-    """A temporary folder with a store every run shares (the tiny zoos are built once)."""
-    return tmp_path_factory.mktemp("recipes")
+    """A temporary folder with a store every run shares (the tiny zoos are built once) and the stand-in data."""
+    place = tmp_path_factory.mktemp("recipes")
+    write_images(place / "photos", {"cat": 30, "dog": 30})
+    return place
 
 
 def _compose(config: str, args: list[str], place) -> object:
@@ -89,6 +96,8 @@ def test_recipe_runs_on_tiny_data(command, place, monkeypatch):
 
     monkeypatch.chdir(place)  # relative paths (.alsatian/features, outputs/...) land in the temporary folder
     script, args = _split(command)
+    args = [f"{a.split('=')[0]}={place / STAND_INS[a.split('=', 1)[1]]}" if a.split("=", 1)[-1] in STAND_INS else a
+            for a in args]
     if script == "search.py":
         result, report = run_search(_compose("search", args, place), place / "out")
         assert report["ranking"][0]["model"] == result.winner
