@@ -59,27 +59,35 @@ def _expand(word: str) -> str:
     return f"{key}={os.path.expanduser(value)}" if eq and value.startswith("~") else word
 
 
+def _needs(line: str) -> str | None:
+    """What a recipe line needs that is not shipped: its trailing comment's ``needs: ...`` clause, else None."""
+    found = re.search(r"#.*\bneeds: ([^;#]+)", line)
+    return found.group(1).strip() if found else None
+
+
 def _recipes():
-    """Every command line of a ``bash`` block of the README and the guide: (page, script or 'alsatian', args)."""
+    """Every command line of a ``bash`` block of the README and the guide: (page, script or 'alsatian', args,
+    needs: what it needs that is not shipped, or None)."""
     for page in PAGES:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
             for line in block.splitlines():
                 words = [_expand(w) for w in shlex.split(line, comments=True)]
                 if words[:2] in (["python", "search.py"], ["python", "train.py"]):
-                    yield page.name, words[1], words[2:]
+                    yield page.name, words[1], words[2:], _needs(line)
                 elif words[:1] == ["alsatian"]:
-                    yield page.name, "alsatian", words[1:words.index("|")] if "|" in words else words[1:]
+                    args = words[1:words.index("|")] if "|" in words else words[1:]
+                    yield page.name, "alsatian", args, _needs(line)
 
 
 RECIPES = list(_recipes())
 
 
 def test_the_pages_hold_recipes():
-    assert len(RECIPES) >= 30 and {"README.md", "searching.md", "models.md", "data.md"} <= {p for p, _, _ in RECIPES}
+    assert len(RECIPES) >= 30 and {"README.md", "searching.md", "models.md", "data.md"} <= {r[0] for r in RECIPES}
 
 
-@pytest.mark.parametrize("page,script,args", RECIPES, ids=[f"{p}:{' '.join(a)[:60]}" for p, _, a in RECIPES])
-def test_every_recipe_composes(page, script, args):
+@pytest.mark.parametrize("page,script,args,needs", RECIPES, ids=[f"{r[0]}:{' '.join(r[2])[:60]}" for r in RECIPES])
+def test_every_recipe_composes(page, script, args, needs):
     """Runs would need data or weights that are not shipped; composing checks every group, option and key."""
     if script == "alsatian":
         from alsatian_pl.app.cli import parser
