@@ -20,6 +20,7 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "dataset.std": ["[1,0,1]", "abc"],
     "dataset.data_cache": [FILE],
     "dataset.skip_unreadable": ["abc"],
+    "dataset.task": ["classification", "[multilabel]"],
     "dataset.num_workers": ["abc", "-1", "1.5"],
     "models._target_": ["nowhere.nothing"],
     "models.kind": ["checkpoints"],
@@ -58,6 +59,7 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "search.num_nodes": ["abc", "0", "2"],  # 2 without a launcher: it waited forever
     "search.confidence": ["abc", "0.3", "1", "nan", "true"],
     "search.precision": ["fp8", "7"],
+    "search.threads": ["abc", "0", "-1", "1.5"],
     "search.accelerator": ["tpu"],
     "search.rebalance_below": ["abc", "0", "-1", "1.5", "nan", "[1]"],
     "logger._target_": ["nowhere.Nothing"],
