@@ -71,7 +71,9 @@ def test_a_signal_to_the_launcher_of_a_two_process_search_ends_both_ranks_in_one
     proc = interrupt_at(args, tmp_path / "marker", sig)
     assert proc.returncode == 128 + sig, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and all("interrupted in round 1 of" in e for e in errors), proc.stderr[-3000:]
+    # one line per rank; a rank still importing the zoo when the signal comes says so instead of naming a round
+    assert len(errors) == 2 and all(e.startswith("error: interrupted") for e in errors), proc.stderr[-3000:]
+    assert any("interrupted in round 1 of" in e for e in errors), proc.stderr[-3000:]
     for noise in ("Traceback", "ProcessGroupGloo", "300 s", "[rank"):
         assert noise not in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "results.json").exists()
