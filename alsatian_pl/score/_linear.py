@@ -254,7 +254,7 @@ class LinearScorer(ProxyScorer):
         """Bytes of one chunk of ``h`` heads of dim ``d``: the stacked train and test features, one model's float32
         copy and statistics, the heads, then the larger of training (labels' one-hot, epoch order, and the primal's
         batch and logits or the dual's Gram, its transposed copy and coefficients; momentum buffers) and evaluation
-        (logits, per head torchmetrics' one-hot copies and the loss's contiguous copy and log-softmax)."""
+        (logits, per head the metric's copies and the loss's contiguous copy and log-softmax: measured per task)."""
         b = min(self.batch_size, n)
         stacked = 4 * (h * d * (n + t) + (n + t) * d + 4 * d) + 4 * (2 * h * c * d + c * d + 2 * h * c)
         steps = 3 * 4 * h * c * b + 4 * h * c
@@ -265,7 +265,8 @@ class LinearScorer(ProxyScorer):
         fit += 12 * n * c + 8 * n
         if self.task == "regression":  # standardised targets, the power iteration's vectors
             fit += 8 * (n + t) * c + 8 * n * h + 16 * h * d
-        evaluate = 4 * h * c * t + 8 * h * t + 4 * h + 40 * t * c
+        per_item = 16 if self.task == "multiclass" else 40  # the metric's and loss's [T, C] copies, per class
+        evaluate = 4 * h * c * t + 8 * h * t + 4 * h + per_item * t * c
         return stacked + max(fit, evaluate)
 
     def _check_converged(self, ids: list[str], losses: list[float], num_classes: int) -> None:
