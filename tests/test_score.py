@@ -145,11 +145,23 @@ def test_matches_plain_torch_reference(momentum):
         assert scores[m].test_loss == pytest.approx(ref.test_loss, rel=1e-4, abs=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning", "ignore:.*LeafSpec")
-def test_lightning_trainer_trains_the_same_heads_as_fit():
+def _probe_data(task: str, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Features [n, 3, 10] and labels of ``task`` (class ids; 2 labels of 0/1; 2 real targets), and the outputs."""
     g = torch.Generator().manual_seed(4)
-    x, y = torch.randn(50, 3, 10, generator=g), torch.randint(0, C, (50,), generator=g)
-    fast, slow = LinearProbes(3, 10, C, seed=1), LinearProbes(3, 10, C, seed=1)
+    x = torch.randn(n, 3, 10, generator=g)
+    if task == "multiclass":
+        return x, torch.randint(0, C, (n,), generator=g), C
+    y = torch.randn(n, 2, generator=g)
+    return x, (y > 0).float() if task == "multilabel" else y, 2
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore:.*LeafSpec")
+@pytest.mark.parametrize("task, n", [("multiclass", 50), ("multilabel", 8), ("multilabel", 50),
+                                     ("regression", 8), ("regression", 50)])  # n=8: the dual form (N <= D)
+def test_lightning_trainer_trains_the_same_heads_as_fit(task, n):
+    """On the task's loss (cross-entropy, binary cross-entropy, squared error)."""
+    x, y, c = _probe_data(task, n)
+    fast, slow = (LinearProbes(3, 10, c, seed=1, task=task) for _ in range(2))
     fast.fit(x, y, epochs=3, batch_size=16, generator=torch.Generator().manual_seed(5))
     loader = DataLoader(TensorDataset(x, y), batch_size=16,
                         sampler=RandomSampler(x, generator=torch.Generator().manual_seed(5)))

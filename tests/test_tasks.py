@@ -18,7 +18,7 @@ from alsatian_pl.data._sources import ArraySource, DataSpec
 from alsatian_pl.errors import ConfigError, DataError
 from alsatian_pl.finetune import load_finetuned
 from alsatian_pl.halving import SuccessiveHalving
-from alsatian_pl.score import ProxyScore, check_task, get_scorer, replicating, scoring_task
+from alsatian_pl.score import check_task, get_scorer, replicating, scoring_task
 from alsatian_pl.store import BlockStore
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -256,27 +256,6 @@ def test_resume_continues_a_regression_search(zoo, tmp_path, ctrl_c_in_round, mo
     monkeypatch.undo()
     resumed = SuccessiveHalving(BlockStore(zoo.store.root), dm, resume=True, **kwargs).run(zoo.models)
     assert resumed.resumed_from_round == 1 and _scores(resumed) == _scores(whole)
-
-
-@pytest.mark.parametrize("task", ["multilabel", "regression"])
-@pytest.mark.parametrize("n", [8, 50])  # the dual form (N <= D) and the primal
-def test_probes_fit_as_lightning_trains_them_on_the_task_loss(task, n):
-    import lightning as L
-    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
-
-    from alsatian_pl.score import LinearProbes
-
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, 3, 10, generator=g), torch.randn(n, 2, generator=g)
-    y = (y > 0).float() if task == "multilabel" else y
-    fast, slow = (LinearProbes(3, 10, 2, seed=1, task=task) for _ in range(2))
-    fast.fit(x, y, epochs=3, batch_size=16, generator=torch.Generator().manual_seed(5))
-    loader = DataLoader(TensorDataset(x, y), batch_size=16,
-                        sampler=RandomSampler(x, generator=torch.Generator().manual_seed(5)))
-    L.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False).fit(slow, loader)
-    torch.testing.assert_close(slow.weight, fast.weight, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(slow.bias, fast.bias, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("task", ["multilabel", "regression"])
