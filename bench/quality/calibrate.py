@@ -23,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy.stats import norm, rankdata
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # quality_report, then the package
 
 UNITS = ("rank", "score", "z")
 JS = (1, 2)  # the margin: the largest, the 2nd largest best-distance of the fitted targets
