@@ -1,4 +1,5 @@
-"""bench/quality's own logic on synthetic inputs: target folders, the multi-block rules, the goals summary."""
+"""bench/quality's own logic on synthetic inputs: target folders, the multi-block rules, the goals summary, the
+cross-target calibration of confident sets."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
 
+import calibrate  # noqa: E402
 import evaluate  # noqa: E402
 import multiblock  # noqa: E402
 import quality_report  # noqa: E402
@@ -80,3 +82,83 @@ def test_rho_matrix_has_a_row_per_scorer_and_a_dash_where_a_target_lacks_it():
     rows = quality_report.rho_matrix(report)
     assert rows[2] == "| fine-tuned accuracy, % | 50.0–75.0 | 50.0–75.0 |"
     assert rows[3:] == ["| ρ linear | 0.80 | -0.25 |", "| ρ hscore | 0.10 | – |"]
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_distances_from_the_top_in_every_unit(higher):
+    sign = 1 if higher else -1
+    scores = {"a": sign * 3.0, "b": sign * 1.0, "c": sign * 3.0, "d": sign * 2.0}
+    assert calibrate.distances(scores, higher, "rank") == {"a": 0, "b": 3, "c": 0, "d": 2}  # ties share a rank
+    assert calibrate.distances(scores, higher, "score") == {"a": 0, "b": 2, "c": 0, "d": 1}
+    z = calibrate.distances(scores, higher, "z")
+    assert z["b"] == pytest.approx(2 / np.std([3, 1, 3, 2])) and z["a"] == 0
+    with pytest.raises(ValueError, match="unit must be one of"):
+        calibrate.distances(scores, higher, "percent")
+
+
+def test_best_distance_takes_the_nearest_of_tied_bests():
+    assert calibrate.best_distance({"a": 0, "b": 2, "c": 1}, {"a": 0.5, "b": 0.9, "c": 0.9}) == 1
+
+
+def test_leave_one_out_fits_the_margin_on_the_other_targets_only():
+    truths = {t: {"a": 0.5, "b": 0.5, "c": 0.5} for t in "xyz"}
+    truths["x"]["a"], truths["y"]["b"], truths["z"]["c"] = 0.9, 0.9, 0.9  # the best stands 0, 1, 2 from the top
+    dists = {t: {"a": 0.0, "b": 1.0, "c": 2.0} for t in "xyz"}
+    out = calibrate.leave_one_out(dists, truths)
+    assert {t: o["margin"] for t, o in out.items()} == {"x": 2.0, "y": 2.0, "z": 1.0}
+    assert {t: (o["covered"], o["size"]) for t, o in out.items()} == {"x": (True, 3), "y": (True, 3),
+                                                                        "z": (False, 2)}  # z's own 2 is never used
+    with pytest.raises(ValueError, match="at least 2 targets"):
+        calibrate.leave_one_out({"x": dists["x"]}, truths)
+    second = calibrate.leave_one_out(dists, truths, j=2)
+    assert {t: (o["margin"], o["covered"], o["size"]) for t, o in second.items()} == {
+        "x": (1.0, True, 2), "y": (0.0, False, 1), "z": (0.0, False, 1)}
+
+
+def _searched(ranking, confident_set=None):
+    return {"base_search": {"ranking": ranking, "confident_set": confident_set,
+                            "scores": {m: float(len(ranking) - i) for i, m in enumerate(ranking)}}}
+
+
+def test_fixed_rules_unite_the_members_picks_and_sets():
+    truth = {"a": {"accuracy": 0.6}, "b": {"accuracy": 0.9}, "c": {"accuracy": 0.7}, "d": {"accuracy": 0.5}}
+    report = {"tasks": {"t": {"ground_truth": truth, "scorers": {
+        "p": _searched(["a", "c", "b", "d"], ["a"]), "q": _searched(["c", "b", "a", "d"], None)}}}}
+    rules = calibrate.fixed_rules(report, ["p"], ["p", "q"])
+    assert rules["p: its 90% confident set"]["t"] == {"covered": False, "size": 1}
+    assert rules["p: top 3"]["t"] == {"covered": True, "size": 3}
+    assert rules["union of the top-1 of p, q"]["t"] == {"covered": False, "size": 2}
+    assert rules["union of the 90% sets of p, q"]["t"] == {"covered": False, "size": 2}  # q has none: its pick
+    assert calibrate.fixed_table(rules)[2] == "| p: its 90% confident set | 0/1, 1.0 (1) |"
+
+
+def test_fitted_rules_leave_each_target_out_in_every_unit():
+    truth = {"a": {"accuracy": 0.9}, "b": {"accuracy": 0.5}, "c": {"accuracy": 0.5}}
+    report = {"tasks": {t: {"ground_truth": truth, "scorers": {"p": _searched(order)}}
+                        for t, order in (("x", ["a", "b", "c"]), ("y", ["b", "a", "c"]), ("z", ["b", "c", "a"]))}}
+    rules = calibrate.fitted_rules(report, "p", higher=True)
+    assert set(rules) == {(u, j) for u in calibrate.UNITS for j in calibrate.JS}
+    rank = rules[("rank", 1)]
+    assert {t: (o["covered"], o["size"]) for t, o in rank.items()} == {"x": (True, 3), "y": (True, 3),
+                                                                       "z": (False, 2)}
+    assert calibrate.fitted_table({"p": rules})[2].startswith("| p | 2/3, 2.7 (3) | ")
+
+
+def test_split_size_and_the_ground_truths_own_noise():
+    assert calibrate.split_size("Fashion-MNIST, 4,000 items (10 classes), 64 px") == 800
+    assert calibrate.split_size("20 Newsgroups, 2,000 posts (20 classes)") == 400
+    with pytest.raises(ValueError, match="no item count"):
+        calibrate.split_size("a target")
+    truth = {"a": {"accuracy": 0.9}, "b": {"accuracy": 0.88}, "c": {"accuracy": 0.5}}
+    report = {"tasks": {"t": {"target": "T, 500 items", "ground_truth": truth}}}
+    assert calibrate.truth_noise(report) == {"t": 2}  # 2 points on 100 test items is noise; 40 points is not
+
+
+def test_a_perfect_proxy_covers_a_clear_best_and_not_a_coin_toss():
+    clear = {"a": {"accuracy": 0.95}, "b": {"accuracy": 0.5}, "c": {"accuracy": 0.5}, "d": {"accuracy": 0.5}}
+    toss = {m: {"accuracy": 0.5} for m in "abcdef"}
+    report = {"tasks": {"clear": {"target": "T, 1,000 items", "ground_truth": clear},
+                        "toss": {"target": "T, 50 items", "ground_truth": toss}}}
+    out = calibrate.perfect_proxy(report, k=1, draws=500)
+    assert out["clear"] == 1.0 and 0.1 < out["toss"] < 0.6  # six equal candidates on 10 items: about 1 in 6 plus ties
+    assert calibrate.perfect_proxy(report, k=1, draws=500) == out  # seeded

@@ -128,16 +128,16 @@ def plot(report: dict[str, Any], path: Path = PLOT) -> Path:
     import matplotlib.pyplot as plt
     tasks = list(report["tasks"])
     scorers = list(next(iter(report["tasks"].values()))["scorers"])
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = plt.subplots(figsize=(9, 3.2))
     width = 0.8 / len(tasks)
     for k, task in enumerate(tasks):
         cells = report["tasks"][task]["scorers"]
         rho = [cells[s]["exhaustive"]["spearman"] if s in cells else float("nan") for s in scorers]
-        ax.bar([i + k * width for i in range(len(scorers))], rho, width, label=report["tasks"][task]["target"])
+        ax.bar([i + k * width for i in range(len(scorers))], rho, width, label=task)  # the targets are listed above
     ax.set_xticks([i + width * (len(tasks) - 1) / 2 for i in range(len(scorers))], scorers)
     ax.axhline(0.7, color="grey", lw=0.8, ls="--")
     ax.set_ylabel("Spearman ρ (score vs fine-tuned accuracy)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not over them
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
