@@ -9,12 +9,11 @@ import ctypes.util
 import os
 import resource
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from .errors import ConfigError
 
@@ -140,7 +139,7 @@ class TensorPeak(TorchDispatchMode):
         return super().__exit__(*exc)
 
     def _sweep(self) -> None:
-        """Forget what died since the last op."""
+        """Forget what died since the last sweep."""
         for key, (ref, nbytes) in list(self._held.items()):
             if ref.expired():
                 del self._held[key]
@@ -148,13 +147,34 @@ class TensorPeak(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        self._sweep()
-        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                if storage._cdata not in inputs and storage._cdata not in self._held:
-                    self._held[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())
-                    self.live += storage.nbytes()
-        self.peak = max(self.peak, self.live)
+        inputs = {t.untyped_storage()._cdata for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in inputs:
+                continue
+            known = self._held.get(key)
+            if known is not None and not known[0].expired():
+                continue
+            if known is not None:  # a freed storage's address, taken by a new one
+                self.live -= known[1]
+            self._held[key] = (StorageWeakRef(storage), storage.nbytes())
+            self.live += storage.nbytes()
+        # ``live`` still counts what died since the last sweep: it is at least what is held, so the peak can only
+        # rise where it passes the peak; sweep there (not after every op: the sweep walks every held storage)
+        if self.live > self.peak:
+            self._sweep()
+            self.peak = max(self.peak, self.live)
         return out
+
+
+def _tensors(tree: Any) -> Iterator[torch.Tensor]:
+    """The tensors in an op's arguments or outputs (nested in tuples, lists and dicts)."""
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, (tuple, list)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)

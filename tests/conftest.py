@@ -46,3 +46,29 @@ def ctrl_c_in_round(monkeypatch):
         monkeypatch.setattr(SuccessiveHalving, "_score", interrupted)
 
     return arm
+
+
+@pytest.fixture(scope="session")
+def two_ranks(zoo, tmp_path_factory):
+    """The 2-process searches of the distributed tests, run one after another in one launch of 2 CPU processes
+    (tests/_distributed_search.py: the processes and their imports start once): name -> rank 0's result as JSON,
+    and ``hooks``, the folder of the HookLog callbacks of the ``alsatian`` search. Searches of all 6 models per
+    strategy; ``emptied`` and ``idle``: models 1, 2, 3 and 5 with rebalancing at 0.8 and off."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp = tmp_path_factory.mktemp("two-ranks")
+    four = [zoo.models[i] for i in (1, 2, 3, 5)]
+    spec = {s: {"models": list(zoo.models), "strategy": s} for s in ("alsatian", "shift", "base")}
+    spec["alsatian"]["options"] = [f"hooks={tmp / 'hooks'}"]
+    spec["emptied"] = {"models": four, "strategy": "alsatian", "options": ["rebalance=0.8"]}
+    spec["idle"] = {"models": four, "strategy": "alsatian", "options": ["rebalance=null"]}
+    (tmp / "hooks").mkdir()
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_distributed_search.py")),
+                           str(zoo.store.root), str(tmp / "spec.json"), str(tmp), "2"], capture_output=True,
+                          text=True, timeout=600, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"hooks": tmp / "hooks", **{name: json.loads((tmp / f"{name}.json").read_text()) for name in spec}}

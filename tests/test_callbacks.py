@@ -79,17 +79,13 @@ def test_round_log_prints_one_line_per_round(zoo, data, capsys):
     assert f"best {result.ranking[0].score:.4f} ({result.winner})" in lines[-1]
 
 
-def test_distributed_callbacks_run_on_rank_zero_unless_they_ask_for_every_rank(zoo, tmp_path):
-    script = Path(__file__).with_name("_distributed_search.py")
-    out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(script), str(zoo.store.root), ",".join(zoo.models), "alsatian", "2",
-                           str(out), f"hooks={tmp_path}"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rounds = len(json.loads(out.read_text())["rounds"])
-    assert sorted(p.name for p in tmp_path.glob("*-rank*.json")) == ["every-rank0.json", "every-rank1.json",
-                                                                      "zero-rank0.json"]
+def test_distributed_callbacks_run_on_rank_zero_unless_they_ask_for_every_rank(two_ranks):
+    # two_ranks' alsatian search over 2 processes carries two HookLogs: rank 0's and every rank's
+    hooks_dir, rounds = two_ranks["hooks"], len(two_ranks["alsatian"]["rounds"])
+    assert sorted(p.name for p in hooks_dir.glob("*-rank*.json")) == ["every-rank0.json", "every-rank1.json",
+                                                                       "zero-rank0.json"]
     for name in ("every-rank0.json", "every-rank1.json", "zero-rank0.json"):
-        seen = json.loads((tmp_path / name).read_text())
+        seen = json.loads((hooks_dir / name).read_text())
         hooks = [h for h, _ in seen["calls"]]
         assert seen["rounds_seen"] == rounds and hooks[:2] == ["setup", "on_search_start"]
         assert hooks[-1] == "on_search_end" and hooks.count("on_round_end") == rounds

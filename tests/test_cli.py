@@ -1,4 +1,5 @@
-"""The ``alsatian store`` console script, run as a user runs it (a subprocess)."""
+"""The ``alsatian store`` console script, run as a user runs it (a subprocess); verify (which loads the search
+engine to check feature caches) and gc run the script's ``main`` in this process instead, as the script does."""
 
 from __future__ import annotations
 
@@ -26,6 +27,19 @@ def alsatian(root, *args):
                           capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
 
 
+@pytest.fixture
+def here(monkeypatch, capsys):
+    """``here(root, *args)``: the console script's ``main`` in this process, 200 columns wide: (status, stdout)."""
+    from alsatian_pl.app.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(root, *args):
+        status = main(["store", "--root", str(root), *args])
+        return status, capsys.readouterr().out
+    return run
+
+
 def test_ls_info_du(zoo):
     ls = alsatian(zoo.store.root, "ls")
     assert ls.returncode == 0 and "3 models" in ls.stdout and all(m in ls.stdout for m in zoo.models)
@@ -40,18 +54,18 @@ def test_ls_info_du(zoo):
     assert du.returncode == 0 and f"{stats.dedup_ratio:.2f}x" in du.stdout and "zoo:tiny" in du.stdout
 
 
-def test_verify_finds_corruption_and_gc_frees_unused_blocks(zoo, tmp_path):
+def test_verify_finds_corruption_and_gc_frees_unused_blocks(zoo, tmp_path, here):
     import shutil
     root = tmp_path / "copy"
     shutil.copytree(zoo.store.root, root)
     store = BlockStore(root)
-    assert alsatian(root, "verify").returncode == 0
+    assert here(root, "verify")[0] == 0
     path = store.block_path(store.manifest(zoo.models[2]).hashes[-1])
     blob = bytearray(path.read_bytes())
     blob[-1] ^= 0xFF
     path.write_bytes(bytes(blob))
-    bad = alsatian(root, "verify")
-    assert bad.returncode == 1 and "corrupt" in bad.stdout and zoo.models[2] in bad.stdout
+    status, out = here(root, "verify")
+    assert status == 1 and "corrupt" in out and zoo.models[2] in out
     only_2 = set(store.manifest(zoo.models[2]).hashes) - {h for m in zoo.models[:2] for h in store.manifest(m).hashes}
     from alsatian_pl.halving import FeatureCache
     from alsatian_pl.stats import SearchStats
@@ -62,13 +76,13 @@ def test_verify_finds_corruption_and_gc_frees_unused_blocks(zoo, tmp_path):
     data = bytearray(entry.read_bytes())
     data[-3] ^= 0x10  # a flipped bit in the features
     entry.write_bytes(bytes(data))
-    checked = alsatian(root, "verify", "--json")
-    report = json.loads(checked.stdout)["feature_cache"]
-    assert checked.returncode == 1 and report["entries"] == 2 and not entry.exists()
+    status, out = here(root, "verify", "--json")
+    report = json.loads(out)["feature_cache"]
+    assert status == 1 and report["entries"] == 2 and not entry.exists()
     assert [d["path"] for d in report["damaged_deleted"]] == [str(entry)] and "checksum" in report["damaged_deleted"][0]["why"]
     store.delete_model(zoo.models[2])
-    gc = alsatian(root, "gc")
-    assert gc.returncode == 0 and "freed" in gc.stdout and not any(store.has_block(h) for h in only_2)
+    status, out = here(root, "gc")
+    assert status == 0 and "freed" in out and not any(store.has_block(h) for h in only_2)
 
 
 def test_unknown_model_and_missing_store_give_one_error_line(zoo, tmp_path):

@@ -17,15 +17,11 @@ SCRIPT = Path(__file__).with_name("_distributed_search.py")
 
 
 @pytest.mark.parametrize("strategy", ["alsatian", "shift", "base"])
-def test_two_processes_give_the_single_process_ranking_and_scores(zoo, tmp_path, strategy):
+def test_two_processes_give_the_single_process_ranking_and_scores(zoo, two_ranks, strategy):
     data = SearchDataModule(num_items=300, image_size=32, seed=0)
     single = SuccessiveHalving(BlockStore(zoo.store.root), data, strategy=strategy, batch_size=32, device="cpu",
                                progress=False, scorer_kwargs={"epochs": 10}).run(zoo.models).to_json()
-    out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(zoo.models), strategy, "2",
-                           str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    multi = json.loads(out.read_text())
+    multi = two_ranks[strategy]
     assert [r["model"] for r in multi["ranking"]] == [r["model"] for r in single["ranking"]]
     for a, b in zip(multi["ranking"], single["ranking"]):
         assert abs(a["score"] - b["score"]) <= 1e-6 and abs(a["test_loss"] - b["test_loss"]) <= 1e-6
@@ -38,31 +34,14 @@ def test_two_processes_give_the_single_process_ranking_and_scores(zoo, tmp_path,
         assert sum(r["inference_steps"] for r in multi["rounds"]) == sum(r["inference_steps"] for r in single["rounds"])
 
 
-def test_a_dead_rank_stops_the_search_within_the_timeout_with_one_error(zoo, tmp_path):
-    import time
-    out = tmp_path / "result.json"
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(zoo.models), "alsatian", "2",
-                           str(out), "1:1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode != 0 and not out.exists()  # no results from a broken search
-    # the dead rank's connections close at once: rank 0 says a rank left (or, had it hung, that none answered)
-    assert ("error: rank 0: another rank left the search (it died" in proc.stderr
-            or "error: rank 0: the other ranks did not all answer" in proc.stderr), proc.stderr[-3000:]
-    assert time.perf_counter() - start < 120
-
-
-def test_a_rank_emptied_by_pruning_takes_a_subtree_and_its_features_and_scores_stay_exact(zoo, tmp_path):
+def test_a_rank_emptied_by_pruning_takes_a_subtree_and_its_features_and_scores_stay_exact(zoo, two_ranks):
     # of these four, LPT puts models 1 and 5 on one rank, and they are the two that survive round 1: the other rank
     # is left idle (balance 0.5), so model 5 moves over with its kept features
     models = [zoo.models[i] for i in (1, 2, 3, 5)]
     data = SearchDataModule(num_items=300, image_size=32, seed=0)
     single = SuccessiveHalving(BlockStore(zoo.store.root), data, batch_size=32, device="cpu", progress=False,
                                scorer_kwargs={"epochs": 10}).run(models).to_json()
-    out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(models), "alsatian", "2",
-                           str(out), "rebalance=0.8"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    multi = json.loads(out.read_text())
+    multi = two_ranks["emptied"]
     assert [(r["model"], r["eliminated_in_round"]) for r in multi["ranking"]] == [
         (r["model"], r["eliminated_in_round"]) for r in single["ranking"]]
     for a, b in zip(multi["ranking"], single["ranking"]):
@@ -81,17 +60,23 @@ def test_a_rank_emptied_by_pruning_takes_a_subtree_and_its_features_and_scores_s
     assert d["ranks"][src]["bytes_sent"] >= move["moved_bytes"]
 
 
-def test_a_search_resumed_after_a_rebalancing_continues_on_the_moved_models_with_exact_scores(zoo, tmp_path):
+def test_a_dead_rank_stops_the_search_in_one_error_and_the_resumed_search_continues_exactly(zoo, two_ranks,
+                                                                                          tmp_path):
+    """Rank 1 dies in round 2, after a rebalancing was saved: rank 0 stops within the timeout with one error and
+    writes nothing; resumed, the ranks continue on the moved models with the uninterrupted search's scores."""
+    import time
     models = [zoo.models[i] for i in (1, 2, 3, 5)]
     out, ckpt = tmp_path / "result.json", tmp_path / "ckpt"
     args = [sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(models), "alsatian", "2", str(out),
             f"checkpoints={ckpt}"]
-    whole = subprocess.run(args[:-1], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    reference = json.loads(out.read_text())
-    out.unlink()
-    died = subprocess.run([*args, "1:1"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert died.returncode != 0 and not out.exists()  # rank 1 died in round 2, after the rebalancing was saved
+    reference = two_ranks["emptied"]  # the same search, not interrupted
+    start = time.perf_counter()
+    died = subprocess.run([*args, "1:1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert died.returncode != 0 and not out.exists()  # no results from a broken search
+    # the dead rank's connections close at once: rank 0 says a rank left (or, had it hung, that none answered)
+    assert ("error: rank 0: another rank left the search (it died" in died.stderr
+            or "error: rank 0: the other ranks did not all answer" in died.stderr), died.stderr[-3000:]
+    assert time.perf_counter() - start < 120
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -105,12 +90,7 @@ def test_a_search_resumed_after_a_rebalancing_continues_on_the_moved_models_with
     assert all(m in final[dst] for m, (_, dst) in moved.items())  # the resumed ranks run the moved models
 
 
-def test_with_rebalancing_off_the_idle_rank_stays_idle(zoo, tmp_path):
-    models = [zoo.models[i] for i in (1, 2, 3, 5)]
-    out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(models), "alsatian", "2",
-                           str(out), "rebalance=null"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    d = json.loads(out.read_text())["distributed"]
+def test_with_rebalancing_off_the_idle_rank_stays_idle(two_ranks):
+    d = two_ranks["idle"]["distributed"]
     assert d["rebalancing"] == [] and d["rebalance_below"] is None
     assert [r["final_models"] for r in d["ranks"]] == [r["models"] for r in d["ranks"]]

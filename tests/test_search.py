@@ -168,17 +168,28 @@ def _cli(tmp_path, *overrides):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
+def test_cli_user_error_prints_one_clear_message_and_exit_status_2(tmp_path):
+    """search.py as a user runs it: a failure after the zoo was built ends in one line, nothing half-written."""
+    proc = _cli(tmp_path, "search.cache_budget=1KB")
+    assert proc.returncode == 2, proc.stderr
+    assert "cache budget" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "store").rglob("*.tmp"))
+
+
 @pytest.mark.parametrize("overrides,message", [
-    (["search.cache_budget=1KB"], "cache budget"),
     (["search.cache_budget=lots"], "invalid byte size"),
     (["dataset.num_items=0"], "empty"),
     (["dataset=image_folder", f"dataset.path=/nonexistent/images"], "/nonexistent/images"),
     (["search.strategy=greedy"], "unknown search strategy"),
 ])
-def test_cli_user_errors_print_one_clear_message(tmp_path, overrides, message):
-    proc = _cli(tmp_path, *overrides)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+def test_user_errors_print_one_clear_message_under_the_entry_points_boundary(tmp_path, capsys, overrides, message):
+    """What search.py runs (run_search under boundary.user_errors, in this process): one line, exit status 2."""
+    from alsatian_pl.app import boundary
+
+    with pytest.raises(SystemExit) as exited:
+        boundary.user_errors(run_search)(_compose(f"store.root={tmp_path / 'store'}", *overrides), tmp_path / "out")
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and "Traceback" not in err
     assert not list((tmp_path / "store").rglob("*.tmp"))
 
 
