@@ -66,7 +66,7 @@ class WeightCache:
     nothing), so reading it again costs only the mapping and its checksum (about 4 ms for an 18 MiB ResNet block,
     warm), while holding it keeps its pages in the process's resident memory: there it is dropped at the next
     :meth:`get` after its last scheduled use. Measured on W1 (12 ResNet-18 checkpoints, bench/notes/reference.md):
-    peak host RSS 1.10 -> 0.98 GiB.
+    peak host RSS of the search 1.08 -> 0.96 GiB, loading +0.1 s.
 
     ``prefetch`` starts reading a block on a background thread (file read and hash check, which release the GIL and
     use no torch kernels) so that it overlaps the current step's inference; a block being prefetched counts against
