@@ -1,5 +1,6 @@
 """Block weights for the executor: the :class:`WeightCache` (on an accelerator each block read from the store once
-per search while the budget allows; on the CPU held until its last use in the plan), block placement on the compute device, and readahead of the block files of coming steps."""
+per search while the budget allows; on the CPU held until its last use in the plan), block placement on the compute
+device, and readahead of the block files of coming steps."""
 
 from __future__ import annotations
 
