@@ -299,7 +299,7 @@ def _cyclic_loads(schedule: bool) -> int:
         def load_block(self, h):
             return torch.nn.Linear(1, 1, bias=False)
 
-    cache = WeightCache(Store(), torch.device("cpu"), capacity=12)
+    cache = WeightCache(Store(), torch.device("cpu"), capacity=12, keep_done=True)  # held as on an accelerator
     for _ in range(2):  # two rounds (or partitions) running the same plan order
         if schedule:
             cache.schedule("abcde")
@@ -313,6 +313,23 @@ def test_weight_cache_evicts_in_plan_order():
     # LRU evicts exactly the block the next pass needs first: every get misses. Plan order keeps two of the three.
     assert _cyclic_loads(schedule=False) == 10
     assert _cyclic_loads(schedule=True) == 7
+
+
+def test_cpu_weight_cache_drops_blocks_after_their_last_scheduled_use(zoo):
+    # On the CPU a block is a mapping of its file: after its last use in the plan it is no longer held (its pages
+    # leave the process's resident memory); a block used again stays, and an accelerator's cache keeps both.
+    from alsatian_pl.weights import WeightCache
+    store = BlockStore(zoo.store.root)
+    a, b, c = store.manifest(zoo.models[0]).hashes[:3]
+    for keep, held in ((None, {c, a}), (True, {a, b, c})):
+        cache = WeightCache(store, torch.device("cpu"), keep_done=keep)
+        cache.schedule([a, b, c, a])
+        first = cache.get(a, a)
+        cache.get(b, b)
+        cache.get(c, c)  # b is not used again
+        assert set(cache._blocks) == held and cache.bytes == sum(n for _, n in cache._blocks.values())
+        assert cache.get(a, a) is first and cache.loads == 3 and cache.hits == 1
+        cache.close()
 
 
 def test_cpu_block_placement_restrides_only_where_free_and_keeps_outputs():
