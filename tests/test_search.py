@@ -53,6 +53,12 @@ def test_alsatian_and_shift_give_identical_scores_and_rankings(results):
     assert len(a.rounds) == 3 and [r.models for r in a.rounds] == [6, 3, 2]
 
 
+def test_running_steps_block_by_block_changes_no_score(results, zoo, data):
+    """The default runs chains of blocks over groups of batches (search.block_batches=auto); batch-major gives the
+    same scores, losses and rounds exactly."""
+    assert _scores(_search(zoo, data, block_batches=1)) == _scores(results["alsatian"])
+
+
 def test_base_scores_the_winner_like_alsatians_final_round(results):
     a, b = results["alsatian"], results["base"]
     base = _scores(b)
