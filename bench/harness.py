@@ -106,6 +106,7 @@ class SearchSettings:
     threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
     channels_last: bool = True  # conv activations and weights channels-last, as the search runs them by default
     precision: str = "32-true"  # search.precision (block inference; the calibration pass runs the blocks in it too)
+    block_batches: int | str = "auto"  # search.block_batches: batches a step runs block by block (1: batch-major)
 
     def apply_threads(self) -> None:
         if self.threads:
@@ -162,7 +163,8 @@ def run_search(store_root: Path, models: Sequence[str], data: dict[str, Any], st
                                  result_size=settings.result_size, batch_size=settings.batch_size,
                                  device=settings.device, cache_budget=budget, seed=settings.seed, progress=False,
                                  callbacks=[recorder], channels_last=settings.channels_last,
-                                 precision=settings.precision)
+                                 precision=settings.precision, block_batches=settings.block_batches,
+                                 threads=settings.threads or "auto")
     load_before = os.getloadavg()[0]
     rss_before = rss_now()
     meter = CpuMeter()
