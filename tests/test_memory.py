@@ -103,13 +103,16 @@ def _chains():
     return tree
 
 
-@pytest.mark.parametrize(("budget", "most", "chosen"), [(None, 4, 4), (None, 8, 5), (None, 1, 1), (7000, 4, 2),
-                                                        (6479, 4, 1)])
-def test_the_widest_group_is_the_largest_the_budget_leaves_room_for(budget, most, chosen):
+@pytest.mark.parametrize(("budget", "room", "most", "chosen"), [
+    (None, None, 4, 4), (None, None, 8, 5), (None, None, 1, 1), (7000, None, 4, 2), (6479, None, 4, 1),
+    (None, 7000, 4, 2), (None, 5000, 4, 1)])
+def test_the_widest_group_is_the_largest_the_budget_leaves_room_for(budget, room, most, chosen):
     """The shared chain over k batches of 8 holds max(3000 + (k-1) * 800, 2000 + k * 800): the plan's peak is
     1000 resident + 1600 cached + 80 weights + that, 6480 at k = 2 and 7280 at k = 3 (which would split the data).
-    Without a budget the cap, at most the round's 5 batches."""
-    plan = plan_block_batches(_chains(), num_items=40, batch_size=8, most=most, budget=budget, resident_bytes=1000)
+    Without a budget the cap, at most the round's 5 batches; a spilling round's ``room`` bounds the peak alone (a
+    room below one batch's peak leaves one batch, unsplit)."""
+    plan = plan_block_batches(_chains(), num_items=40, batch_size=8, most=most, budget=budget, resident_bytes=1000,
+                              room=room)
     assert plan.partitions == 1
     assert {s.block_batches for s in plan.steps if isinstance(s, InferenceStep)} == {chosen}
     assert plan.peak_bytes == 1000 + 1600 + 80 + max(3000 + (chosen - 1) * 800, 2000 + chosen * 800)

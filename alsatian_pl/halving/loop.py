@@ -313,7 +313,7 @@ class SuccessiveHalving:
         with engine.stats.phase("planning"):
             plan = plan_block_batches(tree, num_items=len(inputs), batch_size=self.batch_size,
                                       most=most_block_batches(self.block_batches), budget=budget.plan_budget,
-                                      resident_bytes=memory)
+                                      resident_bytes=memory, room=budget.bytes if budget.spill else None)
         if budget.spill:  # spilling cannot make scoring fit
             budget.check_scoring(memory)
         weight_room = budget.weight_room(plan)

@@ -247,11 +247,13 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
 
 
 def plan_block_batches(tree: TaskTree, *, num_items: int, batch_size: int, most: int, budget: int | None = None,
-                       resident_bytes: int | RoundMemory = 0) -> RoundPlan:
+                       resident_bytes: int | RoundMemory = 0, room: int | None = None) -> RoundPlan:
     """:func:`plan_round` with its steps run block by block over the most batches at once, up to ``most``, that the
     budget leaves room for: the plan keeps the partitions it has with one batch (block-major groups never split the
-    data further), and a group never exceeds a partition's batches. Without chains of blocks, or ``most`` 1, the plan
-    of one batch. Peaks grow with the group (:func:`step_work_bytes`), so the largest that fits is bisected."""
+    data further), and a group never exceeds a partition's batches; with ``room``, a wider plan's peak stays within
+    it too (a round that spills plans without a budget, and groups batches only where it needs no spilling). Without
+    chains of blocks, or ``most`` 1, the plan of one batch. Peaks grow with the group (:func:`step_work_bytes`), so
+    the largest that fits is bisected."""
     plan = plan_round(tree, num_items=num_items, batch_size=batch_size, budget=budget, resident_bytes=resident_bytes)
     chains = any(len(s.blocks) > 1 for s in plan.steps if isinstance(s, InferenceStep))
     lo, hi, best = 1, min(most, -(-plan.partition_items // batch_size)) if chains else 1, plan
@@ -262,7 +264,7 @@ def plan_block_batches(tree: TaskTree, *, num_items: int, batch_size: int, most:
                                resident_bytes=resident_bytes, block_batches=mid)
         except BudgetTooSmallError:
             wider = None
-        if wider is not None and wider.partitions == plan.partitions:
+        if wider is not None and wider.partitions == plan.partitions and (room is None or wider.peak_bytes <= room):
             lo, best = mid, wider
         else:
             hi = mid - 1
