@@ -130,10 +130,11 @@ def note(results: list[dict[str, object]], size: int, items: int, repeat: int, g
         lines.append(f"| {r['arch']} | {r['blocks']} | {o['batch-major']:.3f} | "
                      + " | ".join(f"{o[g]:.3f}" for g in groups)
                      + f" | {o['each block alone']:.3f} | {p[64]:.0f} | {p[32]:.0f} | {p[16]:.0f} | {p[8]:.0f} |")
-    lines += ["", "The executor runs a step batch-major, as every strategy does; the lower bound's calibration times "
-              "each block alone over its batches, so where block-major is faster the bound is out of reach of "
-              "batch-major execution by that much. A round's last batch of each step is partial, and its items cost "
-              "what the smaller batch costs, while the bound prices them at the batch-64 rate."]
+    lines += ["", "The lower bound's calibration times each block alone over its batches, so where block-major is "
+              "faster the bound is out of reach of batch-major execution by that much. The executor runs a step's "
+              "chain block-major over groups of `search.block_batches` batches (`auto`: 4, fewer where the cache "
+              "budget leaves no room; `1`: batch-major). A batch smaller than the batch size costs more per item, "
+              "while the bound prices every item at the batch-64 rate."]
     return "\n".join(lines) + "\n"
 
 
