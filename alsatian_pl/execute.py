@@ -17,7 +17,7 @@ import torch
 from .cache import CacheService
 from .errors import AlsatianError, InvalidCandidateError
 from .precision import Precision
-from .plan import InferenceStep, ReleaseStep, RoundPlan, ScoreStep, Step, TaskTree
+from .plan import BlockSpec, InferenceStep, ReleaseStep, RoundPlan, ScoreStep, Step, TaskTree
 from .stats import SearchStats
 from .weights import WeightCache, readahead_windows
 
@@ -95,30 +95,55 @@ class Executor:
     def _infer(self, step: InferenceStep, x: torch.Tensor,
                write: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor | None:
         """The step's blocks applied to ``x`` batch by batch, into one output tensor on the device (with ``write``:
-        each batch's output handed to ``write(first item, batch)`` instead; returns None)."""
+        each batch's output handed to ``write(first item, batch)`` instead; returns None). The batches run in groups
+        of ``step.block_batches``, block-major within a group: each block over the group's batches, then the next."""
         with self.stats.phase("prepare_model"):
             blocks = [self._load(step, b.hash) for b in step.blocks]
         with self.stats.phase("inference"), torch.inference_mode(), self.precision.autocast():
             t0 = time.perf_counter()
             out = None
-            for s, e in even_batches(len(x), self.batch_size):
-                y = x[s:e].to(self.device, non_blocking=True)
-                if self.weights.channels_last and y.dim() == 4:
-                    y = y.contiguous(memory_format=torch.channels_last)
-                y = self._forward(step, blocks, y)
+
+            def emit(s: int, y: torch.Tensor) -> None:
+                nonlocal out
                 self.stats.items_inferred += len(y)  # read by the progress display while the step runs
                 if write is not None:
                     write(s, y)
-                    continue
+                    return
                 if out is None:
                     out = torch.empty((len(x), *y.shape[1:]), dtype=y.dtype, device=self.device,
                                       memory_format=_layout(y))
                 out[s:s + len(y)] = y
+
+            batches, g = even_batches(len(x), self.batch_size), step.block_batches
+            for i in range(0, len(batches), g):
+                self._group(step, blocks, x, batches[i:i + g], emit)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             self.stats.blocks_ran(((b.hash, b.cost) for b in step.blocks), time.perf_counter() - t0, len(x))
         return out
 
+    def _group(self, step: InferenceStep, blocks: list[torch.nn.Module], x: torch.Tensor,
+               group: list[tuple[int, int]], emit: Callable[[int, torch.Tensor], None]) -> None:
+        """Each block over the batches of ``group``, then the next block; every batch the same ops as alone, so its
+        output is bitwise what batch-major gives. An input is dropped once its block ran; the last block's outputs
+        go to ``emit`` as they come (what :func:`~alsatian_pl.plan.steps.step_work_bytes` counts)."""
+        held: list[torch.Tensor | None] = [None] * len(group)
+        last = len(blocks) - 1
+        for k, block in enumerate(blocks):
+            for i, (s, e) in enumerate(group):
+                y, held[i] = (held[i] if k else self._batch(x, s, e)), None
+                y = self._block(step, step.blocks[k], block, y)
+                if k == last:
+                    emit(s, y)
+                else:
+                    held[i] = y
+
+    def _batch(self, x: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        """Items ``s:e`` of the step's input on the device, channels-last where the weights are."""
+        y = x[s:e].to(self.device, non_blocking=True)
+        if self.weights.channels_last and y.dim() == 4:
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
 
     def _load(self, step: InferenceStep, block: str) -> torch.nn.Module:
         """A block of the step through the weight cache; InvalidCandidateError when its stored tensors do not load
@@ -130,23 +155,22 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - tensors that do not fit the block's skeleton
             raise _failed(step, block, f"cannot be loaded ({_first_line(exc)})") from None
 
-    def _forward(self, step: InferenceStep, blocks: list[torch.nn.Module], y: torch.Tensor) -> torch.Tensor:
-        """One batch through the step's blocks, float32 between them in every precision (alsatian_pl.precision);
-        InvalidCandidateError naming the block and the models below it when a block fails or gives outputs of
-        another size than the store recorded (running out of memory is not the candidate's fault: it passes)."""
-        for i, (block, spec) in enumerate(zip(blocks, step.blocks)):
-            try:
-                y = self.precision.output(block(y))
-            except (AlsatianError, MemoryError, torch.OutOfMemoryError):
+    def _block(self, step: InferenceStep, spec: BlockSpec, block: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """One batch through one of the step's blocks, float32 after it in every precision (alsatian_pl.precision);
+        InvalidCandidateError naming the block and the models below it when it fails or gives outputs of another
+        size than the store recorded (running out of memory is not the candidate's fault: it passes)."""
+        try:
+            y = self.precision.output(block(y))
+        except (AlsatianError, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a block of the user's that fails at forward
+            if "allocate" in str(exc) or "out of memory" in str(exc):
                 raise
-            except Exception as exc:  # noqa: BLE001 - a block of the user's that fails at forward
-                if "allocate" in str(exc) or "out of memory" in str(exc):
-                    raise
-                raise _failed(step, spec.hash, f"fails at forward ({_first_line(exc)})") from None
-            got = y[0].numel() * y.element_size() if len(y) else spec.out_bytes
-            if spec.out_bytes and got != spec.out_bytes:
-                raise _failed(step, spec.hash, f"gives outputs of {got} bytes per item ({list(y.shape[1:])}) where "
-                                               f"the store recorded {spec.out_bytes}")
+            raise _failed(step, spec.hash, f"fails at forward ({_first_line(exc)})") from None
+        got = y[0].numel() * y.element_size() if len(y) else spec.out_bytes
+        if spec.out_bytes and got != spec.out_bytes:
+            raise _failed(step, spec.hash, f"gives outputs of {got} bytes per item ({list(y.shape[1:])}) where "
+                                           f"the store recorded {spec.out_bytes}")
         return y
 
 

@@ -2,14 +2,16 @@
 smaller than the search's batch size.
 
     python bench/bench_batches.py [--archs resnet18,tf_efficientnet_lite0] [--size 32] [--items 2048] [--repeat 3]
+                                  [--groups 2,4,8] [--threads 2]
 
 Each architecture is stored once in a temporary block store (seeded random init) and loaded as the search loads it
 (channels-last where the executor lays it out so). Two measurements, each the median of ``--repeat`` timed passes
-after one untimed pass, two threads:
+after one untimed pass, ``--threads`` threads (the orders' passes interleaved, so drifting load hits them alike):
 
 * *order*: the model's whole chain of blocks over ``--items`` items in batches of 64, *batch-major* (each batch
-  through every block, as the executor runs a step) against *block-major* over chunks of 4 batches (each block over
-  4 batches before the next block) and against each block timed alone over all batches (the lower bound's
+  through every block, as the executor runs a step with ``search.block_batches=1``) against *block-major* over
+  groups of 2, 4, 8 batches (each block over the group's batches before the next block, as the executor runs it with
+  ``search.block_batches`` of that size) and against each block timed alone over all batches (the lower bound's
   calibration); the same arithmetic in a different order.
 * *batch size*: microseconds per item of the whole chain at batches of 64, 32, 16 and 8 (a round's last batch of
   each step is partial; the lower bound prices every item at the batch-64 rate).
@@ -48,6 +50,18 @@ def stored_blocks(root: Path, arch: str, size: int) -> list[torch.nn.Module]:
     return [place_block(store.load_block(h), torch.device("cpu"), True) for h in store.manifest(arch).hashes]
 
 
+def interleaved_s(fs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds of each of ``fs`` over ``repeat`` rounds that call every one in turn, after one untimed round."""
+    times: dict[str, list[float]] = {name: [] for name in fs}
+    for r in range(repeat + 1):
+        for name, f in fs.items():
+            t0 = time.perf_counter()
+            f()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def median_s(f: Callable[[], object], repeat: int) -> float:
     """Median seconds of ``repeat`` calls of ``f`` after one untimed call."""
     f()
@@ -84,14 +98,15 @@ def per_block(blocks: list, batches: list) -> float:
     return total
 
 
-def measure(arch: str, size: int, items: int, repeat: int) -> dict[str, object]:
+def measure(arch: str, size: int, items: int, repeat: int, groups: list[int]) -> dict[str, object]:
     """The order and batch-size figures of one architecture."""
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         blocks = stored_blocks(Path(tmp), arch, size)
         x = torch.randn(items, 3, size, size).contiguous(memory_format=torch.channels_last)
         batches = [x[s:s + BATCH] for s in range(0, items, BATCH)]
-        order = {"batch-major": median_s(lambda: batch_major(blocks, batches), repeat),
-                 "block-major, 4 batches": median_s(lambda: block_major(blocks, batches), repeat),
+        runs = {"batch-major": lambda: batch_major(blocks, batches),
+                **{g: (lambda g=g: block_major(blocks, batches, g)) for g in groups}}
+        order = {**interleaved_s(runs, repeat),
                  "each block alone": statistics.median(per_block(blocks, batches) for _ in range(repeat))}
         per_item = {}
         for bs in (64, 32, 16, 8):
@@ -100,22 +115,26 @@ def measure(arch: str, size: int, items: int, repeat: int) -> dict[str, object]:
     return {"arch": arch, "blocks": len(blocks), "order": order, "per_item_us": per_item}
 
 
-def note(results: list[dict[str, object]], size: int, items: int, repeat: int) -> str:
+def note(results: list[dict[str, object]], size: int, items: int, repeat: int, groups: list[int],
+         threads: int) -> str:
     """The BENCHMARKS.md section of these results."""
     lines = ["### Batch order and partial batches (`python bench/bench_batches.py`)\n",
-             f"Each architecture's whole chain of stored blocks at {size} px, two threads, median of {repeat} passes "
-             "(see the script's docstring). *Order*: seconds for "
+             f"Each architecture's whole chain of stored blocks at {size} px, {threads} thread(s), median of {repeat} "
+             "interleaved passes (see the script's docstring). *Order*: seconds for "
              f"{items} items in batches of {BATCH}; *batch size*: microseconds per item of the chain.\n",
-             "| architecture | blocks | batch-major s | block-major (4 batches) s | each block alone s "
-             "| µs/item at 64 | at 32 | at 16 | at 8 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| architecture | blocks | batch-major s | " + " | ".join(f"block-major ({g} batches) s" for g in groups)
+             + " | each block alone s | µs/item at 64 | at 32 | at 16 | at 8 |",
+             "|---|---:|---:|" + "---:|" * len(groups) + "---:|---:|---:|---:|---:|"]
     for r in results:
         o, p = r["order"], r["per_item_us"]
-        lines.append(f"| {r['arch']} | {r['blocks']} | {o['batch-major']:.3f} | {o['block-major, 4 batches']:.3f} "
-                     f"| {o['each block alone']:.3f} | {p[64]:.0f} | {p[32]:.0f} | {p[16]:.0f} | {p[8]:.0f} |")
-    lines += ["", "The executor runs a step batch-major, as every strategy does; the lower bound's calibration times "
-              "each block alone over its batches, so where block-major is faster the bound is out of reach of "
-              "batch-major execution by that much. A round's last batch of each step is partial, and its items cost "
-              "what the smaller batch costs, while the bound prices them at the batch-64 rate."]
+        lines.append(f"| {r['arch']} | {r['blocks']} | {o['batch-major']:.3f} | "
+                     + " | ".join(f"{o[g]:.3f}" for g in groups)
+                     + f" | {o['each block alone']:.3f} | {p[64]:.0f} | {p[32]:.0f} | {p[16]:.0f} | {p[8]:.0f} |")
+    lines += ["", "The lower bound's calibration times each block alone over its batches, so where block-major is "
+              "faster the bound is out of reach of batch-major execution by that much. The executor runs a step's "
+              "chain block-major over groups of `search.block_batches` batches (`auto`: 4, fewer where the cache "
+              "budget leaves no room; `1`: batch-major). A batch smaller than the batch size costs more per item, "
+              "while the bound prices every item at the batch-64 rate."]
     return "\n".join(lines) + "\n"
 
 
@@ -125,11 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--items", type=int, default=2048)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--groups", default="2,4,8", help="block-major group sizes, in batches")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--note", type=Path, default=NOTE)
     args = ap.parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    results = [measure(a, args.size, args.items, args.repeat) for a in args.archs.split(",")]
-    text = note(results, args.size, args.items, args.repeat)
+    torch.set_num_threads(min(args.threads, torch.get_num_threads()))
+    groups = [int(g) for g in args.groups.split(",")]
+    results = [measure(a, args.size, args.items, args.repeat, groups) for a in args.archs.split(",")]
+    text = note(results, args.size, args.items, args.repeat, groups, args.threads)
     print(text)
     args.note.write_text(text)
 

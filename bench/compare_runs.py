@@ -2,7 +2,10 @@
 loss, round eliminated) and its rounds (models, items, inference steps, block runs, distinct blocks, partitions,
 planned peaks), matched by file name; timings are left out (they differ run to run).
 
-    python bench/compare_runs.py bench/results/quick-A bench/results/quick-B
+    python bench/compare_runs.py bench/results/quick-A bench/results/quick-B [--ignore planned_peak_bytes]
+
+``--ignore`` leaves round fields out that a change is meant to move (``planned_peak_bytes`` when the memory model
+counts something new, e.g. ``search.block_batches``); the rankings are always compared.
 
 Prints one line per search file compared and a verdict; exits 1 if anything differs or a file is missing on one side.
 """
@@ -19,10 +22,10 @@ ROUND_FIELDS = ("round", "models", "items", "partitions", "inference_steps", "bl
                 "planned_peak_bytes", "kept", "groups", "scoring_peak_bytes")
 
 
-def answers(run: dict[str, Any]) -> dict[str, Any]:
-    """What must not change: the ranking and the rounds' plan figures."""
+def answers(run: dict[str, Any], ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What must not change: the ranking and the rounds' plan figures (but those in ``ignore``)."""
     return {"ranking": [(r["model"], r["score"], r["test_loss"], r["eliminated_in_round"]) for r in run["ranking"]],
-            "rounds": [{k: r.get(k) for k in ROUND_FIELDS} for r in run["rounds"]]}
+            "rounds": [{k: r.get(k) for k in ROUND_FIELDS if k not in ignore} for r in run["rounds"]]}
 
 
 def searches(folder: Path) -> dict[str, dict[str, Any]]:
@@ -35,12 +38,12 @@ def searches(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def compare(a: Path, b: Path) -> list[str]:
-    """The differences between the two runs' answers (empty: identical)."""
+def compare(a: Path, b: Path, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """The differences between the two runs' answers (empty: identical), round fields in ``ignore`` left out."""
     left, right = searches(a), searches(b)
     problems = [f"{name}: only in {a if name in left else b}" for name in sorted(set(left) ^ set(right))]
     for name in sorted(set(left) & set(right)):
-        x, y = answers(left[name]), answers(right[name])
+        x, y = answers(left[name], ignore), answers(right[name], ignore)
         same = x == y
         print(f"{'same' if same else 'DIFFERS'}  {name}  ({len(x['ranking'])} models, {len(x['rounds'])} rounds)")
         if not same:
@@ -53,8 +56,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
+    p.add_argument("--ignore", default="", help=f"comma-separated round fields not to compare ({', '.join(ROUND_FIELDS)})")
     args = p.parse_args()
-    problems = compare(args.a, args.b)
+    ignore = frozenset(f for f in args.ignore.split(",") if f)
+    if ignore - set(ROUND_FIELDS):
+        p.error(f"--ignore: not a round field: {', '.join(sorted(ignore - set(ROUND_FIELDS)))}")
+    problems = compare(args.a, args.b, ignore)
     print("identical answers" if not problems else "\n".join(["DIFFERENT:", *problems]))
     sys.exit(1 if problems else 0)
 

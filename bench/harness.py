@@ -31,7 +31,7 @@ from alsatian_pl.data import FASHION_MNIST_DIR  # noqa: E402
 from alsatian_pl.errors import BudgetTooSmallError  # noqa: E402
 from alsatian_pl.halving import SearchCallback, SearchState, SuccessiveHalving, block_specs  # noqa: E402
 from alsatian_pl.precision import Precision  # noqa: E402
-from alsatian_pl.plan import RoundMemory, TaskTree, plan_round  # noqa: E402
+from alsatian_pl.plan import InferenceStep, RoundMemory, TaskTree, plan_block_batches, plan_round  # noqa: E402
 from alsatian_pl.resources import peak_rss, resolve_device, rss_now  # noqa: E402
 from alsatian_pl.halving import get_strategy  # noqa: E402
 from alsatian_pl.weights import place_block  # noqa: E402
@@ -106,6 +106,7 @@ class SearchSettings:
     threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
     channels_last: bool = True  # conv activations and weights channels-last, as the search runs them by default
     precision: str = "32-true"  # search.precision (block inference; the calibration pass runs the blocks in it too)
+    block_batches: int | str = "auto"  # search.block_batches: batches a step runs block by block (1: batch-major)
 
     def apply_threads(self) -> None:
         if self.threads:
@@ -162,7 +163,8 @@ def run_search(store_root: Path, models: Sequence[str], data: dict[str, Any], st
                                  result_size=settings.result_size, batch_size=settings.batch_size,
                                  device=settings.device, cache_budget=budget, seed=settings.seed, progress=False,
                                  callbacks=[recorder], channels_last=settings.channels_last,
-                                 precision=settings.precision)
+                                 precision=settings.precision, block_batches=settings.block_batches,
+                                 threads=settings.threads or "auto")
     load_before = os.getloadavg()[0]
     rss_before = rss_now()
     meter = CpuMeter()
@@ -172,7 +174,8 @@ def run_search(store_root: Path, models: Sequence[str], data: dict[str, Any], st
     out = result.to_json()
     out.update(wall_s=wall, cache_budget=budget, dataset=dm.describe(), device=str(searcher.device),
                loadavg_1m_before=load_before, loadavg_1m_after=os.getloadavg()[0], cpu=meter.read(),
-               rss_before_search_bytes=rss_before, round_memory=recorder.rounds)
+               rss_before_search_bytes=rss_before, round_memory=recorder.rounds,
+               round_block_batches=recorder.block_batches)
     del searcher, dm, store, result
     gc.collect()
     return out
@@ -184,10 +187,13 @@ class PlanRecorder(SearchCallback):
 
     def __init__(self) -> None:
         self.rounds: list[dict[str, int]] = []
+        self.block_batches: list[int] = []  # the batches each round's steps ran block by block (its widest step)
 
     def on_round_planned(self, search: SuccessiveHalving, state: SearchState, plan: Any) -> None:
         if len(self.rounds) == state.round:  # the first input group's plan (image searches have one)
             self.rounds.append(dataclasses.asdict(state.memory))
+            self.block_batches.append(max((s.block_batches for s in plan.steps if isinstance(s, InferenceStep)),
+                                          default=1))
 
 
 def alive_per_round(result: dict[str, Any]) -> list[list[str]]:
@@ -576,10 +582,13 @@ def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any
 
     ``floor`` is the smallest budget with which every round still plans (one batch per partition in the hardest
     round, from BudgetTooSmallError.needed); ``peak`` the ample run's largest planned peak. A budget at fraction f
-    is ``floor + f * (peak - floor)``, so every budget below the peak forces at least one round to split its data.
-    The offline replanning is checked against the ample run's planned peaks first.
+    is ``floor + f * (peak - floor)``, so every budget below the peak forces at least one round to run fewer batches
+    block by block or to split its data.
+    The offline replanning is checked against the ample run's planned peaks first; each round replans with the
+    batches its steps ran block by block in the ample run (``round_block_batches``), at most, as the search does.
     """
     residents = round_residents(ample)
+    groups = ample.get("round_block_batches") or [1] * len(ample["rounds"])
     alive = alive_per_round(ample)
     planned = [r["planned_peak_bytes"] for r in ample["rounds"]]
     replanned, needed, trees = [], [], []
@@ -587,7 +596,7 @@ def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any
         t, _ = _tree_of(store_root, alive[k], batch_size)
         trees.append(t)
         replanned.append(plan_round(t, num_items=rep["items"], batch_size=batch_size, budget=None,
-                                    resident_bytes=residents[k]).round_peak_bytes)
+                                    resident_bytes=residents[k], block_batches=groups[k]).round_peak_bytes)
         try:
             plan_round(t, num_items=rep["items"], batch_size=batch_size, budget=0, resident_bytes=residents[k])
             needed.append(0)
@@ -602,8 +611,8 @@ def derive_budgets(store_root: Path, models: Sequence[str], ample: dict[str, Any
         budget = int(floor + f * (peak - floor))
         parts = []
         for k, rep in enumerate(ample["rounds"]):
-            plan = plan_round(trees[k], num_items=rep["items"], batch_size=batch_size, budget=budget,
-                              resident_bytes=residents[k])
+            plan = plan_block_batches(trees[k], num_items=rep["items"], batch_size=batch_size, most=groups[k],
+                                      budget=budget, resident_bytes=residents[k])
             parts.append(plan.partitions)
         out["budgets"][name] = {"fraction": f, "bytes": budget, "predicted_partitions": parts}
     return out

@@ -10,7 +10,7 @@ import torch
 
 from alsatian_pl.cache import CacheService
 from alsatian_pl.features import FeatureStore
-from alsatian_pl.plan import BlockSpec, RoundMemory, TaskTree, plan_round
+from alsatian_pl.plan import BlockSpec, InferenceStep, RoundMemory, TaskTree, plan_round
 from alsatian_pl.errors import BudgetTooSmallError
 from alsatian_pl.halving import STRATEGIES, get_strategy
 
@@ -104,3 +104,46 @@ def test_a_step_runs_in_the_fewest_even_batches(n, batch_size, sizes):
     batches = even_batches(n, batch_size)
     assert [b - a for a, b in batches] == sizes
     assert [i for a, b in batches for i in range(a, b)] == list(range(n))
+
+
+def _features(zoo, channels_last: bool, block_batches: int, n: int = 45, batch_size: int = 8):
+    """Every model's features of ``n`` random 32 px items from a plan run block by block over ``block_batches``."""
+    from alsatian_pl.execute import Executor
+    from alsatian_pl.halving import block_specs
+    from alsatian_pl.stats import SearchStats
+    from alsatian_pl.weights import WeightCache
+
+    manifests = {m: zoo.store.manifest(m) for m in zoo.models}
+    tree = get_strategy("alsatian").make_tree({m: block_specs(man, batch_size) for m, man in manifests.items()})
+    plan = plan_round(tree, num_items=n, batch_size=batch_size, block_batches=block_batches)
+    stats = SearchStats()
+    executor = Executor(device=torch.device("cpu"), batch_size=batch_size, stats=stats, cache=CacheService(),
+                        weights=WeightCache(zoo.store, torch.device("cpu"), channels_last=channels_last, stats=stats),
+                        weight_key=lambda block, models: block)
+    out: dict[str, list] = {m: [] for m in zoo.models}
+    executor.run_round(plan, torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+                       lambda m, start, y: out[m].append((start, y.clone())))
+    return plan, {m: torch.cat([y for _, y in sorted(parts, key=lambda p: p[0])]) for m, parts in out.items()}
+
+
+@pytest.fixture(scope="module", params=["mobilenetv3_small_050", "resnet18", "convnext_atto"])
+def branching_zoo(request, tmp_path_factory):
+    """Two models of one architecture sharing all but their last blocks (a cached branch point, two leaf steps)."""
+    from alsatian_pl.store import BlockStore
+    from alsatian_pl.zoo import ZooConfig, build_synthetic_zoo
+
+    store = BlockStore(tmp_path_factory.mktemp("branching"))
+    return build_synthetic_zoo(store, ZooConfig("b", request.param, num_models=2, distribution="top_layers", seed=3,
+                                                input_size=(3, 32, 32)), progress=False)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_block_major_groups_give_batch_majors_features_bit_for_bit(branching_zoo, channels_last):
+    """Each block over a group of batches, then the next: every batch runs the same ops on the same shapes as
+    batch-major, so the features are equal bit for bit (6 batches of 7-8 items: groups of 4 + 2, and 6)."""
+    one, expected = _features(branching_zoo, channels_last, 1)
+    assert max(len(s.blocks) for s in one.steps if isinstance(s, InferenceStep)) > 1  # a chain to run block by block
+    for k in (4, 6):
+        plan, got = _features(branching_zoo, channels_last, k)
+        assert {s.block_batches for s in plan.steps if isinstance(s, InferenceStep)} == {k}
+        assert all(torch.equal(got[m], expected[m]) for m in expected)

@@ -1,5 +1,5 @@
 """What the memory model counts beyond the cached outputs: one batch's activations in each step (estimated from the
-blocks' shapes on the meta device), the scoring phase (kept features joined without a copy, the scorer's working
+blocks' shapes on the meta device), and a group's run block by block, the scoring phase (kept features joined without a copy, the scorer's working
 set) and the budget errors that name them."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from alsatian_pl.blocks import activation_bytes, timm_recipe
 from alsatian_pl.errors import BudgetTooSmallError
 from alsatian_pl.features import FeatureStore
-from alsatian_pl.plan import BlockSpec, InferenceStep, RoundMemory, TaskTree, plan_round, simulate
+from alsatian_pl.plan import BlockSpec, InferenceStep, RoundMemory, TaskTree, plan_block_batches, plan_round, simulate
 from alsatian_pl.plan.steps import step_work_bytes
 from alsatian_pl.resources import TensorPeak
 from alsatian_pl.score import available_scorers, get_scorer
@@ -81,6 +81,107 @@ def test_a_budget_that_held_only_without_activations_now_splits_or_is_refused():
                                                   r"of one batch: 4.9 KiB\)") as err:
         plan_round(_tree(5000), num_items=40, batch_size=8, budget=old_peak, resident_bytes=1000)
     assert err.value.needed == 1000 + 8 * 100 + 50 + 5000 > old_peak
+
+
+# -- block-major groups of batches
+
+def test_a_group_of_batches_holds_the_outputs_between_its_blocks():
+    a, b = BlockSpec("a", out_bytes=100, work_bytes=5000), BlockSpec("b", out_bytes=10, work_bytes=1000)
+    c = BlockSpec("c", out_bytes=50, work_bytes=700)
+    assert step_work_bytes((a,), 8, 4) == 5000  # one block: nothing held between blocks
+    assert step_work_bytes((a, b), 8, 1) == step_work_bytes((a, b), 8)
+    # a: its outputs of 3 batches done while the 4th runs; b: a's outputs of 4 batches waiting; c: b's 4 waiting
+    assert step_work_bytes((a, b, c), 8, 4) == max(5000 + 3 * 800, 1000 + max(4 * 800, 800 + 3 * 80), 700 + 4 * 80)
+    assert step_work_bytes((b, a, c), 8, 4) == max(1000 + 3 * 80, 5000 + max(4 * 80, 80 + 3 * 800), 700 + 4 * 800)
+
+
+def _chains():
+    """Two models sharing a chain of two blocks (40 items of 100 and 40 bytes out), then a block of their own."""
+    tree, shared = TaskTree(), [BlockSpec("a", 100, 50, work_bytes=3000), BlockSpec("a2", 40, 30, work_bytes=2000)]
+    tree.add_model("m", [*shared, BlockSpec("b", 10, 20, work_bytes=500)])
+    tree.add_model("n", [*shared, BlockSpec("c", 10, 20, work_bytes=500)])
+    return tree
+
+
+@pytest.mark.parametrize(("budget", "room", "most", "chosen"), [
+    (None, None, 4, 4), (None, None, 8, 5), (None, None, 1, 1), (7000, None, 4, 2), (6479, None, 4, 1),
+    (None, 7000, 4, 2), (None, 5000, 4, 1)])
+def test_the_widest_group_is_the_largest_the_budget_leaves_room_for(budget, room, most, chosen):
+    """The shared chain over k batches of 8 holds max(3000 + (k-1) * 800, 2000 + k * 800): the plan's peak is
+    1000 resident + 1600 cached + 80 weights + that, 6480 at k = 2 and 7280 at k = 3 (which would split the data).
+    Without a budget the cap, at most the round's 5 batches; a spilling round's ``room`` bounds the peak alone (a
+    room below one batch's peak leaves one batch, unsplit)."""
+    plan = plan_block_batches(_chains(), num_items=40, batch_size=8, most=most, budget=budget, resident_bytes=1000,
+                              room=room)
+    assert plan.partitions == 1
+    assert {s.block_batches for s in plan.steps if isinstance(s, InferenceStep)} == {chosen}
+    assert plan.peak_bytes == 1000 + 1600 + 80 + max(3000 + (chosen - 1) * 800, 2000 + chosen * 800)
+    assert simulate(plan.steps, _chains(), 40, 1000) == plan.peak_bytes
+
+
+def test_a_step_over_a_group_holds_what_its_work_bytes_count(zoo):
+    """Measured (TensorPeak) over one model's chain of blocks, weights loaded before: 6 batches of 8 run batch-major
+    or block by block in groups of 4 allocate their channels-last input batch plus exactly the step's ``work_bytes``
+    (on this CPU: the blocks' activations are measured the same way on the meta device)."""
+    from alsatian_pl.cache import CacheService
+    from alsatian_pl.execute import Executor
+    from alsatian_pl.halving import block_specs
+    from alsatian_pl.stats import SearchStats
+    from alsatian_pl.weights import WeightCache
+
+    model, n, batch = zoo.models[0], 48, 8
+    tree = TaskTree()
+    tree.add_model(model, block_specs(zoo.store.manifest(model), batch))
+    stats, cpu = SearchStats(), torch.device("cpu")
+    executor = Executor(device=cpu, batch_size=batch, stats=stats, cache=CacheService(), weight_key=lambda b, m: b,
+                        weights=WeightCache(zoo.store, cpu, channels_last=True, stats=stats))
+    x, out = torch.randn(n, 3, 32, 32), torch.empty(n, zoo.store.manifest(model).blocks[-1].out_bytes // 4)
+    sink = lambda m, start, y: out[start:start + len(y)].copy_(y)  # noqa: E731 - into a buffer made before
+    for k in (1, 4):
+        plan = plan_round(tree, num_items=n, batch_size=batch, block_batches=k)
+        executor.run_round(plan, x, sink)  # loads the weights
+        with TensorPeak() as held:
+            executor.run_round(plan, x, sink)
+        step = plan.steps[0]
+        assert len(step.blocks) > 1 and step.block_batches == k
+        assert held.peak == x[:batch].numel() * 4 + step.work_bytes
+    assert step.work_bytes > step_work_bytes(step.blocks, batch)
+
+
+def test_a_budgeted_search_holds_no_more_than_its_budget_with_groups_of_batches(zoo, monkeypatch):
+    """Measured (TensorPeak: every tensor the executor allocates) while each round's plan runs block by block over
+    groups of batches: what the round allocates (inputs in flight, feature buffers, cached outputs, weights,
+    activations) stays within the budget less the data and the kept features, resident before it."""
+    from alsatian_pl.data import SearchDataModule
+    from alsatian_pl.execute import Executor
+    from alsatian_pl.halving import SearchCallback, SuccessiveHalving
+
+    data = SearchDataModule(num_items=300, image_size=32, seed=0)
+    data.setup()
+    planned, measured, run_round = [], [], Executor.run_round
+
+    class Plans(SearchCallback):
+        def on_round_planned(self, search, state, plan):
+            planned.append((plan, state.memory))
+
+    def measuring(self, *args, **kwargs):
+        with TensorPeak() as held:
+            run_round(self, *args, **kwargs)
+        measured.append(held.peak)
+
+    def search(budget):
+        planned.clear()
+        return SuccessiveHalving(zoo.store, data, batch_size=8, device="cpu", progress=False, cache_budget=budget,
+                                 block_batches=4, scorer_kwargs={"epochs": 2}, callbacks=[Plans()]).run(zoo.models)
+
+    search(None)
+    budget = max(p.round_peak_bytes for p, _ in planned)
+    monkeypatch.setattr(Executor, "run_round", measuring)
+    search(budget)
+    assert {s.block_batches for p, _ in planned for s in p.steps if isinstance(s, InferenceStep)} >= {4}
+    for (plan, memory), peak in zip(planned, measured, strict=True):
+        assert plan.round_peak_bytes <= budget
+        assert peak <= budget - memory.data - memory.kept, (peak, plan.peak_bytes, memory)
 
 
 # -- the scoring phase

@@ -166,7 +166,8 @@ def test_alsatian_and_shift_rank_a_mixed_search_identically(setup):
 
 
 def test_a_tight_budget_splits_each_groups_rounds_and_keeps_the_scores(setup):
-    ample = search(setup, data(setup), everything(setup))
+    """A budget below batch-major's peak (below the default's, the steps first run fewer batches block by block)."""
+    ample = search(setup, data(setup), everything(setup), block_batches=1)
     budget = max(r.planned_peak_bytes for r in ample.rounds) - 1
     tight = search(setup, data(setup), everything(setup), cache_budget=budget)
     assert any(r.partitions > 1 for r in tight.rounds)

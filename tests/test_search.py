@@ -53,6 +53,12 @@ def test_alsatian_and_shift_give_identical_scores_and_rankings(results):
     assert len(a.rounds) == 3 and [r.models for r in a.rounds] == [6, 3, 2]
 
 
+def test_running_steps_block_by_block_changes_no_score(results, zoo, data):
+    """The default runs chains of blocks over groups of batches (search.block_batches=auto); batch-major gives the
+    same scores, losses and rounds exactly."""
+    assert _scores(_search(zoo, data, block_batches=1)) == _scores(results["alsatian"])
+
+
 def test_base_scores_the_winner_like_alsatians_final_round(results):
     a, b = results["alsatian"], results["base"]
     base = _scores(b)
@@ -101,9 +107,15 @@ def wide(tmp_path_factory):
 
 
 def test_a_tight_budget_splits_rounds_and_keeps_the_results(wide):
+    """Below the ample run's peak the steps first run fewer batches block by block (search.block_batches); below
+    batch-major's peak the rounds split. Every round within its budget, the scores unchanged."""
     zoo, data, ample = wide
     assert max(r.scoring_peak_bytes for r in ample.rounds) < max(r.planned_peak_bytes for r in ample.rounds)
-    budget = max(r.planned_peak_bytes for r in ample.rounds) - 1
+    narrow = _search(zoo, data, cache_budget=max(r.planned_peak_bytes for r in ample.rounds) - 1)
+    assert all(r.partitions == 1 and r.observed_peak_bytes == r.planned_peak_bytes for r in narrow.rounds)
+    assert max(r.planned_peak_bytes for r in narrow.rounds) < max(r.planned_peak_bytes for r in ample.rounds)
+    assert _scores(narrow) == _scores(ample)
+    budget = max(r.planned_peak_bytes for r in _search(zoo, data, block_batches=1).rounds) - 1
     tight = _search(zoo, data, cache_budget=budget)
     assert any(r.partitions > 1 for r in tight.rounds)
     assert all(r.observed_peak_bytes == r.planned_peak_bytes <= budget for r in tight.rounds)

@@ -26,7 +26,7 @@ from ..distributed import SINGLE, Group
 from ..errors import AlsatianWarning, ConfigError, DataError, InvalidCandidateError
 from ..features import FeatureStore
 from ..precision import DEFAULT_PRECISION, Precision
-from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_round
+from ..plan import BlockSpec, RoundMemory, RoundPlan, TaskTree, plan_block_batches
 from ..resources import release_free_memory, reset_peak_memory, resolve_device
 from ..score import (JACKKNIFE_GROUPS, ProxyScore, ProxyScorer, ScoreProgress, check_task, rank, replicating,
                      reporting, scoring_task)
@@ -42,6 +42,7 @@ from .candidates import check_finite, leave_out
 from .engine import Engine, open_engine
 from .metrics import LogMetrics
 from .monitor import FiniteFeatures
+from .options import block_batches as most_block_batches
 from .options import check_options, make_scorer, to_bytes
 from .progress import ProgressBar
 from .reports import round_report, search_result
@@ -97,7 +98,9 @@ class SuccessiveHalving:
     on this machine), a number, or None (torch's default) (:mod:`alsatian_pl.threads`; recorded in the result).
     ``on_invalid``: a candidate that cannot be scored (a block failing at forward, outputs of another size, weights
     or features not finite) stops the search with one line (``error``) or is left out with a warning and recorded
-    in the result's ``skipped`` (``skip``; :mod:`alsatian_pl.halving.candidates`).
+    in the result's ``skipped`` (``skip``; :mod:`alsatian_pl.halving.candidates`). ``block_batches``: the most batches
+    a step runs block by block (each block over them all, then the next; the same features bit for bit), ``auto``
+    (:data:`~alsatian_pl.halving.options.AUTO_BLOCK_BATCHES`) or a number; fewer where the budget leaves no room.
     """
 
     def __init__(self, store: BlockStore, data: SearchDataModule, *, strategy: str | Strategy = "alsatian",
@@ -111,12 +114,12 @@ class SuccessiveHalving:
                  group: Group | None = None, min_class_items: int | None = None, noise_margin: float | None = None,
                  rebalance_below: float | None = 0.8, callbacks: Sequence[SearchCallback] | None = None,
                  confidence: float | None = 0.9, precision: str = DEFAULT_PRECISION,
-                 threads: int | str | None = "auto", on_invalid: str = "error"):
+                 threads: int | str | None = "auto", on_invalid: str = "error", block_batches: int | str = "auto"):
         check_options(result_size=result_size, batch_size=batch_size, seed=seed, progress=progress,
                       precision=precision, threads=threads,
                       channels_last=channels_last, resume=resume, prefetch=prefetch, spill_dir=spill_dir,
                       feature_cache=feature_cache, checkpoint_dir=checkpoint_dir, confidence=confidence,
-                      on_invalid=on_invalid,
+                      on_invalid=on_invalid, block_batches=block_batches,
                       sizes={"cache_budget": cache_budget, "feature_cache_bytes": feature_cache_bytes,
                              "device_capacity": device_capacity})
         self.rebalance_below = rebalance.check_threshold(rebalance_below)
@@ -131,6 +134,7 @@ class SuccessiveHalving:
                           "(linear and knn always do; every built-in scorer does with search.confidence set)",
                           AlsatianWarning, stacklevel=2)
         self.result_size, self.batch_size, self.on_invalid = result_size, batch_size, on_invalid
+        self.block_batches = block_batches
         self.cache_budget = to_bytes(cache_budget)
         self.device = resolve_device(device)
         self.precision = Precision.on(precision, self.device)
@@ -307,8 +311,9 @@ class SuccessiveHalving:
         budget = self.budget
         memory = state.memory = self.round_memory(state, inputs)
         with engine.stats.phase("planning"):
-            plan = plan_round(tree, num_items=len(inputs), batch_size=self.batch_size, budget=budget.plan_budget,
-                              resident_bytes=memory)
+            plan = plan_block_batches(tree, num_items=len(inputs), batch_size=self.batch_size,
+                                      most=most_block_batches(self.block_batches), budget=budget.plan_budget,
+                                      resident_bytes=memory, room=budget.bytes if budget.spill else None)
         if budget.spill:  # spilling cannot make scoring fit
             budget.check_scoring(memory)
         weight_room = budget.weight_room(plan)

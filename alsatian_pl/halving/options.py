@@ -13,15 +13,16 @@ from ..threads import check_threads
 from ..score import ProxyScorer, get_scorer
 from ..units import parse_bytes
 
-__all__ = ["check_options", "make_scorer", "to_bytes", "MAX_SEED"]
+__all__ = ["check_options", "make_scorer", "to_bytes", "block_batches", "MAX_SEED", "AUTO_BLOCK_BATCHES"]
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
+AUTO_BLOCK_BATCHES = 4  # search.block_batches=auto: the most batches a step runs block by block (bench/notes/batches.md)
 
 
 def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any, progress: Any,
                   channels_last: Any, resume: Any, confidence: Any, sizes: dict[str, Any],
                   precision: Any = "32-true", threads: Any = "auto",
-                  on_invalid: Any = "error", **folders: Any) -> None:
+                  on_invalid: Any = "error", block_batches: Any = "auto", **folders: Any) -> None:
     """ConfigError (DiskError for a folder that is a file) naming the first ``search.*`` value that is wrong."""
     if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, (int, float))
                                    or not 0.5 <= confidence < 1):
@@ -39,6 +40,9 @@ def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any
                           f"got {seed}")
     for key, value in (("progress", progress), ("channels_last", channels_last), ("resume", resume)):
         flag(f"search.{key}", value)
+    if block_batches != "auto":
+        whole("search.block_batches", block_batches, hint=" (batches a step runs block by block; 1: each batch "
+                                                          "through the whole chain) or auto")
     if prefetch not in ("auto", None, True, False):
         raise ConfigError(f"search.prefetch must be auto, true or false, got {prefetch!r}")
     check_precision(precision)
@@ -58,6 +62,12 @@ def make_scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str,
         name, options = scorer.get("name", "linear"), dict(scorer.get("kwargs") or {})
         return get_scorer(str(name), seed=seed, **{**options, **(kwargs or {})})
     return get_scorer(scorer, seed=seed, **(kwargs or {}))
+
+
+def block_batches(value: int | str) -> int:
+    """The most batches a step runs block by block for ``search.block_batches=value`` (fewer where the budget leaves
+    no room: :func:`~alsatian_pl.plan.plan_block_batches`)."""
+    return AUTO_BLOCK_BATCHES if value == "auto" else int(value)
 
 
 def to_bytes(value: int | str | None) -> int | None:

@@ -30,7 +30,7 @@ from .steps import InferenceStep, ReleaseStep, ScoreStep, Step, step_work_bytes
 from .tree import BlockSpec, TaskTree
 
 __all__ = ["ROOT", "StepTree", "Requirements", "min_cache_requirements", "emit_steps", "RoundPlan", "plan_round",
-           "simulate"]
+           "plan_block_batches", "simulate"]
 
 ROOT = TaskTree.ROOT
 
@@ -68,9 +68,10 @@ class StepTree:
         """Weight bytes of the blocks on the edge into each node."""
         return {v: sum(b.weight_bytes for b in chain) for v, chain in self.blocks.items()}
 
-    def work(self, batch_size: int) -> dict[int, int]:
-        """One batch's activations through the blocks on the edge into each node (:func:`step_work_bytes`)."""
-        return {v: step_work_bytes(chain, batch_size) for v, chain in self.blocks.items()}
+    def work(self, batch_size: int, block_batches: int = 1) -> dict[int, int]:
+        """The activations of ``block_batches`` batches through the blocks on the edge into each node, run block by
+        block (:func:`step_work_bytes`)."""
+        return {v: step_work_bytes(chain, batch_size, block_batches) for v, chain in self.blocks.items()}
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,9 @@ def min_cache_requirements(children: Mapping[int, Sequence[int]], mem: Mapping[i
 
 
 def emit_steps(step_tree: StepTree, order: Mapping[int, Sequence[int]] | None = None,
-               work: Mapping[int, int] | None = None) -> tuple[Step, ...]:
+               work: Mapping[int, int] | None = None, block_batches: int = 1) -> tuple[Step, ...]:
     """Plan steps of a depth-first traversal visiting children in ``order`` (default: the canonical order);
-    ``work``: each inference step's activation bytes (:meth:`StepTree.work`; default 0).
+    ``work``: each inference step's activation bytes (:meth:`StepTree.work`; default 0) for ``block_batches``.
 
     After each inference step: the score steps of the models it completes, then the release of the
     input node if this was its last child. Leaves are never cached, so never released.
@@ -156,7 +157,7 @@ def emit_steps(step_tree: StepTree, order: Mapping[int, Sequence[int]] | None = 
         v = stack.pop()
         u = step_tree.parent[v]
         steps.append(InferenceStep(step_tree.blocks[v], u, v, step_tree.models[v], bool(step_tree.children[v]),
-                                   work.get(v, 0)))
+                                   work.get(v, 0), block_batches))
         steps.extend(ScoreStep(model, v) for model in step_tree.ends[v])
         if u != ROOT and order[u][-1] == v:
             steps.append(ReleaseStep(u))
@@ -193,24 +194,26 @@ class RoundPlan:
 
 
 def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int | None = None,
-               resident_bytes: int | RoundMemory = 0) -> RoundPlan:
+               resident_bytes: int | RoundMemory = 0, block_batches: int = 1) -> RoundPlan:
     """DFS+ plan of ``tree`` over ``num_items`` items, split into the fewest partitions that fit ``budget``.
 
     ``resident_bytes``: held throughout (a :class:`RoundMemory` also names its parts in the budget error, and its
     ``scoring`` part gives the plan's ``scoring_peak_bytes``, which must fit the budget too). Each step also holds
-    its blocks' weights and one batch's activations (``BlockSpec.work_bytes`` at ``batch_size``).
+    its blocks' weights and the activations of ``block_batches`` batches run block by block (``BlockSpec.work_bytes``
+    at ``batch_size``; :func:`step_work_bytes`).
 
     Partitions are whole batches (except the last) and as even as possible. Raises BudgetTooSmallError
     (with ``needed``, the smallest budget for one batch and for scoring) if even one batch does not fit.
     """
     memory = resident_bytes if isinstance(resident_bytes, RoundMemory) else RoundMemory(data=resident_bytes)
     resident_bytes = memory.resident
-    if num_items < 1 or batch_size < 1:
-        raise ValueError(f"num_items and batch_size must be positive, got {num_items} and {batch_size}")
+    if num_items < 1 or batch_size < 1 or block_batches < 1:
+        raise ValueError(f"num_items, batch_size and block_batches must be positive, got {num_items}, {batch_size} "
+                         f"and {block_batches}")
     if resident_bytes < 0 or (budget is not None and budget < 0):
         raise ValueError("resident_bytes and budget must not be negative")
     step_tree = StepTree.of(tree)
-    work = step_tree.work(batch_size)
+    work = step_tree.work(batch_size, block_batches)
     running = {v: w + work[v] for v, w in step_tree.weight().items()}  # held while the step into v runs
 
     def requirements(items: int) -> Requirements:
@@ -223,7 +226,7 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
         needed = resident_bytes + requirements(one_batch).peak
         if needed > budget:
             largest = max(work.values(), default=0)
-            raise BudgetTooSmallError(_too_small_message(budget, needed, memory, one_batch, largest),
+            raise BudgetTooSmallError(_too_small_message(budget, needed, memory, one_batch, largest, block_batches),
                                       needed=max(needed, memory.scoring_peak))
         lo, hi = 1, batches - 1  # the largest number of batches per partition that fits: lo fits, hi+1 does not
         while lo < hi:
@@ -236,18 +239,46 @@ def plan_round(tree: TaskTree, *, num_items: int, batch_size: int, budget: int |
         req = requirements(min(per_partition * batch_size, num_items))
     memory.check_scoring(budget)
     partition_items = min(per_partition * batch_size, num_items)
-    return RoundPlan(steps=emit_steps(step_tree, req.order, work), partitions=-(-num_items // partition_items),
+    return RoundPlan(steps=emit_steps(step_tree, req.order, work, block_batches),
+                     partitions=-(-num_items // partition_items),
                      partition_items=partition_items, num_items=num_items,
                      peak_bytes=resident_bytes + req.peak, resident_bytes=resident_bytes,
                      scoring_peak_bytes=memory.scoring_peak)
 
 
-def _too_small_message(budget: int, needed: int, memory: RoundMemory, one_batch: int, work: int) -> str:
+def plan_block_batches(tree: TaskTree, *, num_items: int, batch_size: int, most: int, budget: int | None = None,
+                       resident_bytes: int | RoundMemory = 0, room: int | None = None) -> RoundPlan:
+    """:func:`plan_round` with its steps run block by block over the most batches at once, up to ``most``, that the
+    budget leaves room for: the plan keeps the partitions it has with one batch (block-major groups never split the
+    data further), and a group never exceeds a partition's batches; with ``room``, a wider plan's peak stays within
+    it too (a round that spills plans without a budget, and groups batches only where it needs no spilling). Without
+    chains of blocks, or ``most`` 1, the plan of one batch. Peaks grow with the group (:func:`step_work_bytes`), so
+    the largest that fits is bisected."""
+    plan = plan_round(tree, num_items=num_items, batch_size=batch_size, budget=budget, resident_bytes=resident_bytes)
+    chains = any(len(s.blocks) > 1 for s in plan.steps if isinstance(s, InferenceStep))
+    lo, hi, best = 1, min(most, -(-plan.partition_items // batch_size)) if chains else 1, plan
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            wider = plan_round(tree, num_items=num_items, batch_size=batch_size, budget=budget,
+                               resident_bytes=resident_bytes, block_batches=mid)
+        except BudgetTooSmallError:
+            wider = None
+        if wider is not None and wider.partitions == plan.partitions and (room is None or wider.peak_bytes <= room):
+            lo, best = mid, wider
+        else:
+            hi = mid - 1
+    return best
+
+
+def _too_small_message(budget: int, needed: int, memory: RoundMemory, one_batch: int, work: int,
+                       block_batches: int) -> str:
     resident = memory.resident
     text = (f"The cache budget {format_bytes(budget)} is too small for this round: even one batch of {one_batch} "
             f"items needs {format_bytes(needed)} ({needed} bytes) = {format_bytes(resident)} resident "
             f"({memory.describe()}) + {format_bytes(needed - resident)} for intermediate outputs, block weights and "
-            f"activations (the largest step's activations of one batch: {format_bytes(work)}). ")
+            f"activations (the largest step's activations of "
+            f"{'one batch' if block_batches == 1 else f'{block_batches} batches'}: {format_bytes(work)}). ")
     if resident > budget:
         text += "The resident data alone exceeds the budget. "
     if memory.scoring_peak > needed:

@@ -21,7 +21,8 @@ class InferenceStep:
     output: int
     models: frozenset[str]
     cache_output: bool = True
-    work_bytes: int = 0  # the activations of one batch, the most its blocks hold at once (see step_work_bytes)
+    work_bytes: int = 0  # the activations of its batches, the most its blocks hold at once (see step_work_bytes)
+    block_batches: int = 1  # batches run block by block together: each block over them all, then the next block
 
     @property
     def weight_bytes(self) -> int:
@@ -30,19 +31,30 @@ class InferenceStep:
 
     @property
     def running_bytes(self) -> int:
-        """Bytes held only while the step runs: its block weights and one batch's activations."""
+        """Bytes held only while the step runs: its block weights and its batches' activations."""
         return self.weight_bytes + self.work_bytes
 
 
-def step_work_bytes(blocks: tuple[BlockSpec, ...], batch_size: int) -> int:
-    """The most one batch's activations take while ``blocks`` run one after the other: block k's own
-    ``work_bytes`` plus its input, the batch output of block k-1 (the step's own input is counted elsewhere: a cached
-    node, or the batch of inputs in flight). Blocks without activations (``work_bytes`` 0 throughout, as a planner
-    given only outputs and weights sees them) hold none."""
+def step_work_bytes(blocks: tuple[BlockSpec, ...], batch_size: int, block_batches: int = 1) -> int:
+    """The most activations take while ``blocks`` run one after the other over ``block_batches`` batches at once
+    (block-major: each block over every batch of the group, then the next block; 1: one batch through the chain).
+
+    Block k over batch i of the group holds its own ``work_bytes`` (its output included), the outputs of block k-1
+    for batches i.. still to run and its own outputs for batches ..i-1: at most ``work + max(g * in, in + (g-1) *
+    out)`` with ``g`` batches. The step's own input is counted elsewhere (a cached node, or the batch of inputs in
+    flight: block 0 reads one batch at a time), and the last block's batches leave as they come (to the cached
+    output or the features), so neither is held g times. Blocks without activations (``work_bytes`` 0 throughout, as
+    a planner given only outputs and weights sees them) hold none."""
     if not any(b.work_bytes for b in blocks):
         return 0
-    return max((b.work_bytes + (batch_size * blocks[k - 1].out_bytes if k else 0) for k, b in enumerate(blocks)),
-               default=0)
+    g, last = block_batches, len(blocks) - 1
+
+    def held(k: int, b: BlockSpec) -> int:
+        into = batch_size * blocks[k - 1].out_bytes if k else 0
+        out = batch_size * b.out_bytes if k < last else 0
+        return b.work_bytes + max(g * into, into + (g - 1) * out)
+
+    return max((held(k, b) for k, b in enumerate(blocks)), default=0)
 
 
 @dataclass(frozen=True)

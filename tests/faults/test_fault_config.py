@@ -60,6 +60,7 @@ BAD = {  # key -> bad values as a user types them (Hydra parses them: abc is a s
     "search.confidence": ["abc", "0.3", "1", "nan", "true"],
     "search.precision": ["fp8", "7"],
     "search.threads": ["abc", "0", "-1", "1.5"],
+    "search.block_batches": ["abc", "0", "-1", "1.5", "[2]"],
     "search.accelerator": ["tpu"],
     "search.rebalance_below": ["abc", "0", "-1", "1.5", "nan", "[1]"],
     "logger._target_": ["nowhere.Nothing"],
