@@ -82,8 +82,11 @@ def test_each_distinct_block_runs_once_per_item_and_nothing_is_recomputed(result
     assert [r.items for r in a.rounds[1:]] == data.chunk_sizes[1:]
     shift = results["shift"]
     assert sum(shift.block_items.values()) > sum(a.block_items.values())
-    # every block is read from the store once per search (weights are cached)
-    assert a.cache["weight_loads"] == len(expected)
+    # on the CPU a block is mapped from the store at most once per partition of each round it runs in, and dropped
+    # after its last use there (WeightCache keep_done: its file's pages leave the resident memory)
+    per_round = [len({h for m in alive_in[r] for h in manifests[m].hashes}) * rep.partitions
+                 for r, rep in enumerate(a.rounds)]
+    assert len(expected) <= a.cache["weight_loads"] <= sum(per_round)
 
 
 def test_planned_and_observed_peaks_agree(results):
