@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from scipy.stats import norm, rankdata
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # quality_report, then the package
@@ -37,7 +36,7 @@ def distances(scores: dict[str, float], higher: bool, unit: str) -> dict[str, fl
     models = sorted(scores)
     v = np.array([scores[m] for m in models], dtype=np.float64) * (1 if higher else -1)
     if unit == "rank":
-        d = rankdata(-v, method="min") - 1.0
+        d = (v[None, :] > v[:, None]).sum(axis=1).astype(np.float64)  # models strictly ahead (ties share a rank)
     elif unit == "score":
         d = v.max() - v
     elif unit == "z":
@@ -121,7 +120,7 @@ def truth_noise(report: dict[str, Any], level: float = 0.9) -> dict[str, int]:
     out = {}
     for t, acc in truths(report).items():
         n, best = split_size(report["tasks"][t]["target"]), max(acc.values())
-        z = norm.ppf(level)
+        z = statistics.NormalDist().inv_cdf(level)
         out[t] = sum(best - a <= z * np.sqrt((best * (1 - best) + a * (1 - a)) / n) + TOL for a in acc.values())
     return out
 
