@@ -114,10 +114,12 @@ def test_models_of_one_tokenizer_share_inputs_and_each_tokenizer_is_tokenised_on
     assert all(planned == observed for *_, planned, observed in runs)
     assert all(r.planned_peak_bytes == r.observed_peak_bytes for r in result.rounds)
     assert result.timings_s["prepare_data"] == dm.prepare_seconds > 0
-    # zoos a and b have identical blocks: run once per tokenizer, but read from the store once
+    # zoos a and b have identical blocks: run once per tokenizer; on the CPU a block is mapped from the store at
+    # most once per group and round (the weight cache drops it after its last use in the group's plan)
     assert store.manifest(zoos["a"][0]).hashes == store.manifest(zoos["b"][0]).hashes
     distinct = {h for m in everything(setup) for h in store.manifest(m).hashes}
-    assert result.cache["weight_loads"] == result.rounds[0].distinct_blocks == len(distinct)
+    assert result.rounds[0].distinct_blocks == len(distinct)
+    assert len(distinct) <= result.cache["weight_loads"] <= sum(r.groups * r.distinct_blocks for r in result.rounds)
 
 
 def scored(setup, dm, models, strategy):

@@ -252,7 +252,7 @@ def test_prefetching_weights_changes_nothing_but_when_blocks_are_read(results, z
     off = results["alsatian"]
     assert _scores(on) == _scores(off)
     assert on.cache["weight_prefetches"] > 0 and off.cache["weight_prefetches"] == 0
-    assert on.cache["weight_loads"] == off.cache["weight_loads"]  # still one read per distinct block
+    assert on.cache["weight_loads"] == off.cache["weight_loads"]  # the same reads, only earlier
     assert on.cache["blocks_read"] == off.cache["blocks_read"]
 
 
