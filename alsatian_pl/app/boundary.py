@@ -56,6 +56,14 @@ def one_line_warnings() -> None:
     warnings.showwarning = _show_warning
 
 
+def say(line: str, file: Any = None) -> None:
+    """Print ``line`` in one write, newline included: the ranks of a distributed search share one stderr, and
+    ``print``'s two writes (text, then newline) let their lines run into each other."""
+    out = file or sys.stderr
+    out.write(line + "\n")
+    out.flush()
+
+
 def _on_signal(signum: int, frame: Any) -> None:
     _state["signal"] = signum
     raise (KeyboardInterrupt if signum == signal.SIGINT else Terminated)()
@@ -64,7 +72,7 @@ def _on_signal(signum: int, frame: Any) -> None:
 def _excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
     """Interrupted before :func:`main` runs (e.g. while importing): one line, not a traceback."""
     if isinstance(exc, KeyboardInterrupt):
-        print(_interrupted_line(), file=sys.stderr)
+        say(_interrupted_line())
     else:
         sys.__excepthook__(kind, exc, tb)
 
@@ -76,7 +84,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
                   file: Any = None, line: str | None = None) -> None:
     """Warnings raised by alsatian-pl's own code as one ``warning:`` line; others as Python prints them."""
     if f"{os.sep}alsatian_pl{os.sep}" in filename:
-        print(f"warning: {message}", file=file or sys.stderr)
+        say(f"warning: {message}", file)
     else:
         _default_show(message, category, filename, lineno, file, line)
 
@@ -176,7 +184,7 @@ def _report(exc: BaseException, where: str = "") -> tuple[str, int]:
     returns the line and the exit status."""
     known = describe(exc)
     line, status = known or (_BUG_LINE, BUG)
-    print(line + where, file=sys.stderr)
+    say(line + where)
     if known is None or _state["debug"]:
         traceback.print_exception(type(exc), exc, exc.__traceback__)
     return line, status
@@ -205,7 +213,7 @@ def _record_failed_job(exc: Exception) -> None:
     try:
         write_json(os.path.join(hc.runtime.output_dir, "failed.json"), record)
     except AlsatianError as why:
-        print(f"error: the failure of sweep job {hc.job.num} could not be recorded: {why}", file=sys.stderr)
+        say(f"error: the failure of sweep job {hc.job.num} could not be recorded: {why}")
 
 
 def main(task: Callable[[], Any]) -> None:

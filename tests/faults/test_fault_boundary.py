@@ -25,6 +25,28 @@ def test_warnings_of_alsatian_pl_read_as_one_line():
     assert out.getvalue() == "warning: zoo z cannot be reused\n"
 
 
+def test_each_line_is_one_write_so_two_ranks_on_one_stderr_cannot_run_their_lines_together(monkeypatch):
+    """Two ranks of a distributed search print to one stderr: with ``print``'s separate newline write their two
+    'interrupted' lines once came out as one ('error: …error: …' then two newlines)."""
+    from alsatian_pl.app import boundary
+    from alsatian_pl.errors import SearchInterrupted
+
+    class Writes(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.calls.append(text)
+            return super().write(text)
+
+    err = Writes()
+    monkeypatch.setattr("sys.stderr", err)
+    line, _ = boundary._report(SearchInterrupted("interrupted in round 1 of 2; nothing was saved"))
+    boundary._show_warning(UserWarning("w"), UserWarning, os.path.join(os.sep, "alsatian_pl", "a.py"), 1)
+    assert err.calls == [line + "\n", "warning: w\n"] and line.startswith("error: interrupted in round 1")
+
+
 def test_hydra_errors_before_the_job_read_as_one_line(tmp_path):
     proc = run(script("search.py", "dataset=nonexistent", f"hydra.run.dir={tmp_path}"))
     assert proc.returncode == 2
