@@ -67,7 +67,9 @@ class WeightCache:
     nothing), so reading it again costs only the mapping and its checksum (about 4 ms for an 18 MiB ResNet block,
     warm), while holding it keeps its pages in the process's resident memory: there it is dropped at the next
     :meth:`get` after its last scheduled use. Measured on W1 (12 ResNet-18 checkpoints, bench/notes/reference.md):
-    peak host RSS of the search 1.08 -> 0.96 GiB, loading +0.1 s.
+    peak host RSS of the search 1.08 -> 0.96 GiB, loading +0.1 s; on EfficientNet-Lite0 Top 50% (335 small blocks),
+    an interleaved A/B: peak 1.45 -> 1.02 GiB, loading +0.45 s, search time within its run-to-run spread
+    (docs/guide/performance.md).
 
     ``prefetch`` starts reading a block on a background thread (file read and hash check, which release the GIL and
     use no torch kernels) so that it overlaps the current step's inference; a block being prefetched counts against

@@ -380,6 +380,17 @@ def calibrate(store_root: Path, models: Sequence[str], data: dict[str, Any], set
             "tree_per_item_s": sum(cost[n.block.hash] for n in tree.nodes() if n.block is not None)}
 
 
+def bracket(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The per-item block costs of two calibration passes taken right before and right after a run, averaged block
+    by block, and their drift: how far the two passes' whole-tree costs differ, relative to their mean. On a shared
+    VM the machine's speed moves by 10-20 % within a minute, so a bound calibrated minutes away from the run it
+    judges measures the machine's speed as much as the run's; bracketing the run halves that error and shows it."""
+    per_item = {h: (before["per_item_s"][h] + after["per_item_s"][h]) / 2 for h in before["per_item_s"]}
+    tree = (before["tree_per_item_s"], after["tree_per_item_s"])
+    return {"per_item_s": per_item, "tree_per_item_s": list(tree), "seconds": before["seconds"] + after["seconds"],
+            "drift": abs(tree[1] - tree[0]) / (sum(tree) / 2) if sum(tree) else 0.0}
+
+
 def _calibration_batches(data: dict[str, Any], bs: int, repeats: int, device: torch.device,
                          channels_last: bool) -> list[torch.Tensor]:
     """``repeats`` batches of ``bs`` real training items, on the device in the layout the executor gives them."""

@@ -160,7 +160,8 @@ def _bound_section(cells: list[dict[str, Any]], plan: dict[str, Any]) -> list[st
            "executor's `block_seconds[h] / block_items[h]`: the executor times a whole inference step (a chain of "
            "blocks) and splits it among the blocks by parameter count, which misattributes time (early convolution "
            "blocks have few parameters and most of the FLOPs), and it is alsatian's own measurement, so a bound "
-           "built from it cannot catch slow execution. Both bounds are reported. The calibration is checked by "
+           "built from it cannot catch slow execution. Both bounds are reported. " + _bracket_note(cells)
+           + "The calibration is checked by "
            "predicting base's and shift's inference time from it (every model's whole path over every item of its "
            "rounds) and dividing what they measured by it (columns *measured/predicted*: 1.00 is a perfect "
            "prediction). Caveat: a round with fewer items than a batch (the first rounds of a small search) runs "
@@ -359,19 +360,43 @@ def _missed(missed: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _bracketed(cells: list[dict[str, Any]]) -> bool:
+    return any("calibration_drift" in c["bound"] for c in cells)
+
+
+def _bracket_note(cells: list[dict[str, Any]]) -> str:
+    if not _bracketed(cells):
+        return ("These runs predate bracketing (2026-12-07): each bound uses the cell's calibration pass, minutes "
+                "before the run it judges, and on a shared VM the machine's speed moves by 10-20 % within a minute "
+                "(bench/notes/cells_20261207.md). ")
+    return ("Each alsatian run's bound uses two more calibration passes, right before and right after that run, "
+            "averaged block by block: on a shared VM the machine's speed moves by 10-20 % within a minute, and the "
+            "cell's first pass is minutes away from the run (column *drift*: how far the two bracketing passes "
+            "differ; the last column is the ratio against the cell's first pass, as earlier results computed it). ")
+
+
 def _bound_table(cells: list[dict[str, Any]]) -> list[str]:
+    extra = _bracketed(cells)
     out = ["| architecture | distribution | bound inference s | proxy scoring s | bound s | alsatian s | "
            "alsatian/bound | alsatian inference / bound inference | alsatian/bound (executor costs) | "
-           "base inference measured/predicted | shift measured/predicted | calibration s |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "base inference measured/predicted | shift measured/predicted | calibration s |"
+           + (" drift of the bracketing calibrations | alsatian/bound (cell's calibration) |" if extra else ""),
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if extra else "")]
     for c in cells:
         b, p = c["bound"], c["prediction"]
         out.append(f"| {c['arch']} | {DIST_LABELS[c['distribution']]} | {_s(b['inference_s'])} | "
                    f"{_s(b['proxy_scoring_s'])} | {_s(b['bound_s'])} | {_s(b['alsatian_s'])} | {b['ratio']:.2f} | "
                    f"{b['inference_ratio']:.2f} | {b['ratio_exec']:.2f} | "
                    f"{p['base']['measured_over_predicted']:.2f} | {p['shift']['measured_over_predicted']:.2f} | "
-                   f"{c['calibration']['seconds']:.1f} |")
+                   f"{c['calibration']['seconds']:.1f} |" + (f" {_drift(b)} |" if extra else ""))
     return out
+
+
+def _drift(b: dict[str, Any]) -> str:
+    """The bound's calibration drift and alsatian's ratio to the cell's calibration (runs before 2026-12-07: —)."""
+    if "calibration_drift" not in b:
+        return "— | —"
+    return f"{b['calibration_drift'] * 100:.0f} % | {b['ratio_cell_calibration']:.2f}"
 
 
 def _paper_scale(c: dict[str, Any] | None, rel: Path) -> list[str]:
