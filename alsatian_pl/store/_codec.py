@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,20 +40,49 @@ _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat
 # --------------------------------------------------------------------------------------------------- block tensors
 def materialize(template: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
     """A copy of a (meta) skeleton module holding ``tensors``, which must cover its every parameter and buffer."""
-    module = _clone_structure(template)
-    _assign(module, tensors)
+    slots = _slots(template)
+    if tensors.keys() != slots.keys():
+        raise StoreError(f"stored tensors {sorted(set(tensors) ^ set(slots))} do not match the block's structure")
+    from torch import nn
+
+    owners: dict[str, nn.Module] = {}
+    module = _clone_structure(template, "", owners)
+    for name, t in tensors.items():
+        path, leaf, is_param, grad = slots[name]
+        if is_param:
+            owners[path]._parameters[leaf] = nn.Parameter(t, requires_grad=grad)
+        else:
+            owners[path]._buffers[leaf] = t
     return module
 
 
-def _clone_structure(module: nn.Module) -> nn.Module:
+_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # skeleton -> its slots (:func:`_slots`)
+
+
+def _slots(template: nn.Module) -> dict[str, tuple[str, str, bool, bool]]:
+    """Where each tensor of ``template`` goes, by name: (owner module's path, attribute, is a parameter,
+    requires_grad); worked out once per skeleton (the store's are cached and shared), not at every load."""
+    slots = _SLOTS.get(template)
+    if slots is None:
+        slots = {n: (*n.rpartition(".")[::2], True, p.requires_grad) for n, p in template.named_parameters()}
+        slots.update({n: (*n.rpartition(".")[::2], False, False) for n, _ in template.named_buffers()})
+        _SLOTS[template] = slots
+    return slots
+
+
+def _clone_structure(module: nn.Module, path: str = "", owners: dict[str, nn.Module] | None = None) -> nn.Module:
     """A copy of a (meta) skeleton module tree with its own module, parameter and buffer dicts, sharing the rest;
-    ``_assign`` then replaces every tensor. Several times faster than ``copy.deepcopy``, which copies each attribute."""
+    ``materialize`` then replaces every tensor (each clone is put in ``owners`` under its path). Several times faster
+    than ``copy.deepcopy``, which copies each attribute."""
     new = object.__new__(type(module))
     new.__dict__ = module.__dict__.copy()
     new._parameters = dict(module._parameters)
     new._buffers = dict(module._buffers)
     new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
-    new._modules = {k: None if m is None else _clone_structure(m) for k, m in module._modules.items()}
+    if owners is not None:
+        owners[path] = new
+    new._modules = {k: None if m is None else _clone_structure(m, f"{path}.{k}" if path else k, owners)
+                    for k, m in module._modules.items()}
     for k, v in module.__dict__.items():
         if "hook" in k and isinstance(v, dict):  # hooks registered on one clone stay on that clone
             new.__dict__[k] = v.copy()
@@ -191,23 +221,6 @@ def parse_block(buf: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, s
             raw = raw.clone()
         tensors[name] = raw.view(dtype).reshape(shape) if size else torch.empty(shape, dtype=dtype)
     return tensors, meta
-
-
-def _assign(block: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Put stored tensors into an (empty, meta) block; every parameter and buffer must be covered."""
-    from torch import nn
-
-    expected = set(block_tensors(block))
-    if set(tensors) != expected:
-        raise StoreError(f"stored tensors {sorted(set(tensors) ^ expected)} do not match the block's structure")
-    params = dict(block.named_parameters())
-    for name, t in tensors.items():
-        owner_name, _, leaf = name.rpartition(".")
-        owner = block.get_submodule(owner_name)
-        if name in params:
-            owner._parameters[leaf] = nn.Parameter(t, requires_grad=params[name].requires_grad)
-        else:
-            owner._buffers[leaf] = t
 
 
 def head_sizes(tensors: dict[str, torch.Tensor]) -> tuple[int, int]:
