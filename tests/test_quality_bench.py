@@ -15,6 +15,7 @@ import calibrate  # noqa: E402
 import evaluate  # noqa: E402
 import multiblock  # noqa: E402
 import quality_report  # noqa: E402
+import seeds  # noqa: E402
 
 
 def _fake(n: int = 60, classes: int = 4):
@@ -162,3 +163,36 @@ def test_a_perfect_proxy_covers_a_clear_best_and_not_a_coin_toss():
     out = calibrate.perfect_proxy(report, k=1, draws=500)
     assert out["clear"] == 1.0 and 0.1 < out["toss"] < 0.6  # six equal candidates on 10 items: about 1 in 6 plus ties
     assert calibrate.perfect_proxy(report, k=1, draws=500) == out  # seeded
+
+
+def test_seed_noise_compares_the_seeds_and_one_seed_with_the_mean_of_the_others():
+    acc = seeds.accuracies([{m: {"accuracy": a} for m, a in zip("abcd", row)}
+                            for row in ([0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.6, 0.7], [0.8, 0.9, 0.7, 0.6])])
+    n = seeds.noise(acc)
+    assert n["seeds"] == 3 and [round(r, 2) for r in n["pair_rho"]] == [0.8, 0.8, 0.6]
+    assert n["pair_same_best"] == [True, False, False]
+    assert round(n["ceiling_rho"][0], 2) == 0.89  # seed 0 against the means of seeds 1 and 2 (0.85, 0.85, 0.65, 0.65)
+    assert round(n["model_sd_points"], 2) == 5.77 and round(n["spread_points"], 1) == 23.3
+
+
+def test_scorers_are_judged_against_a_given_truth_with_ties_for_the_best():
+    quality = {"scorers": {"knn": {"base_search": {"scores": {"a": 3.0, "b": 2.0, "c": 1.0}, "confident_set": ["a"]}},
+                           "nce": {"base_search": {"scores": {"a": 1.0, "b": 2.0, "c": 3.0}, "confident_set": None}}}}
+    out = seeds.against(quality, {"a": 0.8, "b": 0.8, "c": 0.7})
+    assert out["knn"]["regret"] == 0.0 and out["knn"]["in_set"] and out["knn"]["set_size"] == 1
+    assert out["nce"]["regret"] == pytest.approx(10.0) and not out["nce"]["in_set"]  # its pick c; no set: the pick
+    assert out["knn"]["rho"] == pytest.approx(0.866, abs=1e-3)
+
+
+def test_seed_summary_pools_the_targets():
+    def result(rho, same, ceiling, knn_one, knn_mean):
+        return {"noise": {"pair_rho": rho, "pair_same_best": same, "ceiling_rho": ceiling},
+                "scorers_one_seed": {"knn": knn_one}, "scorers_mean": {"knn": knn_mean}}
+    hit = {"rho": 0.5, "regret": 0.0, "in_set": True, "set_size": 2}
+    miss = {"rho": 0.3, "regret": 2.0, "in_set": False, "set_size": 4}
+    lines = seeds.summary([result([0.4, 0.8], [True, False], [0.6, 0.8], miss, hit),
+                           result([0.6], [True], [0.7], hit, hit)])
+    assert "(2 targets, 3 seed pairs): Spearman ρ 0.40–0.80 (median 0.60)" in lines[0]
+    assert "the same best model in 2 of 3 pairs" in lines[0] and "ρ 0.70 on average (0.60–0.80)" in lines[0]
+    assert lines[1] == ("- **knn**: mean ρ 0.40 against seed 0, 0.50 against the mean; its confident set holds the "
+                        "best on 1 / 2 of 2 targets (mean size 2.0); mean regret 1.0 / 0.0 points.")

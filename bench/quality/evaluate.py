@@ -156,18 +156,20 @@ def candidates(zoo: Path, task: str) -> list[str]:
 
 
 def ground_truth(zoo: Path, task: str, epochs: int | None = None,
-                 models: list[str] | None = None) -> dict[str, dict[str, float]]:
+                 models: list[str] | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
     """``{model: {"accuracy", "seconds"}}``: each candidate (or each of ``models``) fine-tuned on the target with the
     train.py recipe; with ``epochs``, the confirmation's short fine-tune instead (the recipe over that many epochs,
-    as ``finetune.confirm_epochs`` runs it). Cached in ZOO/ground_truth-<task>[-<epochs>ep].json."""
+    as ``finetune.confirm_epochs`` runs it); with ``seed``, the recipe's ``finetune.seed`` (head and order; the
+    split stays). Cached in ZOO/ground_truth-<task>[-<epochs>ep][-seed<seed>].json."""
     from alsatian_pl.app import run_finetune
-    path = zoo / (f"ground_truth-{task}.json" if epochs is None else f"ground_truth-{task}-{epochs}ep.json")
+    name = f"ground_truth-{task}" + (f"-{epochs}ep" if epochs is not None else "") + (f"-seed{seed}" if seed else "")
+    path = zoo / f"{name}.json"
     truth = json.loads(path.read_text()) if path.is_file() else {}
-    short = [] if epochs is None else [f"trainer.max_epochs={epochs}"]
+    short = ([] if epochs is None else [f"trainer.max_epochs={epochs}"]) + ([f"finetune.seed={seed}"] if seed else [])
     for model in models if models is not None else candidates(zoo, task):
         if model in truth:
             continue
-        out = zoo / "finetune" / task / model
+        out = zoo / "finetune" / task / (f"{model}-seed{seed}" if seed else model)
         cfg = compose("train", zoo, task, f"finetune.model={model}", f"output_dir={out}", "finetune.checkpoint=null",
                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *short)
         t = time.perf_counter()
