@@ -144,4 +144,4 @@ def test_a_bad_checkpoint_is_left_out_at_import_and_listed_in_results_json(tmp_p
         assert "left out 1 candidate(s) that cannot be scored (b.pth): skipped in" in printed.getvalue()
         saved = json.loads((out / "results.json").read_text())
         assert [s["name"] for s in saved["skipped"]] == ["b.pth"]
-        assert len(saved["ranking"]) == 2 and all("-b" not in r["model"] for r in saved["ranking"])
+        assert len(saved["ranking"]) == 2 and not any(r["model"].endswith("-b") for r in saved["ranking"])
