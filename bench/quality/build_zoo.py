@@ -217,6 +217,8 @@ def lineage(count: int, blocks: tuple[int, int], tasks: list[str], rng: np.rando
 
 def build_image(out: Path, count: int, seed: int, blocks: tuple[int, int] = (2, 8)) -> list[dict]:
     """``count`` Lite0 variants as timm state dicts (with their source head) in ``out/image/ckpts``."""
+    if not count:
+        return []
     from alsatian_pl.zoo import efficientnet_lite0_checkpoint, load_checkpoint
     import timm
     base = timm.create_model("tf_efficientnet_lite0")
@@ -265,7 +267,7 @@ def import_store(out: Path) -> dict[str, list[str]]:
     from alsatian_pl.store import BlockStore
     from alsatian_pl.zoo import checkpoint_spec, hf_dirs_spec
     store, models = BlockStore(out / "store"), {}
-    if (out / "image" / "ckpts").is_dir():
+    if (out / "image" / "ckpts").is_dir() and any((out / "image" / "ckpts").iterdir()):
         models["image"] = list(checkpoint_spec(name="quality_image", path=str(out / "image" / "ckpts"),
                                                arch="tf_efficientnet_lite0", image_size=IMAGE_SIZE
                                                ).build(store, progress=False).models)

