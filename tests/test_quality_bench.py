@@ -32,6 +32,18 @@ def test_class_folder_writes_even_classes_once(tmp_path):
     assert make(tmp_path) == folder and not (folder / "b" / "00000.png").exists()  # written once, then reused
 
 
+def test_text_csv_writes_even_classes_once_and_text_file_reads_it(tmp_path):
+    from alsatian_pl.data._text import read_text_file
+    texts = [f"post {i} about {'abc'[i % 3]}" for i in range(30)]
+    make = evaluate.text_csv("t", lambda: (texts, ["abc"[i % 3] for i in range(30)]), ["a", "c"], 8)
+    path = make(tmp_path)
+    rows, labels = read_text_file(path, "text", "label")
+    assert sorted(labels) == ["a"] * 4 + ["c"] * 4
+    assert all(t in texts and t.endswith(lab) for t, lab in zip(rows, labels))  # each text keeps its own label
+    path.write_text("text,label\nchanged,a\n")
+    assert make(tmp_path) == path and path.read_text() == "text,label\nchanged,a\n"  # written once, then reused
+
+
 def test_every_target_names_its_zoo_and_dataset():
     assert len(evaluate.TARGETS) >= 8
     for name, target in evaluate.TARGETS.items():
