@@ -208,3 +208,14 @@ def test_seed_summary_pools_the_targets():
     assert "the same best model in 2 of 3 pairs" in lines[0] and "ρ 0.70 on average (0.60–0.80)" in lines[0]
     assert lines[1] == ("- **knn**: mean ρ 0.40 against seed 0, 0.50 against the mean; its confident set holds the "
                         "best on 1 / 2 of 2 targets (mean size 2.0); mean regret 1.0 / 0.0 points.")
+
+
+def test_seed_section_names_the_targets_zoo_and_candidate_count():
+    cell = {"rho": 0.5, "regret": 0.0, "in_set": True, "set_size": 2}
+    result = {"task": "tweets2", "seeds": [0, 1], "models": 12,
+              "noise": {"seeds": 2, "pair_rho": [0.5], "pair_same_best": [True], "ceiling_rho": [0.5],
+                        "model_sd_points": 1.0, "spread_points": 5.0},
+              "scorers_one_seed": {"knn": cell}, "scorers_mean": {"knn": cell}}
+    text = seeds.section([result], "python bench/quality/seeds.py --tasks tweets2")
+    assert text.startswith("### How noisy is the ground truth? Text targets (`python bench/quality/seeds.py")
+    assert "Each target's 12 candidates fine-tuned again" in text and "16 candidates" not in text

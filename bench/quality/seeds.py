@@ -83,15 +83,17 @@ def study(zoo: Path, task: str, seeds: list[int]) -> dict[str, Any]:
     acc = accuracies(truths)
     quality = json.loads((zoo / f"quality-{task}.json").read_text())["tasks"][task]
     mean = {m: statistics.mean(v) for m, v in acc.items()}
-    return {"task": task, "seeds": [0, *seeds], "noise": noise(acc),
+    return {"task": task, "seeds": [0, *seeds], "models": len(acc), "noise": noise(acc),
             "scorers_one_seed": against(quality, {m: v[0] for m, v in acc.items()}),
             "scorers_mean": against(quality, mean), "seconds": round(time.perf_counter() - t0, 1),
             "finetune_s": sum(t[m]["seconds"] for t in truths[1:] for m in t)}
 
 
 def section(results: list[dict[str, Any]], command: str) -> str:
-    rows = ["### How noisy is the ground truth? (`" + command + "`)\n",
-            "Each target's 16 candidates fine-tuned again with other seeds of the train.py recipe (`finetune.seed`: "
+    zoos = " and ".join(sorted({E.TARGETS[r["task"]].zoo for r in results}))
+    models = " or ".join(str(n) for n in sorted({r["models"] for r in results}))
+    rows = [f"### How noisy is the ground truth? {zoos.capitalize()} targets (`{command}`)\n",
+            f"Each target's {models} candidates fine-tuned again with other seeds of the train.py recipe (`finetune.seed`: "
             "the head's init and the batch order; same split, same epochs). *Seed vs seed*: Spearman ρ between two "
             "seeds' accuracies and how often they name the same best model; *ceiling*: ρ of one seed against the "
             "mean of the others, what a perfect proxy could expect against a one-seed ground truth; *sd*: a model's "
