@@ -185,6 +185,13 @@ def test_seed_noise_compares_the_seeds_and_one_seed_with_the_mean_of_the_others(
     assert n["pair_same_best"] == [True, False, False]
     assert round(n["ceiling_rho"][0], 2) == 0.89  # seed 0 against the means of seeds 1 and 2 (0.85, 0.85, 0.65, 0.65)
     assert round(n["model_sd_points"], 2) == 5.77 and round(n["spread_points"], 1) == 23.3
+    # each seed's best (a, a, b) scored by every other seed, then by the mean of the other two
+    assert [round(r, 6) for r in n["rerun_regret_points"]] == [0.0, 10.0, 0.0, 10.0, 10.0, 10.0]
+    assert [round(r, 6) for r in n["rerun_regret_vs_mean_points"]] == [0.0, 0.0, 10.0]
+
+
+def test_regret_of_tied_picks_is_their_mean():
+    assert seeds.regret({"a": 0.9, "b": 0.9, "c": 0.5}, {"a": 0.8, "b": 0.6, "c": 0.9}) == pytest.approx(20.0)
 
 
 def test_scorers_are_judged_against_a_given_truth_with_ties_for_the_best():
@@ -197,16 +204,22 @@ def test_scorers_are_judged_against_a_given_truth_with_ties_for_the_best():
 
 
 def test_seed_summary_pools_the_targets():
-    def result(rho, same, ceiling, knn_one, knn_mean):
-        return {"noise": {"pair_rho": rho, "pair_same_best": same, "ceiling_rho": ceiling},
+    def result(rho, same, ceiling, knn_one, knn_mean, rerun=(0.0, 0.0), vs_mean=(0.0,)):
+        return {"noise": {"pair_rho": rho, "pair_same_best": same, "ceiling_rho": ceiling,
+                          "rerun_regret_points": list(rerun), "rerun_regret_vs_mean_points": list(vs_mean)},
                 "scorers_one_seed": {"knn": knn_one}, "scorers_mean": {"knn": knn_mean}}
     hit = {"rho": 0.5, "regret": 0.0, "in_set": True, "set_size": 2}
     miss = {"rho": 0.3, "regret": 2.0, "in_set": False, "set_size": 4}
-    lines = seeds.summary([result([0.4, 0.8], [True, False], [0.6, 0.8], miss, hit),
+    lines = seeds.summary([result([0.4, 0.8], [True, False], [0.6, 0.8], miss, hit, (0.0, 2.0), (1.0,)),
                            result([0.6], [True], [0.7], hit, hit)])
     assert "(2 targets, 3 seed pairs): Spearman ρ 0.40–0.80 (median 0.60)" in lines[0]
     assert "the same best model in 2 of 3 pairs" in lines[0] and "ρ 0.70 on average (0.60–0.80)" in lines[0]
-    assert lines[1] == ("- **knn**: mean ρ 0.40 against seed 0, 0.50 against the mean; its confident set holds the "
+    assert lines[1] == ("- **The recipe against itself**: the best model of one seed, scored by another seed, has a "
+                        "top-1 regret of 0.5 points on average; at most 0.5 points over every seed pair on 1 of 2 "
+                        "targets (worst 2.0); scored by the mean of the other seeds, 0.5 on average, at most 0.5 on "
+                        "1 of 2 targets. Fine-tuning every candidate again misses a goal of at most 0.5 points of "
+                        "regret on every target (on 1 of 2).")
+    assert lines[2] == ("- **knn**: mean ρ 0.40 against seed 0, 0.50 against the mean; its confident set holds the "
                         "best on 1 / 2 of 2 targets (mean size 2.0); mean regret 1.0 / 0.0 points.")
 
 
@@ -214,8 +227,10 @@ def test_seed_section_names_the_targets_zoo_and_candidate_count():
     cell = {"rho": 0.5, "regret": 0.0, "in_set": True, "set_size": 2}
     result = {"task": "tweets2", "seeds": [0, 1], "models": 12,
               "noise": {"seeds": 2, "pair_rho": [0.5], "pair_same_best": [True], "ceiling_rho": [0.5],
+                        "rerun_regret_points": [0.0, 1.5], "rerun_regret_vs_mean_points": [0.0, 1.5],
                         "model_sd_points": 1.0, "spread_points": 5.0},
               "scorers_one_seed": {"knn": cell}, "scorers_mean": {"knn": cell}}
     text = seeds.section([result], "python bench/quality/seeds.py --tasks tweets2")
     assert text.startswith("### How noisy is the ground truth? Text targets (`python bench/quality/seeds.py")
     assert "Each target's 12 candidates fine-tuned again" in text and "16 candidates" not in text
+    assert "| tweets2 | 2 | 0.50 | 1/1 | 0.50 | 0.8 / 1.5 | 1.0 | 5.0 |" in text
