@@ -54,9 +54,10 @@ def test_every_guide_page_is_in_the_navigation():
 
 
 def _expand(word: str) -> str:
-    """``key=~/path`` as the shell expands it."""
-    key, eq, value = word.partition("=")
-    return f"{key}={os.path.expanduser(value)}" if eq and value.startswith("~") else word
+    """A word as bash expands it: ``$HOME`` and other variables; ``~`` only where bash does (a word's start, or
+    after ``=`` in a plain variable assignment), so ``dataset.path=~/x`` reaches Hydra as written."""
+    word = os.path.expandvars(word)
+    return os.path.expanduser(word) if word.startswith("~") else word
 
 
 def _needs(line: str) -> str | None:

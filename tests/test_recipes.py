@@ -35,7 +35,7 @@ RUNS = [  # one command of each kind that runs, as a page shows it
     "python search.py dataset.num_items=500 dataset.test_fraction=0.3",
     "python search.py models=resnet18_zoo models.num_models=12 models.distribution=top25",
     "python search.py +models.where.tags=[base] '+models.where.name=*-00?'",
-    "python search.py dataset=image_folder dataset.path=~/photos models=resnet18_zoo",  # marked; a stand-in folder
+    "python search.py dataset=image_folder dataset.path=$HOME/photos models=resnet18_zoo",  # marked; a stand-in folder
     "python train.py dataset=fashion_mnist_mosaic",
     "python train.py finetune.confirm_top_k=confident",
     "python train.py finetune.results=outputs/search/DATE/results.json",
@@ -45,7 +45,7 @@ RUNS = [  # one command of each kind that runs, as a page shows it
     "alsatian store verify",
     "alsatian store gc",
 ]
-STAND_INS = {os.path.expanduser("~/photos"): "photos"}  # a user's own data: a tiny stand-in in the temporary folder
+STAND_INS = {os.path.expandvars("$HOME/photos"): "photos"}  # a user's own data: a tiny stand-in in the temporary folder
 
 
 def _split(command: str) -> tuple[str, list[str]]:

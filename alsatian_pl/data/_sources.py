@@ -201,7 +201,7 @@ def fashion_mnist(spec: DataSpec) -> Source:
     embedded = fashion_mnist_embedded()
     if spec.path is None and (spec.num_items is None or spec.num_items <= len(embedded[1])):
         return ArraySource(*embedded, spec)
-    folder = Path(spec.path) if spec.path is not None else FASHION_MNIST_DIR
+    folder = Path(spec.path).expanduser() if spec.path is not None else FASHION_MNIST_DIR
     files = [folder / f"train-{kind}-idx{dim}-ubyte.gz" for kind, dim in (("images", 3), ("labels", 1))]
     if not all(file.is_file() for file in files):
         why = (f"dataset.path={spec.path} does not hold" if spec.path is not None else

