@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import settings
 
 import alsatian_pl  # noqa: F401  first: OpenMP's idle threads wait passively (alsatian_pl/threads.py)
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# property tests: the same examples on every run, and no per-example time limit (a loaded 2-core runner is slow)
+settings.register_profile("alsatian", derandomize=True, deadline=None)
+settings.load_profile("alsatian")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global random state, whatever ran before it."""
+    torch.manual_seed(0)
+    np.random.seed(0)
 
 
 @pytest.fixture

@@ -34,3 +34,5 @@ def test_summary_notices_a_ranking_that_changed():
 def test_one_thread_on_two_cores_is_slowed_only_when_the_spinners_outnumber_the_free_core():
     s = bc.summarise([{**_run(0, 1.0, 2.0), "threads": 1}, {**_run(1, 1.0, 2.0), "threads": 1}], busy=1, cores=2)
     assert s["fair_factor"] == 1.0
+    s = bc.summarise([{**_run(0, 1.0, 2.0), "threads": 1}, {**_run(2, 1.0, 2.0), "threads": 1}], busy=2, cores=2)
+    assert s["fair_factor"] == 1.5  # 3 runnable threads on 2 cores: two thirds of a core

@@ -150,3 +150,11 @@ def test_a_callback_subclass_needs_only_the_hooks_it_uses():
             self.ends += 1
 
     assert Counter().state_dict() == {} and Counter().rank_zero_only and Counter().state_key.endswith("<locals>.Counter")
+    counter = Counter()  # every other hook is the base class's no-op: callable with the loop's arguments
+    for hook in ("on_search_start", "on_round_start", "on_round_executed"):
+        assert getattr(counter, hook)(None, None) is None
+    assert counter.on_round_planned(None, None, None) is None and counter.on_round_scored(None, None, {}) is None
+    assert counter.on_search_end(None, None, None) is None and counter.on_exception(None, None, ValueError()) is None
+    counter.load_state_dict({})
+    counter.on_round_end(None, None, None)
+    assert counter.ends == 1

@@ -64,19 +64,16 @@ def test_a_dead_rank_stops_the_search_in_one_error_and_the_resumed_search_contin
                                                                                           tmp_path):
     """Rank 1 dies in round 2, after a rebalancing was saved: rank 0 stops within the timeout with one error and
     writes nothing; resumed, the ranks continue on the moved models with the uninterrupted search's scores."""
-    import time
     models = [zoo.models[i] for i in (1, 2, 3, 5)]
     out, ckpt = tmp_path / "result.json", tmp_path / "ckpt"
     args = [sys.executable, str(SCRIPT), str(zoo.store.root), ",".join(models), "alsatian", "2", str(out),
             f"checkpoints={ckpt}"]
     reference = two_ranks["emptied"]  # the same search, not interrupted
-    start = time.perf_counter()
     died = subprocess.run([*args, "1:1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert died.returncode != 0 and not out.exists()  # no results from a broken search
     # the dead rank's connections close at once: rank 0 says a rank left (or, had it hung, that none answered)
     assert ("error: rank 0: another rank left the search (it died" in died.stderr
             or "error: rank 0: the other ranks did not all answer" in died.stderr), died.stderr[-3000:]
-    assert time.perf_counter() - start < 120
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -37,6 +37,9 @@ def _model(arch: str, kwargs: dict) -> torch.nn.Module:
     return timm.create_model(arch, pretrained=False, num_classes=10, **kwargs).eval()
 
 
+REFUSED: set[str] = set()  # architectures the splitter refuses today (none): one refused elsewhere fails the test
+
+
 @pytest.mark.parametrize("arch,kwargs,size", ARCHS, ids=[a for a, _, _ in ARCHS])
 def test_every_family_splits_exactly_or_is_refused_clearly(arch, kwargs, size):
     model = _model(arch, kwargs)
@@ -45,7 +48,9 @@ def test_every_family_splits_exactly_or_is_refused_clearly(arch, kwargs, size):
         check_split(model, blocks, (3, size, size))
     except StoreError as exc:
         assert str(exc).startswith("cannot split a ") and "\n" not in str(exc)
-        pytest.skip(f"refused: {exc}")
+        assert arch in REFUSED, f"{arch} was split before and is refused now: {exc}"
+        return
+    assert arch not in REFUSED, f"{arch} splits now: take it out of REFUSED"
     assert len(blocks) >= 2
     own = {id(p) for p in model.parameters()}
     assert all(id(p) in own for b in blocks for p in b.parameters())  # the model's own tensors, shared

@@ -39,7 +39,8 @@ def test_the_ranking_plot_spans_the_scores_and_names_the_scorer():
 
 
 def test_plots_that_cannot_be_written_are_a_warning_not_the_end_of_the_run(tmp_path, monkeypatch):
-    """A full disk (or any drawing failure) while plotting: results.json stays and the ranking still prints."""
+    """A full disk (or any drawing failure) while plotting is one warning that points to results.json, not an error
+    (the report writes results.json before the plots)."""
     import pytest
 
     import alsatian_pl.app.plots as plots

@@ -90,6 +90,7 @@ def test_the_terminal_bar_fits_80_columns():
     stats, steps = SearchStats(), _RoundSteps()
     steps.open(stats)
     steps.planned, steps.planned_items, steps.started = 1234, 123_400_000, time.perf_counter() - 100
+    steps.executed = steps.started + 100  # the rate over exactly 100 s, whatever the clock does meanwhile
     stats.count("inference_steps", 617)
     stats.items_inferred += 61_700_000
     buffer = io.StringIO()
