@@ -167,8 +167,9 @@ class DiskRows:
         if batch.pixels is not None:
             pixels = batch.pixels.numpy()
             good = np.array([int(r) not in failed for r in rows])
-            for run in _runs(rows[good]):
-                self._pwrite(pixels[good][run[0]:run[-1] + 1], int(rows[good][run[0]]))
+            good_pixels, good_rows = pixels[good], rows[good]  # once: each run below is a view of them
+            for run in _runs(good_rows):
+                self._pwrite(good_pixels[run[0]:run[-1] + 1], int(good_rows[run[0]]))
             crcs = [zlib.crc32(pixels[k]) for k in range(len(rows))]
         else:
             crcs = batch.crcs
