@@ -180,6 +180,30 @@ def check_launcher(num_nodes: int) -> None:
                           "for the other machines forever. Launch it so, or set search.num_nodes=1")
 
 
+def resolve_devices(devices: int | str, accelerator: str) -> int:
+    """``search.devices`` as a number: ``auto`` is every GPU here on a GPU accelerator (``auto`` included) and one
+    process elsewhere, as Lightning counts it."""
+    if devices != "auto":
+        return int(devices)
+    gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+    return max(1, gpus)
+
+
+def check_accelerator(accelerator: str, device: torch.device) -> None:
+    """ConfigError when ``search.accelerator`` names hardware this machine lacks, or hardware the search's own
+    ``search.device`` does not run on (the search would silently run elsewhere)."""
+    wanted = {"gpu": "cuda", "cuda": "cuda", "mps": "mps"}.get(accelerator)
+    if wanted is None:
+        return
+    here = torch.cuda.is_available() if wanted == "cuda" else torch.backends.mps.is_available()
+    if not here:
+        raise ConfigError(f"search.accelerator={accelerator}, but this machine has no {wanted.upper()} device; set "
+                          "search.accelerator=cpu (or auto)")
+    if device.type != wanted:
+        raise ConfigError(f"search.accelerator={accelerator} with search.device={device.type}: the two disagree; "
+                          f"set search.device=auto (or {wanted}), or search.accelerator=cpu")
+
+
 def launched_by_cluster() -> bool:
     """Whether a launcher Lightning detects (torchrun, SLURM, LSF, MPI) started this process, or one that set the
     process group's variables itself (WORLD_SIZE, RANK, MASTER_ADDR: Kubeflow, a hand-written launcher)."""

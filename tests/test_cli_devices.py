@@ -50,3 +50,32 @@ def test_bad_launch_options_are_refused_before_anything_runs(zoo, tmp_path, over
     with pytest.raises(ConfigError, match=key):
         run_search(_compose(f"store.root={zoo.store.root}", override), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_accelerator_this_machine_lacks_or_the_device_contradicts_is_refused_before_anything_runs(
+        zoo, tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="search.accelerator=gpu, but this machine has no CUDA device"):
+        run_search(_compose(f"store.root={zoo.store.root}", "search.accelerator=gpu"), tmp_path / "out")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU here, but the search set to the CPU
+    with pytest.raises(ConfigError, match="search.accelerator=cuda with search.device=cpu: the two disagree"):
+        run_search(_compose(f"store.root={zoo.store.root}", "search.accelerator=cuda"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_devices_auto_is_every_gpu_on_a_gpu_accelerator_and_one_process_elsewhere(monkeypatch):
+    import torch
+
+    from alsatian_pl.distributed import resolve_devices
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_devices("auto", "auto") == 4 and resolve_devices("auto", "gpu") == 4
+    assert resolve_devices("auto", "cpu") == 1 and resolve_devices(2, "cpu") == 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_devices("auto", "auto") == 1
+
+
+def test_search_py_with_devices_auto_runs_on_this_cpu(zoo, tmp_path):
+    _, report = run_search(_compose(f"store.root={zoo.store.root}", "search.devices=auto", "~logger",
+                                    "search.checkpoint_dir=null"), tmp_path / "out")
+    assert report["ranking"] and (tmp_path / "out" / "results.json").is_file()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..checks import choice, text, whole
 from ..data import SearchDataModule
-from ..distributed import check_launcher, launch_search
+from ..distributed import check_accelerator, check_launcher, launch_search, resolve_devices
 from ..errors import ConfigError
 from ..halving import SearchCallback, SearchResult, SuccessiveHalving
 from ..io import check_folder
@@ -82,10 +82,12 @@ class LaunchedSuccessiveHalving(SuccessiveHalving):
                  accelerator: str = "auto", **options: Any):
         if devices != "auto":
             whole("search.devices", devices, hint=" or auto")
-        self.launch_options = {"devices": devices, "num_nodes": whole("search.num_nodes", num_nodes),
-                               "accelerator": choice("search.accelerator", accelerator, ACCELERATORS)}
+        accelerator = choice("search.accelerator", accelerator, ACCELERATORS)
+        self.launch_options = {"devices": resolve_devices(devices, accelerator),
+                               "num_nodes": whole("search.num_nodes", num_nodes), "accelerator": accelerator}
         check_launcher(num_nodes)
         super().__init__(store, data, **options)
+        check_accelerator(accelerator, self.device)
 
 
 _own = inspect.signature(LaunchedSuccessiveHalving.__init__).parameters
