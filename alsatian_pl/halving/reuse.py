@@ -102,35 +102,44 @@ class FeatureCache:
         self.stats.count("feature_cache_bytes_read", tensor_bytes(hit.features))
         return hit
 
-    def put(self, key: str, feats: torch.Tensor, block_seconds: Mapping[str, float]) -> None:
-        """Store ``feats`` (their chain's blocks took ``block_seconds`` to compute them), then evict down to
-        ``max_bytes``."""
+    def put(self, key: str, feats: torch.Tensor, block_seconds: Mapping[str, float], evict: bool = True) -> None:
+        """Store ``feats`` (their chain's blocks took ``block_seconds`` to compute them), then (unless ``evict`` is
+        False: the caller evicts once after several puts) evict down to ``max_bytes``."""
         feats = feats.detach().contiguous().cpu()
         data = st_save({"features": feats}, metadata={"format": FEATURE_FORMAT, "xxh3": _checksum(feats),
                                                       "block_seconds": json.dumps(dict(block_seconds))})
         atomic_write(self._path(key), data)
         self.stats.count("feature_cache_bytes_written", len(data))
-        self._evict()
+        if evict:
+            self.evict()
 
-    def _evict(self) -> None:
+    def evict(self) -> None:
         """Least recently used entries out until the cache holds ``max_bytes``; a killed writer's temporary files
-        go once an hour old."""
+        go once an hour old. One listing and one ``stat`` per entry."""
         stale = time.time() - 3600
-        for tmp in self.root.glob("*/.*.tmp"):
-            try:
-                if tmp.stat().st_mtime < stale:
-                    tmp.unlink()
-            except FileNotFoundError:
-                continue
+        for tmp, st in _stats(self.root.glob("*/.*.tmp")):
+            if st.st_mtime < stale:
+                tmp.unlink(missing_ok=True)
         if self.max_bytes is None:
             return
-        files = sorted(self.root.glob("*/*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
-        total = sum(p.stat().st_size for p in files)
-        for p in files[:-1]:  # the newest entry stays even if it alone exceeds the bound
+        entries = sorted(_stats(self.root.glob("*/*.safetensors")), key=lambda e: e[1].st_mtime_ns)
+        total = sum(st.st_size for _, st in entries)
+        for p, st in entries[:-1]:  # the newest entry stays even if it alone exceeds the bound
             if total <= self.max_bytes:
                 break
-            total -= p.stat().st_size
+            total -= st.st_size
             p.unlink(missing_ok=True)
+
+
+def _stats(paths: Iterable[Path]) -> list[tuple[Path, os.stat_result]]:
+    """Each path with its ``stat``, leaving out those another process deleted meanwhile."""
+    out = []
+    for p in paths:
+        try:
+            out.append((p, p.stat()))
+        except FileNotFoundError:
+            continue
+    return out
 
 
 def read_entry(path: Path) -> Cached:
@@ -199,4 +208,5 @@ def remember_features(state: SearchState, engine: Engine, group: TokenizerGroup,
     for m in tree.models:
         hashes = group.chain(m)
         engine.features.put(engine.features.key(hashes, state.inputs_key), state.features.current(m),
-                            {h: took.get(h, 0.0) for h in hashes})
+                            {h: took.get(h, 0.0) for h in hashes}, evict=False)
+    engine.features.evict()  # once for the round's entries, not once per model
