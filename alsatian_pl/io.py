@@ -194,9 +194,11 @@ def _sha256_of(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def check_folder(path: str | os.PathLike[str], key: str) -> Path:
+def check_folder(path: str | os.PathLike[str], key: str, writable: bool = False) -> Path:
     """``path`` expanded, if it is a folder or could become one (nothing on the way is a file); else DiskError
-    naming the setting ``key``; ConfigError for an empty one (it would mean the working folder). Creates nothing."""
+    naming the setting ``key``; ConfigError for an empty one (it would mean the working folder). With ``writable``,
+    also DiskError unless a file can be created there (probed in its nearest existing folder, and removed at once).
+    Leaves nothing behind."""
     if not str(path).strip():
         raise ConfigError(f"{key} is empty: give a folder (an empty value would put files in the working folder)")
     path = Path(path).expanduser()
@@ -204,7 +206,20 @@ def check_folder(path: str | os.PathLike[str], key: str) -> Path:
     if blocker is not None:
         raise DiskError(f"{key}={path} cannot be a folder: {blocker} is a file. Move that file away or set {key} "
                         "to another folder")
+    if writable:
+        _probe_write(path, key)
     return path
+
+
+def _probe_write(path: Path, key: str) -> None:
+    """DiskError unless a file can be created in ``path``'s nearest existing folder (the probe is removed)."""
+    nearest = next((p for p in (path, *path.parents) if p.exists()), Path.cwd())
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".alsatian-probe-", dir=nearest)
+    except OSError as exc:
+        raise DiskError(f"{key}={path} cannot be written: {os_error_message(exc, path / '.alsatian-probe')}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _file_in_the_way(path: Path) -> Path | None:

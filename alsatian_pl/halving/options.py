@@ -50,7 +50,7 @@ def check_options(*, prefetch: Any, result_size: Any, batch_size: Any, seed: Any
     choice("models.on_invalid", on_invalid, ("error", "skip"))  # the models group's key: what a bad candidate does
     for key, folder in folders.items():
         if folder is not None:
-            check_folder(text(f"search.{key}", folder), f"search.{key}")
+            check_folder(text(f"search.{key}", folder), f"search.{key}", writable=True)
 
 
 def make_scorer(scorer: str | Mapping[str, Any] | ProxyScorer, kwargs: dict[str, Any] | None,

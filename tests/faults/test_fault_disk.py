@@ -190,3 +190,31 @@ def test_a_resumed_search_may_go_on_in_its_own_folder(tmp_path):
     with pytest.raises(ConfigError, match="already holds another run's results.json"):
         check_run_folder(tmp_path, "hydra.run.dir", resume=False)
     check_run_folder(tmp_path / "fresh", "hydra.run.dir", resume=False)
+
+
+@pytest.mark.parametrize("key", ["checkpoint_dir", "feature_cache", "spill_dir"])
+def test_a_search_folder_that_cannot_be_written_is_refused_when_the_search_is_made(zoo, tmp_path, monkeypatch, key):
+    """Not after a round's work: the folder is probed when the options are checked (the probe leaves nothing)."""
+    import tempfile
+
+    from alsatian_pl.data import SearchDataModule
+    from alsatian_pl.errors import DiskError
+    from alsatian_pl.halving import SuccessiveHalving
+    from alsatian_pl.store import BlockStore
+
+    locked, real = tmp_path / "locked", tempfile.mkstemp
+    locked.mkdir()
+
+    def refuse(*args, dir=None, **kwargs):  # as a read-only or foreign folder refuses a new file
+        if dir is not None and str(dir).startswith(str(locked)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    data = SearchDataModule(num_items=300, image_size=32)
+    with pytest.raises(DiskError, match=rf"search\.{key}=.*locked/sub cannot be written: .*Permission denied"):
+        SuccessiveHalving(BlockStore(zoo.store.root), data, device="cpu", **{key: str(locked / "sub")})
+    assert not list(locked.iterdir())
+    monkeypatch.undo()
+    SuccessiveHalving(BlockStore(zoo.store.root), data, device="cpu", **{key: str(locked / "sub")})  # writable: fine
+    assert not list(locked.iterdir())  # and the probe left nothing
