@@ -214,3 +214,17 @@ def test_rounds_are_logged_through_a_lightning_logger(zoo, data, tmp_path):
     assert [int(float(r["round/models"])) for r in rows] == [r.models for r in result.rounds]
     assert float(rows[-1]["score/best"]) == result.ranking[0].score
     assert float(rows[-1]["time/inference"]) > 0 and (tmp_path / "search" / "version_0" / "hparams.yaml").is_file()
+
+
+@pytest.mark.parametrize("state", ['{"round": 1, "alive": [', '{"round": 1}', '[1, 2]'])
+def test_a_checkpoint_with_a_damaged_state_is_a_warning_and_a_fresh_start(tmp_path, state):
+    """Cut-off or incomplete saved state: round 1 again with a warning, never a crash half-way through restoring."""
+    from safetensors.torch import save_file
+
+    from alsatian_pl.halving.resume import CHECKPOINT_FORMAT, SearchCheckpoint
+
+    path = tmp_path / "search-x.safetensors"
+    save_file({"labels": torch.zeros(2)}, path, metadata={"format": CHECKPOINT_FORMAT, "fingerprint": "f",
+                                                          "state": state})
+    with pytest.warns(UserWarning, match=r"search checkpoint .*search-x\.safetensors is damaged .*starting from round 1"):
+        assert SearchCheckpoint(path, "f").load() is None

@@ -67,7 +67,16 @@ class SearchCheckpoint:
             return None
         if meta.get("format") != CHECKPOINT_FORMAT or meta.get("fingerprint") != self.fingerprint:
             return None
-        return json.loads(meta["state"]), tensors
+        try:
+            state = json.loads(meta["state"])
+            missing = _SAVED_KEYS - set(state)
+        except (KeyError, TypeError, ValueError) as exc:
+            missing, state = {f"a readable state ({type(exc).__name__}: {exc})"}, None
+        if missing:
+            warnings.warn(f"search checkpoint {self.path} is damaged (no {', '.join(sorted(missing))}); starting from "
+                          "round 1")
+            return None
+        return state, tensors
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -153,6 +162,11 @@ def checkpoint_file(search: SuccessiveHalving, state: SearchState, folder: Path)
     precision = [] if search.precision.name == DEFAULT_PRECISION else [{"precision": search.precision.name}]
     key = fingerprint([*parts, data.chunk_sizes, *schedule, *precision])
     return SearchCheckpoint(folder / f"search-{key}.safetensors", key, family=fingerprint(parts))
+
+
+# what a saved state must hold for _restore and restore_state (checked before anything is restored)
+_SAVED_KEYS = frozenset({"round", "alive", "kept_items", "scores", "eliminated", "reports", "timings", "counts",
+                         "block_seconds", "block_items"})
 
 
 def _meta(search: SuccessiveHalving, state: SearchState) -> dict[str, Any]:
