@@ -161,3 +161,26 @@ def test_help_says_what_each_command_does_with_an_example(capsys):
         text = capsys.readouterr().out
         assert done.value.code == 0 and "example:" in text and "alsatian store" in text, argv
         assert "--json" in text or len(argv) < 3
+
+
+def test_root_may_follow_the_command_and_names_the_same_store(zoo, tmp_path):
+    before = subprocess.run([sys.executable, "-m", "alsatian_pl.app.cli", "store", "--root", str(zoo.store.root),
+                             "ls", "--json"], capture_output=True, text=True, timeout=120)
+    after = subprocess.run([sys.executable, "-m", "alsatian_pl.app.cli", "store", "ls", "--json", "--root",
+                            str(zoo.store.root)], capture_output=True, text=True, timeout=120)
+    assert before.returncode == after.returncode == 0 and before.stdout == after.stdout, after.stderr
+    nowhere = subprocess.run([sys.executable, "-m", "alsatian_pl.app.cli", "store", "ls", "--root",
+                              str(tmp_path / "absent")], capture_output=True, text=True, timeout=120)
+    assert nowhere.returncode == 2 and nowhere.stderr.startswith(f"error: no block store at {tmp_path / 'absent'}")
+
+
+def test_ctrl_c_or_a_bug_in_a_store_command_is_one_line(zoo, monkeypatch, capsys):
+    from alsatian_pl.app import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "ls", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert cli.main(["store", "--root", str(zoo.store.root), "ls"]) == 130
+    assert capsys.readouterr().err.startswith("error: interrupted (Ctrl-C)")
+    monkeypatch.setitem(cli.COMMANDS, "ls", lambda *a: 1 / 0)
+    assert cli.main(["store", "--root", str(zoo.store.root), "ls"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: this is a bug in alsatian-pl") and "ZeroDivisionError" in err

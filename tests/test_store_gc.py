@@ -101,8 +101,9 @@ def test_cli_gc_grace_option(copied, zoo):
 
     young = gc("--grace", "60")
     assert young.returncode == 0 and "freed 0 B" in young.stdout and "younger than 60 min kept" in young.stdout
-    bad = gc("--grace", "-1")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --grace must be 0 or more")
+    for value in ("-1", "nan", "inf"):
+        bad = gc("--grace", value)
+        assert bad.returncode == 2 and bad.stderr.startswith("error: --grace must be 0 or more"), value
     at_once = gc()
     assert at_once.returncode == 0 and "freed 0 B" not in at_once.stdout
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..errors import AlsatianError, SearchInterrupted
 from ..io import os_error_message, write_json
 
-__all__ = ["Terminated", "install", "one_line_warnings", "describe", "user_errors", "main"]
+__all__ = ["Terminated", "install", "one_line_warnings", "describe", "user_errors", "main", "report_failure"]
 
 USER_ERROR, BUG = 2, 1
 _state: dict[str, Any] = {"signal": None, "failed": [], "debug": False}
@@ -177,6 +177,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _exit(exc: BaseException) -> None:
     """Print the failure's line (and a bug's traceback) and exit with its status."""
     sys.exit(_report(exc)[1])
+
+
+def report_failure(exc: BaseException) -> int:
+    """For a command outside Hydra (the ``alsatian`` CLI): the failure's one line (and a bug's traceback), printed;
+    its exit status."""
+    return _report(exc)[1]
 
 
 def _report(exc: BaseException, where: str = "") -> tuple[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import sys
 import textwrap
@@ -156,7 +157,7 @@ def cmd_verify(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
 
 def cmd_gc(store: BlockStore, args: argparse.Namespace, out: Output) -> int:
     """Delete blocks no model uses (and leftover temporary files); waits for imports that are running."""
-    if args.grace < 0:
+    if not math.isfinite(args.grace) or args.grace < 0:  # nan would keep every file, silently
         raise AlsatianError(f"--grace must be 0 or more minutes, got {args.grace:g}")
     freed = store.gc(grace_s=60.0 * args.grace)
     out.data(freed_bytes=freed, grace_minutes=args.grace)
@@ -223,6 +224,8 @@ def parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=HELP[name], formatter_class=raw, description=_wrap(func.__doc__),
                              epilog=f"example:\n  {EXAMPLES[name]}")
         cmd.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+        cmd.add_argument("--root", default=argparse.SUPPRESS,  # after the command too: alsatian store ls --root DIR
+                         help="the store folder (as alsatian store --root)")
     ls = sub.choices["ls"]
     ls.add_argument("--name", help="a glob over model names")
     ls.add_argument("--arch", help="only this architecture")
@@ -241,7 +244,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alsatian`` console script."""
-    from .boundary import one_line_warnings
+    from .boundary import one_line_warnings, report_failure
 
     args = parser().parse_args(argv)
     one_line_warnings()
@@ -260,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc} ({exc.filename or args.root}); check the store's path and permissions",
               file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - Ctrl-C in one line; a bug says it is one
+        return report_failure(exc)
 
 
 if __name__ == "__main__":
