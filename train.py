@@ -23,8 +23,9 @@ def main(cfg: DictConfig) -> float:
     acc = float(trainer.callback_metrics.get(f"val/{module.metric_key}", float("nan")))
     p = module.provenance
     metric = {"acc": "accuracy", "ap": "average precision", "r2": "R²"}[module.metric_key]
-    print(f"fine-tuned {p['model']} (search rank {p['search_rank']}, {module.frozen_blocks}/{len(module.backbone)} "
-          f"blocks frozen, {module.task}): val {metric} {acc:.4f}")
+    rank = "" if p.get("search_rank") is None else f"search rank {p['search_rank']}, "
+    print(f"fine-tuned {p['model']} ({rank}{module.frozen_blocks}/{len(module.backbone)} blocks frozen, "
+          f"{module.task}): val {metric} {acc:.4f}")
     if p.get("confirmation"):
         c = p["confirmation"]
         tried = ", ".join(f"{r['model']} {r['val_acc']:.4f}" for r in c["candidates"])

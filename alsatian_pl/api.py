@@ -28,6 +28,6 @@ def search(models: Iterable[str] | Any, data: SearchDataModule, *, store: BlockS
     names = list(getattr(models, "models", models))
     store = getattr(models, "store", None) if store is None else store
     if store is None:
-        raise TypeError("search() needs the block store: pass store=BlockStore(root) (or a zoo, which knows its store)")
+        raise ConfigError("search() needs the block store: pass store=BlockStore(root) (or a zoo, which knows its store)")
     store = store if isinstance(store, BlockStore) else BlockStore(store)
     return SuccessiveHalving(store, data, strategy=strategy, callbacks=callbacks, **options).run(names)

@@ -26,7 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePre
 
 from .blocks import skeleton
 from .checks import whole
-from .errors import ConfigError, CorruptFileError, DataError, StoreError
+from .errors import AlsatianWarning, ConfigError, CorruptFileError, DataError, StoreError
 from .io import atomic_write, read_json
 from .store import BlockStore, ModelManifest, block_tensors, materialize
 from .zoo import model_tokenizer
@@ -122,6 +122,9 @@ class FinetuneModule(L.LightningModule):
         if target_scale is not None:
             self.provenance["target_scale"] = {"mean": list(target_scale[0]), "std": list(target_scale[1])}
         n = len(backbone)
+        if self.train_blocks > n:
+            rank_zero_warn(f"finetune.train_blocks={self.train_blocks}, but the backbone has {n} blocks: all of them "
+                           "train (set finetune.train_blocks=all to say so)", category=AlsatianWarning)
         first = 0 if self.train_blocks < 0 else max(0, n - self.train_blocks)
         for i, block in enumerate(backbone):
             block.requires_grad_(i >= first)

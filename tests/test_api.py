@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import alsatian_pl as ap
 
 API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "api.md"  # the guide's Python API page
@@ -70,3 +72,20 @@ def test_byte_sizes_take_infinity_as_unlimited_and_refuse_nan():
     assert parse_bytes(float("inf")) is None and parse_bytes(1e400) is None and parse_bytes("inf") is None
     with pytest.raises(ConfigError, match="invalid byte size nan"):
         parse_bytes(float("nan"))
+
+
+def test_search_without_a_store_is_a_config_error_that_says_what_to_pass():
+    from alsatian_pl import search
+    from alsatian_pl.data import SearchDataModule
+    from alsatian_pl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"search\(\) needs the block store: pass store=BlockStore\(root\)"):
+        search(["a", "b"], SearchDataModule(num_items=300))
+
+
+def test_registry_errors_use_the_kinds_plural():
+    from alsatian_pl.errors import ConfigError
+    from alsatian_pl.halving.strategies import STRATEGIES
+
+    with pytest.raises(ConfigError, match="known search strategies"):
+        STRATEGIES.get("nope")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +371,14 @@ def test_image_folder_config_requires_path():
 
     with pytest.raises(MissingMandatoryValue):
         instantiate_config("image_folder")
+
+
+def test_a_test_split_too_small_to_tell_models_apart_is_a_warning():
+    from alsatian_pl.errors import AlsatianWarning
+
+    with pytest.warns(AlsatianWarning, match=r"only 10 test items \(test_fraction=0.01, 10 classes or strata\): "
+                                             r"scores move in steps of 10.0 points"):
+        SearchDataModule(num_items=1000, test_fraction=0.01, image_size=32).setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AlsatianWarning)
+        SearchDataModule(num_items=300, image_size=32).setup()  # 60 test items, 6 a class: no warning

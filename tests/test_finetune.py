@@ -217,3 +217,15 @@ def test_confirming_the_confident_set_needs_one(fitted, tmp_path):
     assert confirm_candidates(report, 1) == ["a"]
     with pytest.raises(ConfigError, match="finetune.confirm_top_k"):
         confirm_candidates(report, 0)
+
+
+def test_more_blocks_to_train_than_the_backbone_has_is_a_warning_and_trains_all():
+    from torch import nn
+
+    from alsatian_pl.errors import AlsatianWarning
+    from alsatian_pl.finetune import make_head
+
+    module = FinetuneModule(train_blocks=999)
+    with pytest.warns(AlsatianWarning, match="finetune.train_blocks=999, but the backbone has 2 blocks: all of them"):
+        module.install(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), make_head((4,), 3), 3)
+    assert module.frozen_blocks == 0 and all(p.requires_grad for p in module.backbone.parameters())

@@ -22,7 +22,7 @@ class BlockFamily:
         raise NotImplementedError
 
 
-FAMILIES: Registry[BlockFamily] = Registry("block family")  # in registration order: the first match splits
+FAMILIES: Registry[BlockFamily] = Registry("block family", plural="block families")  # in registration order: the first match splits
 C = TypeVar("C", bound=Callable[[], BlockFamily])
 
 

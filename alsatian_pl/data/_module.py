@@ -19,7 +19,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from ..checks import flag, number, text, whole
-from ..errors import DataError
+from ..errors import AlsatianWarning, DataError
 from ..io import check_folder
 from ..resources import host_memory_bytes
 from ..units import format_bytes
@@ -49,6 +49,16 @@ class _Prepared:
 
 
 MIN_IMAGE_SIZE = 8  # smaller images carry no shape to rank models on (a 1x1 image is one colour)
+
+
+def _warn_few_test_items(num_test: int, num_strata: int, spec: DataSpec) -> None:
+    """A warning when the test split is too small to tell models apart (under 3 items a class, or under 30): every
+    score then moves in steps of 1/num_test, and the confident set grows to match."""
+    if num_test < max(30, 3 * num_strata):
+        warnings.warn(f"dataset {spec.name!r}: only {num_test} test items (test_fraction={spec.test_fraction}, "
+                      f"{num_strata} classes or strata): scores move in steps of {100 / num_test:.1f} points, so "
+                      "close models cannot be told apart; raise dataset.test_fraction or num_items",
+                      AlsatianWarning, stacklevel=2)
 
 
 def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fraction: Any, seed: Any,
@@ -246,6 +256,7 @@ class SearchDataModule(LightningDataModule):
             check_targets(labels[keep], task, names, spec.name)
         groups = strata(labels[keep], task)
         train, test = stratified_split(groups, spec.test_fraction, rng)
+        _warn_few_test_items(len(test), len(np.unique(groups)), spec)
         train = cover_first(train, labels[keep], task)
         if num_rounds is not None:  # fail before the expensive part
             _check_rounds(len(train), self._first(labels[keep][train], task, len(names)), num_rounds, spec,

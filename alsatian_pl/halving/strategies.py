@@ -28,7 +28,7 @@ from .schedule import PAPER, Schedule
 
 __all__ = ["STRATEGIES", "Strategy", "Alsatian", "Shift", "Base", "get_strategy"]
 
-STRATEGIES: Registry[type["Strategy"]] = Registry("search strategy")
+STRATEGIES: Registry[type["Strategy"]] = Registry("search strategy", plural="search strategies")
 
 
 class Strategy:

@@ -68,8 +68,9 @@ class KNNScorer(ProxyScorer):
             sims = torch.zeros_like(votes)
             for s in range(0, len(b), self.chunk_items):
                 top = (b[s:s + self.chunk_items] @ a.T).topk(k, dim=1)
-                votes[s:s + self.chunk_items].scatter_add_(1, y[top.indices], torch.ones_like(top.values))
-                sims[s:s + self.chunk_items].scatter_add_(1, y[top.indices], top.values)
+                classes = y[top.indices]  # the neighbours' labels, gathered once for both sums
+                votes[s:s + self.chunk_items].scatter_add_(1, classes, torch.ones_like(top.values))
+                sims[s:s + self.chunk_items].scatter_add_(1, classes, top.values)
             # votes first; a class's similarity sum lies in [-votes, votes], so (2k+1)·votes + sims + k orders ties
             key = votes * (2 * k + 1) + sims + k
             target = test_labels.to(a.device, torch.long)
