@@ -68,10 +68,15 @@ def test_cached_models_import_by_name_with_their_heads(cache, tmp_path):
 
 
 def test_the_hub_cache_comes_from_the_environment(cache, tmp_path, monkeypatch):
-    root, _ = cache
+    root, models = cache
     monkeypatch.setenv("HF_HUB_CACHE", str(root))
-    zoo = TimmNames("env", ("resnet18.a1_in1k",), SIZE).build(BlockStore(tmp_path / "store"), progress=False)
+    store = BlockStore(tmp_path / "store")
+    zoo = TimmNames("env", ("resnet18.a1_in1k",), SIZE).build(store, progress=False)
     assert len(zoo.models) == 1
+    model, x = models["resnet18.a1_in1k"], torch.randn(2, *SIZE)  # the weights of that cache, not another one's
+    with torch.no_grad():
+        feats = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(store.load_model(zoo.models[0])(x), feats, rtol=1e-5, atol=1e-5)
 
 
 def test_a_model_missing_from_the_cache_is_one_clear_error(cache, tmp_path):
