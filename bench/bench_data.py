@@ -175,6 +175,7 @@ def main() -> None:
         summary["searches"] = [spawn("search", root=str(root), size=a.size, cache=str(work / "cache"),
                                      store=str(work / "store"), models=a.models, budget=b)
                                for b in a.budgets.split(",")]
+        summary["search_models"] = a.models
     text = json.dumps(summary, indent=1)
     print(text)
     if a.out:
@@ -207,7 +208,8 @@ def note(s: dict) -> str:
              f"{med(s['warm_seconds']):.2f} | {s['cold_vs_warm']:.0f}× faster than cold | |",
              "", f"The prepared set takes {_mib(s['cache_bytes_on_disk'])} on disk.\n"]
     if s.get("searches"):
-        lines += ["Searches over it (8 MobileNetV3-Small-0.5 models, Top Layers; the footprint is the RSS before the "
+        lines += [f"Searches over it ({s.get('search_models', 8)} MobileNetV3-Small-0.5 models, Top Layers; the "
+                  "footprint is the RSS before the "
                   "search starts, with the data module set up):\n",
                   "| budget | search s | rounds (models × items) | largest planned peak | peak RSS | footprint | "
                   "≤ budget + footprint | data held in memory | winner |", "|---|---:|---|---:|---:|---:|---|---:|---|"]

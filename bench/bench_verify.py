@@ -89,12 +89,11 @@ METHODS = {
 
 
 def drop_from_page_cache(paths: list[Path]) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    """As the harness evicts: ``fdatasync`` first (a freshly built store's pages may still be dirty, and dirty pages
+    cannot be dropped), then ``POSIX_FADV_DONTNEED``."""
+    from harness import evict
+
+    evict(paths)
 
 
 def time_reads(store: st.BlockStore, hashes: list[str], repeat: int, cold: bool,
@@ -102,8 +101,8 @@ def time_reads(store: st.BlockStore, hashes: list[str], repeat: int, cold: bool,
     paths = [store.block_path(h) for h in hashes]
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     names = list(METHODS)
-    for m in names:  # warm-up: page cache, allocator, kernels
-        for h in hashes[:3]:
+    for m in names:  # warm-up: page cache, allocator, kernels (every block once)
+        for h in hashes:
             METHODS[m](store, h)
     for r in range(repeat):
         for m in names[r % len(names):] + names[:r % len(names)]:  # rotate the order pass by pass

@@ -42,6 +42,8 @@ def compare(a: Path, b: Path, ignore: frozenset[str] = frozenset()) -> list[str]
     """The differences between the two runs' answers (empty: identical), round fields in ``ignore`` left out."""
     left, right = searches(a), searches(b)
     problems = [f"{name}: only in {a if name in left else b}" for name in sorted(set(left) ^ set(right))]
+    if not set(left) & set(right):  # nothing compared is not "identical": a failed run writes no results
+        problems.append(f"no search result (a JSON with a ranking and rounds) found in both {a} and {b}")
     for name in sorted(set(left) & set(right)):
         x, y = answers(left[name], ignore), answers(right[name], ignore)
         same = x == y

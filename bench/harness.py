@@ -470,7 +470,8 @@ def executor_costs(result: dict[str, Any]) -> dict[str, float]:
 def check_cell(runs: dict[str, dict[str, Any]], tol: float = 1e-5) -> dict[str, Any]:
     """Correctness of one cell.
 
-    *exact*: alsatian's and shift's rankings identical (order, and scores within ``tol``), and base's score of
+    *exact*: alsatian's and shift's rankings identical (order, and scores and test losses within ``tol``: the
+    accuracy moves in steps of 1/n, the loss shows a feature that moved less than that), and base's score of
     alsatian's winner equal to alsatian's final score (the same features give the same probe). *winner*: base's
     winner score equal to alsatian's final score within ``tol``; when it is not, successive halving dropped base's
     winner in an early round (on a small first chunk), which the check records with that round.
@@ -478,13 +479,16 @@ def check_cell(runs: dict[str, dict[str, Any]], tol: float = 1e-5) -> dict[str, 
     a, s, b = runs["alsatian"], runs["shift"], runs["base"]
     order_a, order_s = [r["model"] for r in a["ranking"]], [r["model"] for r in s["ranking"]]
     score_s = {r["model"]: r["score"] for r in s["ranking"]}
+    loss_s = {r["model"]: r.get("test_loss") for r in s["ranking"]}
     score_b = {r["model"]: r["score"] for r in b["ranking"]}
     out_round = {r["model"]: r["eliminated_in_round"] for r in a["ranking"]}
     diff_as = max(abs(r["score"] - score_s[r["model"]]) for r in a["ranking"])
+    losses = [(r.get("test_loss"), loss_s[r["model"]]) for r in a["ranking"]]
+    loss_as = max((abs(x - y) for x, y in losses if x is not None and y is not None), default=0.0)
     winner, base_winner = a["ranking"][0], b["ranking"][0]
     checks = {
         "rankings_identical": order_a == order_s,
-        "max_score_diff_alsatian_shift": diff_as,
+        "max_score_diff_alsatian_shift": diff_as, "max_test_loss_diff_alsatian_shift": loss_as,
         "alsatian_winner": winner["model"], "base_winner": base_winner["model"],
         "alsatian_final_score": winner["score"], "base_winner_score": base_winner["score"],
         "base_score_of_alsatian_winner": score_b[winner["model"]],
@@ -494,8 +498,8 @@ def check_cell(runs: dict[str, dict[str, Any]], tol: float = 1e-5) -> dict[str, 
         "rounds": len(a["rounds"]),
     }
     warnings = []
-    if not checks["rankings_identical"] or diff_as > tol:
-        warnings.append(f"alsatian and shift rankings differ (max score diff {diff_as:.2e})")
+    if not checks["rankings_identical"] or diff_as > tol or loss_as > tol:
+        warnings.append(f"alsatian and shift rankings differ (max score diff {diff_as:.2e}, test loss {loss_as:.2e})")
     if not checks["base_score_of_alsatian_winner_matches"]:
         warnings.append(f"base scores alsatian's winner {winner['model']} {score_b[winner['model']]:.6f}, "
                         f"alsatian {winner['score']:.6f}: the same model's features differ")

@@ -121,7 +121,8 @@ def _targets_section(cells: list[dict[str, Any]], rel: Path) -> list[str]:
             "base/alsatian ≥ 10; Top 50% base/alsatian ≥ 6; alsatian/bound ≤ 1.2 in every cell. The *ceiling* is "
             "base's (shift's) time over alsatian's lower bound: the speedup an exact method running at the bound "
             "would reach; a target above it cannot be met by any exact method on this workload.\n",
-            "Checks: *exact* — alsatian's and shift's rankings identical (order, and scores within 1e-5) and base's "
+            "Checks: *exact* — alsatian's and shift's rankings identical (order, and scores within 1e-5; runs since "
+            "2026-12-07 also test losses within 1e-5) and base's "
             "score of alsatian's winner equal to alsatian's final score (same model, same features, same probe); "
             "*winner* — base's winner score equal to alsatian's final score within 1e-5. "
             "A ⚠️ winner with *exact* ✅ means successive halving (alsatian and shift alike) dropped base's best "
@@ -367,12 +368,15 @@ def _bracketed(cells: list[dict[str, Any]]) -> bool:
 def _bracket_note(cells: list[dict[str, Any]]) -> str:
     if not _bracketed(cells):
         return ("These runs predate bracketing (2026-12-07): each bound uses the cell's calibration pass, minutes "
-                "before the run it judges, and on a shared VM the machine's speed moves by 10-20 % within a minute "
-                "(bench/notes/cells_20261207.md). ")
+                "before the run it judges, and on the shared VM of 2026-12-07 the machine's speed moved by up to 23 % "
+                "within a minute (bench/notes/cells_20261207.md). ")
     return ("Each alsatian run's bound uses two more calibration passes, right before and right after that run, "
-            "averaged block by block: on a shared VM the machine's speed moves by 10-20 % within a minute, and the "
+            "averaged block by block: a shared VM's speed can move by tens of percent within a minute, and the "
             "cell's first pass is minutes away from the run (column *drift*: how far the two bracketing passes "
-            "differ; the last column is the ratio against the cell's first pass, as earlier results computed it). ")
+            "differ; the last column is the ratio against the cell's first pass, as earlier results computed it). "
+            "Only alsatian gets a pass right before it (base and shift only the cell's first one, their order "
+            "rotated), so its kernels and pages may be warmer: read base/alsatian and shift/alsatian of these runs "
+            "as slightly favourable to alsatian. ")
 
 
 def _bound_table(cells: list[dict[str, Any]]) -> list[str]:
@@ -513,8 +517,11 @@ def side_benchmarks() -> list[str]:
     files = sorted(NOTES.glob("*.md")) if NOTES.is_dir() else []
     if not files:
         return []
-    out = ["## Side benchmarks\n", "Each section below is written by the script it names (not by `bench/run.py`), "
-           "from its last run; `python bench/report.py <results> --write` copies them from `bench/notes/`.\n"]
+    out = ["## Side benchmarks\n", "Each section below comes from `bench/notes/` (`python bench/report.py <results> "
+           "--write` copies them), not from `bench/run.py`. Most are written by the script their heading names, from "
+           "its last run; others were written by hand from measurements, and their text names the commands and the "
+           "raw files (some of them, such as the comparison with the authors' code, run scripts kept outside this "
+           "repository).\n"]
     return out + [f.read_text().rstrip() + "\n" for f in files]
 
 

@@ -1,7 +1,8 @@
 """Measured: one search over a 35-model zoo with 1 process, with N processes (Lightning Fabric DDP, gloo on the CPU)
 and with N processes without rebalancing (``search.rebalance_below=null``), order rotated, each in a fresh process.
-Reports the wall-time ratio, per-rank busy time, load balance, communication time and bytes sent, and whether moving
-subtrees with their features paid off against leaving the load as it was; checks that the rankings agree.
+Reports the ratio of rank 0's search times (the process launch excluded), per-rank busy time, load balance,
+communication time and bytes sent, and whether moving subtrees with their features paid off against leaving the load
+as it was; checks that the rankings agree.
 
     python bench/run_distributed.py [--procs 2] [--repeats 2] [--arch resnet18] [--items 800] [--num-models 35]
         [--rebalance-below 0.8] [--out DIR] [--note bench/notes/distributed.md]
@@ -95,7 +96,8 @@ def report(runs: dict[str, list[dict]], procs: int, setup: str = "", note: Path 
     same = all([x["model"] for x in r["ranking"]] == [x["model"] for x in one["ranking"]]
                for k in (key, "off") for r in runs[k])
     d = many["distributed"]
-    lines = [f"wall: 1 process {med['1']:.2f} s, {procs} processes {med[key]:.2f} s, ratio {med['1'] / med[key]:.2f}; "
+    lines = [f"search (rank 0): 1 process {med['1']:.2f} s, {procs} processes {med[key]:.2f} s, ratio "
+             f"{med['1'] / med[key]:.2f}; "
              f"rankings identical: {same}",
              f"load balance (mean/max busy) {d['load_balance']:.2f}, predicted {d['predicted_balance']:.2f}"]
     for r in d["ranks"]:
@@ -107,7 +109,9 @@ def report(runs: dict[str, list[dict]], procs: int, setup: str = "", note: Path 
     walls = {n: ", ".join(f"{r['wall_s']:.1f}" for r in rs) for n, rs in runs.items()}
     note = note or ROOT / "bench" / "notes" / "distributed.md"
     text = ["### Distributed search, measured (`python bench/run_distributed.py`)\n", setup + "\n",
-            f"Each run in a fresh process, order rotated; wall seconds per run: 1 process {walls['1']}; {procs} "
+            f"Each run in a fresh process, order rotated. Times are rank 0's search, from the searcher's start to its "
+            f"result (the process start, the launch and the process group's setup are not in them); seconds per run: "
+            f"1 process {walls['1']}; {procs} "
             f"processes {walls[key]}; {procs} processes without rebalancing {walls['off']}.\n", "```", *lines, "```",
             ""]
     note.parent.mkdir(parents=True, exist_ok=True)
@@ -115,9 +119,9 @@ def report(runs: dict[str, list[dict]], procs: int, setup: str = "", note: Path 
 
 
 def rebalancing_lines(runs: dict[str, list[dict]], procs: int, med: dict[str, float]) -> list[str]:
-    """Rebalancing on against off: wall times, the busy balance of each, and what moved in the first run on."""
+    """Rebalancing on against off: search times, the busy balance of each, and what moved in the first run on."""
     on, off = runs[str(procs)][0]["distributed"], runs["off"][0]["distributed"]
-    lines = [f"rebalancing (below {on['rebalance_below']}) against off: wall {med[str(procs)]:.2f} s against "
+    lines = [f"rebalancing (below {on['rebalance_below']}) against off: search {med[str(procs)]:.2f} s against "
              f"{med['off']:.2f} s, off/on {med['off'] / med[str(procs)]:.2f}; load balance {on['load_balance']:.2f} "
              f"against {off['load_balance']:.2f}; {len(on['rebalancing'])} rebalancing(s)"]
     for m in on["rebalancing"]:

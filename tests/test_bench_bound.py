@@ -25,3 +25,26 @@ def test_the_bracket_averages_block_by_block_and_reports_the_drift():
 def test_the_bound_table_shows_the_drift_and_older_results_a_dash():
     assert report._drift({"calibration_drift": 0.123, "ratio_cell_calibration": 1.4}) == "12 % | 1.40"
     assert report._drift({}) == "— | —"
+
+
+def _ranked(*rows):
+    return {"ranking": [{"model": m, "score": s, "test_loss": l, "eliminated_in_round": None} for m, s, l in rows],
+            "rounds": [{}]}
+
+
+def test_the_exactness_check_compares_test_losses_too():
+    """Accuracy moves in steps of 1/n: features that moved a little show only in the test loss."""
+    a = _ranked(("x", 0.9, 0.30), ("y", 0.8, 0.50))
+    assert H.check_cell({"alsatian": a, "shift": a, "base": a})["exact"]
+    moved = _ranked(("x", 0.9, 0.31), ("y", 0.8, 0.50))
+    c = H.check_cell({"alsatian": a, "shift": moved, "base": a})
+    assert not c["exact"] and abs(c["max_test_loss_diff_alsatian_shift"] - 0.01) < 1e-12
+
+
+def test_comparing_two_folders_without_results_is_not_identical(tmp_path):
+    import compare_runs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert compare_runs.compare(tmp_path / "a", tmp_path / "b") == [
+        f"no search result (a JSON with a ranking and rounds) found in both {tmp_path / 'a'} and {tmp_path / 'b'}"]

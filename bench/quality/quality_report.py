@@ -28,7 +28,7 @@ def _zoo_lines(report: dict[str, Any]) -> list[str]:
                      f"{sum(v['parent'] >= 0 for v in variants)} derived from an earlier variant.")
     seconds = zoo["seconds"] if isinstance(zoo["seconds"], dict) else {"the zoo": zoo["seconds"]}
     built = ", ".join(f"{task} {s:.0f} s" for task, s in seconds.items())
-    lines.append(f"- Built by `python bench/quality/build_zoo.py` on 2 cores shared with other work ({built}).")
+    lines.append(f"- Built by `python bench/quality/build_zoo.py` ({built}; seconds on the machine of that run).")
     return lines
 
 
