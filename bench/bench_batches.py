@@ -120,7 +120,8 @@ def note(results: list[dict[str, object]], size: int, items: int, repeat: int, g
     """The BENCHMARKS.md section of these results."""
     lines = ["### Batch order and partial batches (`python bench/bench_batches.py`)\n",
              f"Each architecture's whole chain of stored blocks at {size} px, {threads} thread(s), median of {repeat} "
-             "interleaved passes (see the script's docstring). *Order*: seconds for "
+             "passes (see the script's docstring; the batch orders' passes are interleaved, the *each block alone* "
+             "column and the per-item costs at smaller batches are measured after them). *Order*: seconds for "
              f"{items} items in batches of {BATCH}; *batch size*: microseconds per item of the chain.\n",
              "| architecture | blocks | batch-major s | " + " | ".join(f"block-major ({g} batches) s" for g in groups)
              + " | each block alone s | µs/item at 64 | at 32 | at 16 | at 8 |",
