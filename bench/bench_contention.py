@@ -68,14 +68,17 @@ def arms(repeats: int, busy: int) -> list[int]:
 
 
 def summarise(runs: list[dict], busy: int, cores: int) -> dict:
-    """Medians per arm, the fair factor and the two goals' ratios."""
+    """Medians per arm, the fair factor and the two goals' ratios, each the median of per-pair (per-run) ratios:
+    ``runs`` in the order they ran, one quiet and one loaded run per repetition (``arms``)."""
     med = {arm: {k: statistics.median(r[k] for r in runs if r["busy"] == arm) for k in ("wall_s", "cpu_s", "search_s")}
            for arm in (0, busy)}
     t = runs[0]["threads"]
     fair = min(t, cores) * (t + busy) / (t * cores)
+    pairs = [(a, b) if a["busy"] == 0 else (b, a) for a, b in zip(runs[::2], runs[1::2])]
+    quiet = [r for r in runs if r["busy"] == 0]
     return {"quiet": med[0], "loaded": med[busy], "threads": t, "cores": cores, "fair_factor": fair,
-            "loaded_over_fair": med[busy]["search_s"] / (med[0]["search_s"] * fair),
-            "quiet_wall_over_search": med[0]["wall_s"] / med[0]["search_s"],
+            "loaded_over_fair": statistics.median(lo["search_s"] / (q["search_s"] * fair) for q, lo in pairs),
+            "quiet_wall_over_search": statistics.median(r["wall_s"] / r["search_s"] for r in quiet),
             "same_ranking": len({tuple(r["ranking"]) for r in runs}) == 1}
 
 
