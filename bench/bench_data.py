@@ -165,8 +165,7 @@ def main() -> None:
                "load_average": os.getloadavg(),
                "cold_seconds": [c["seconds"] for c in cold], "baseline_seconds": [b["seconds"] for b in base],
                "warm_seconds": [w["seconds"] for w in warm],
-               "cold_vs_baseline": statistics.median(b["seconds"] for b in base) / statistics.median(
-                   c["seconds"] for c in cold),
+               "cold_vs_baseline": statistics.median(b["seconds"] / c["seconds"] for b, c in zip(base, cold)),  # paired
                "cold_vs_warm": statistics.median(c["seconds"] for c in cold) / statistics.median(
                    w["seconds"] for w in warm),
                "cold_peak_rss": max(c["peak_rss"] for c in cold), "baseline_peak_rss": max(b["peak_rss"] for b in base),
