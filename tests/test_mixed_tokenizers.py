@@ -97,7 +97,7 @@ def test_models_of_one_tokenizer_share_inputs_and_each_tokenizer_is_tokenised_on
     result = search(setup, dm, everything(setup))
     b_file = str(tokenizer_file(store, store.manifest(zoos["b"][0])))
     assert calls == [None, b_file]  # the dataset's tokenizer (shared by zoos a and c), then b's: once each
-    assert set(dm._inputs) == {key["a"], key["b"]}
+    assert set(dm._prep.inputs) == {key["a"], key["b"]}
     assert [r.models for r in result.rounds] == [8, 4, 2] and len(result.ranking) == 8
     # one tree per tokenizer: zoos a and c together on the default items, zoo b alone on its own items
     group_a, group_b = set(zoos["a"] + zoos["c"]), set(zoos["b"])
@@ -273,4 +273,4 @@ def test_finetuning_uses_the_winners_tokenizer(setup):
     assert len(batches.train) == 2 and seen <= own and not seen <= default
     assert torch.equal(batches.val[0], dm.test_items(tokenizer=b_file)[0][:8].tensor())
     dm, _, batches = finetune(setup, a0)  # the dataset's own tokenizer: its own items, nothing tokenised again
-    assert dm.loader_tokenizer is None and rows(torch.cat(batches.train)) <= default and len(dm._inputs) == 1
+    assert dm.loader_tokenizer is None and rows(torch.cat(batches.train)) <= default and len(dm._prep.inputs) == 1

@@ -3,15 +3,10 @@ stratified test set and doubling training chunks D1..Dl (one per successive-halv
 
 from __future__ import annotations
 
-import math
 import os
-import time
-import warnings
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,46 +14,18 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from ..checks import flag, number, text, whole
-from ..errors import AlsatianWarning, DataError
+from ..errors import DataError
 from ..io import check_folder
-from ..resources import host_memory_bytes
-from ..units import format_bytes
-from ._cache import DiskRows
-from ._items import AsIs, Convert, Items, MemoryRows, Rows, ToIds, ToPixels
-from ._sources import DATASETS, DataSpec, ImageSource, Source, make_source, unreadable
+from ._items import Items
+from ._prepare import Prepared, Preparation, check_rounds, first_items
+from ._sources import DATASETS, DataSpec
 from ._table import label_columns
-from ._text import TextSource, tokenizer_key
-from ._split import balanced_subset, chunk_bounds, stratified_split
-from ._tasks import TASKS, Labels, check_targets, cover_first, first_needed, label_prefix, resolve, strata
-
-
-@dataclass
-class _Prepared:
-    rows: Rows  # the prepared set (uint8 pixels, in memory or on disk; int32 token ids in memory)
-    row_of: np.ndarray  # the row of each item: training items (round-robin order: chunk i is bounds[i]:bounds[i+1]),
-    #                     then the test items
-    train_y: torch.Tensor  # multiclass: int64 class ids [N]; multilabel: float32 0/1 [N, L]; regression: float32 [N, T]
-    test_y: torch.Tensor
-    class_names: list[str]  # the classes, labels or targets
-    order: np.ndarray  # source indices of the items, in the same order as row_of
-    convert: Convert  # how rows become model-ready items
-    decoded: int = 0  # items decoded by this module (the rest came from the prepared-data cache)
-    skipped: tuple[str, ...] = ()  # unreadable files left out (dataset.skip_unreadable)
-    task: str = "multiclass"
-    train_strata: np.ndarray | None = None  # the stratum of each training item, in training order (_tasks.strata)
+from ._text import tokenizer_key
+from ._split import chunk_bounds
+from ._tasks import TASKS, label_prefix
 
 
 MIN_IMAGE_SIZE = 8  # smaller images carry no shape to rank models on (a 1x1 image is one colour)
-
-
-def _warn_few_test_items(num_test: int, num_strata: int, spec: DataSpec) -> None:
-    """A warning when the test split is too small to tell models apart (under 3 items a class, or under 30): every
-    score then moves in steps of 1/num_test, and the confident set grows to match."""
-    if num_test < max(30, 3 * num_strata):
-        warnings.warn(f"dataset {spec.name!r}: only {num_test} test items (test_fraction={spec.test_fraction}, "
-                      f"{num_strata} classes or strata): scores move in steps of {100 / num_test:.1f} points, so "
-                      "close models cannot be told apart; raise dataset.test_fraction or num_items",
-                      AlsatianWarning, stacklevel=2)
 
 
 def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fraction: Any, seed: Any,
@@ -96,23 +63,6 @@ def _spec(name: str, path: str | None, num_items: Any, image_size: Any, test_fra
     return DataSpec(name, path, num_items, image_size, test_fraction, seed, stats[0], stats[1],  # type: ignore
                     max_length, tokenizer, text_column, label_column, image_column,
                     flag("dataset.skip_unreadable", skip_unreadable, error=DataError), task)
-
-
-IMAGES_AT_ONCE = 16  # prepared images a decoding batch and its copies hold at once, at least
-
-
-def _check_room(size: int, items: int, in_memory: bool) -> None:
-    """DataError, before anything is decoded, when images of ``size`` pixels per side cannot be prepared in this
-    machine's memory (a batch of them; all ``items`` without a prepared-data cache)."""
-    memory, image = host_memory_bytes(), 3 * size * size
-    need = image * (items if in_memory else IMAGES_AT_ONCE)
-    if memory and need > memory // 2:
-        held = f"all {items} prepared images" if in_memory else f"a batch of {IMAGES_AT_ONCE} prepared images"
-        raise DataError(f"dataset.image_size={size} makes each prepared image {format_bytes(image)} (3 x {size} x "
-                        f"{size} bytes): {held} take {format_bytes(need)}, more than half of this machine's "
-                        f"{format_bytes(memory)} of memory. Models take a few hundred pixels per side: use e.g. "
-                        "dataset.image_size=224" + (" (or set dataset.data_cache to keep them on disk)"
-                                                    if in_memory else ""))
 
 
 class SearchDataModule(LightningDataModule):
@@ -157,14 +107,10 @@ class SearchDataModule(LightningDataModule):
         self.save_hyperparameters({**asdict(self.spec), "data_cache": self.data_cache,
                                    "skip_unreadable": self.skip_unreadable})
         self.batch_size = 64
-        self._data: _Prepared | None = None
-        self._source: tuple[Source, Labels] | None = None  # the source and its labels checked for the task
+        self._prep = Preparation(self.spec, self.data_cache, self.num_workers)
+        self._data: Prepared | None = None
         self._rounds = 1
         self._min_first: int | None = None  # the robust schedule's least |D1| (None: the paper's chunks)
-        self.prepare_seconds = 0.0  # wall time spent preparing items (decode/resize or tokenise, or opening the cache)
-        self._text: TextSource | None = None  # kept to tokenise again for other tokenizers
-        self._inputs: dict[str, MemoryRows] = {}  # tokenizer key -> its token ids, rows in the order of row_of
-        self._pixels, self._ids = ToPixels(self.spec.mean, self.spec.std), ToIds()
         # Tokenizer of the items the Lightning loaders serve (None: the dataset's); FinetuneCallback sets the winner's.
         self.loader_tokenizer: str | None = None
 
@@ -174,120 +120,30 @@ class SearchDataModule(LightningDataModule):
               min_class_items: int | None = None) -> None:
         """Prepare the items (once per data module); with ``num_rounds`` also cut the chunks (:meth:`setup_rounds`)."""
         if self._data is None:
-            start = time.perf_counter()
-            self._data = self._prepare(num_rounds, min_class_items)
-            self.prepare_seconds += time.perf_counter() - start
+            self._data = self._prep.prepare(num_rounds, min_class_items)
         if num_rounds is not None:
             self.setup_rounds(num_rounds, min_class_items)
-
-    def _labelled(self) -> tuple[Source, Labels]:
-        """The source (listed once) and its labels checked for ``dataset.task``; nothing is decoded yet."""
-        if self._source is None:
-            source = make_source(self.spec)
-            self._source = source, resolve(source.labels, list(source.class_names), getattr(source, "task",
-                                           "multiclass"), self.spec.task, self.spec.name, self.skip_unreadable)
-        return self._source
 
     @property
     def task(self) -> str:
         """``multiclass``, ``multilabel`` or ``regression`` (``dataset.task``, or what ``auto`` inferred); reading it
         lists the source and checks its labels, but decodes nothing."""
-        return self._labelled()[1].task
+        return self._prep.labelled()[1].task
 
     @property
     def task_note(self) -> str:
         """One line: the task, and with ``dataset.task=auto`` what it was inferred from."""
-        return self._labelled()[1].note
+        return self._prep.labelled()[1].note
 
-    def _prepare(self, num_rounds: int | None, min_class_items: int | None = None) -> _Prepared:
-        source, resolved = self._labelled()
-        labels, names = resolved.values, resolved.names
-        self.notes = dict(source.notes)
-        if resolved.dropped:
-            self.notes["skipped_nan_targets"] = resolved.dropped
-        bad: set[int] = set()
-        while True:  # an unreadable file skipped: select again without it
-            n, order, train_strata = self._select(resolved, bad, num_rounds, min_class_items)
-            if not isinstance(source, ImageSource):  # text, or a source that prepares its items itself
-                rows, convert = self._prepared_by(source, order)
-                row_of, decoded = np.arange(len(order)), len(order)
-                break
-            rows, row_of, decoded, failed = self._images(source, order)
-            convert = self._pixels
-            if not failed:
-                break
-            bad |= failed
-        targets = torch.from_numpy(labels[order])
-        skipped = tuple(source.item_name(i) for i in sorted(bad)) if bad else ()
-        if skipped:
-            warnings.warn(f"skipped {len(skipped)} image(s) that cannot be read (dataset.skip_unreadable=true), e.g. "
-                          f"{skipped[0]}; results.json lists them under dataset.prepared", stacklevel=3)
-        self.notes.update(check_targets(labels[order], resolved.task, names, self.spec.name))
-        return _Prepared(rows, row_of, targets[:n], targets[n:], names, order, convert, decoded, skipped,
-                         resolved.task, train_strata)
+    @property
+    def prepare_seconds(self) -> float:
+        """Wall time spent preparing items so far (decode/resize or tokenise, or opening the cache)."""
+        return self._prep.seconds
 
-    def _prepared_by(self, source: Source, order: np.ndarray) -> tuple[Rows, Convert]:
-        """Items the source prepares in memory: text as int32 token ids (the key of its tokenizer noted), others
-        model-ready as the source gives them."""
-        if isinstance(source, TextSource):
-            self._text = source
-            rows = MemoryRows(source.prepare(order).to(torch.int32))
-            self._inputs[tokenizer_key(source.tokenizer)] = rows
-            return rows, self._ids
-        return MemoryRows(source.prepare(order)), AsIs()
-
-    def _select(self, resolved: Labels, bad: set[int], num_rounds: int | None,
-                min_class_items: int | None = None) -> tuple[int, np.ndarray, np.ndarray]:
-        """``(training items, source indices of the training items in round-robin order and then the test items,
-        the training items' strata)`` of the seeded subset and split (stratified as the task needs:
-        ``_tasks.strata``), leaving out ``bad`` items."""
-        spec, labels, names, task = self.spec, resolved.values, resolved.names, resolved.task
-        rng = np.random.default_rng(spec.seed)
-        keep = np.setdiff1d(resolved.keep, np.fromiter(bad, dtype=np.int64, count=len(bad)))
-        if spec.num_items is not None and spec.num_items < len(keep):
-            keep = keep[balanced_subset(strata(labels[keep], task), spec.num_items, rng)]
-        elif spec.num_items is not None and spec.num_items > len(keep):
-            raise DataError(f"dataset {spec.name!r} has only {len(keep)} items but num_items={spec.num_items}: "
-                            "lower num_items, or set it to null to use all items")
-        if task == "multiclass":
-            _check_classes(np.bincount(labels[keep], minlength=len(names)),
-                           np.bincount(labels[resolved.keep], minlength=len(names)), names, spec)
-        else:
-            check_targets(labels[keep], task, names, spec.name)
-        groups = strata(labels[keep], task)
-        train, test = stratified_split(groups, spec.test_fraction, rng)
-        _warn_few_test_items(len(test), len(np.unique(groups)), spec)
-        train = cover_first(train, labels[keep], task)
-        if num_rounds is not None:  # fail before the expensive part
-            _check_rounds(len(train), self._first(labels[keep][train], task, len(names)), num_rounds, spec,
-                          min_class_items, task)
-        return len(train), keep[np.concatenate([train, test])], groups[train]
-
-    @staticmethod
-    def _first(train_values: np.ndarray, task: str, num_classes: int) -> int:
-        """Items the first chunk needs for its guarantee (every class, every label, a spread of the target)."""
-        return num_classes if task == "multiclass" else first_needed(train_values, task)
-
-    def _images(self, source: ImageSource, order: np.ndarray) -> tuple[Rows, np.ndarray, int, set[int]]:
-        """``(prepared set, row of each item, items decoded now, unreadable items)``: rows of the prepared-data cache
-        (filled where missing), or a uint8 tensor in memory without one."""
-        stop = not self.skip_unreadable
-        _check_room(self.spec.image_size, len(order), self.data_cache is None)
-        with _progress(len(order), f"Preparing {len(order)} images") as advance:
-            if self.data_cache is not None:
-                rows = DiskRows.open(Path(self.data_cache), source)
-                decoded = rows.fill(source, order, workers=self.num_workers, stop_on_error=stop, progress=advance)
-                return rows, order, decoded, {int(i) for i in order if int(i) in rows.unreadable}
-            size = self.spec.image_size
-            pixels = torch.empty((len(order), 3, size, size), dtype=torch.uint8)
-            failed: set[int] = set()
-            for pos, batch, errors, _ in source.decode(order, self.num_workers):
-                pixels[torch.from_numpy(pos)] = batch
-                if errors and stop:
-                    raise unreadable(next(iter(errors.values())))
-                failed |= {int(order[p]) for p in errors}
-                advance(len(pos))
-        return MemoryRows(pixels), np.arange(len(order)), len(order), failed
+    @property
+    def notes(self) -> dict[str, Any]:
+        """What preparing the items noted (files ignored, targets skipped, ...): results.json's dataset.prepared."""
+        return self._prep.notes
 
     def setup_rounds(self, num_rounds: int, min_class_items: int | None = None) -> None:
         """Cut the training set into ``num_rounds`` chunks D1..Dl, each about twice the previous, together all of it.
@@ -299,13 +155,13 @@ class SearchDataModule(LightningDataModule):
         """
         data = self._prepared()
         train = data.train_y.numpy()
-        _check_rounds(len(train), self._first(train, data.task, len(data.class_names)), num_rounds, self.spec,
-                      min_class_items, data.task)
+        check_rounds(len(train), first_items(train, data.task, len(data.class_names)), num_rounds, self.spec,
+                     min_class_items, data.task)
         self._rounds = num_rounds
         self._min_first = None if min_class_items is None else label_prefix(train, data.train_strata, data.task,
                                                                                min_class_items)
 
-    def _prepared(self) -> _Prepared:
+    def _prepared(self) -> Prepared:
         if self._data is None:
             self.setup()
         assert self._data is not None
@@ -317,20 +173,14 @@ class SearchDataModule(LightningDataModule):
         data = self._prepared()
         if tokenizer is None:
             return Items(data.rows, data.row_of[part], data.convert)
-        if self._text is None:
-            raise DataError(f"dataset {self.spec.name!r} is not a text dataset: it has no tokenizer to choose")
-        key = tokenizer_key(tokenizer)
-        if key not in self._inputs:
-            start = time.perf_counter()
-            self._inputs[key] = MemoryRows(self._text.prepare(data.order, tokenizer=tokenizer).to(torch.int32))
-            self.prepare_seconds += time.perf_counter() - start
-        return Items(self._inputs[key], data.row_of[part], self._ids)
+        return Items(self._prep.tokenized(tokenizer, data.order), data.row_of[part], self._prep.ids)
 
     @property
     def tokenizer_key(self) -> str | None:
         """Content key of the dataset's tokenizer (text), else None; models with this key can use the default items."""
         self._prepared()
-        return None if self._text is None else tokenizer_key(self._text.tokenizer)
+        text = self._prep.text
+        return None if text is None else tokenizer_key(text.tokenizer)
 
     # -- access for the search executor
 
@@ -369,7 +219,7 @@ class SearchDataModule(LightningDataModule):
         """Bytes this module holds in memory: prepared items kept in memory (text of each tokenizer so far; images
         without a prepared-data cache) and the labels; a prepared set on disk is not held."""
         data = self._prepared()
-        sets = {id(r): r for r in [data.rows, *self._inputs.values()]}
+        sets = {id(r): r for r in [data.rows, *self._prep.inputs.values()]}
         labels = sum(y.numel() * y.element_size() for y in (data.train_y, data.test_y))
         return sum(r.resident_bytes for r in sets.values()) + labels
 
@@ -400,7 +250,8 @@ class SearchDataModule(LightningDataModule):
         """Summary for results.json: name, items, classes, image_size, chunk_sizes, test_size, how the items were
         prepared (decoded now or reused from the prepared-data cache, files skipped or ignored) and more."""
         data = self._prepared()
-        prepared = {"data_cache": self.data_cache if self._text is None else None, "decoded": data.decoded,
+        text = self._prep.text
+        prepared = {"data_cache": self.data_cache if text is None else None, "decoded": data.decoded,
                     "reused": len(data.order) - data.decoded, "seconds": round(self.prepare_seconds, 3),
                     "skipped_unreadable": len(data.skipped), **self.notes}
         if data.skipped:
@@ -410,7 +261,7 @@ class SearchDataModule(LightningDataModule):
                 "train_size": len(data.train_y), "test_size": len(data.test_y), "chunk_sizes": self.chunk_sizes,
                 "item_bytes": self.item_bytes, "in_flight_item_bytes": self.test_items()[0].in_flight_item_bytes,
                 "held_bytes": self.held_bytes, "seed": self.spec.seed, "prepared": prepared,
-                **({"max_length": self.spec.max_length, "tokenizer": self._text.tokenizer} if self._text else {})}
+                **({"max_length": self.spec.max_length, "tokenizer": text.tokenizer} if text else {})}
 
     # -- Lightning loaders for later fine-tuning
 
@@ -448,59 +299,3 @@ def _workers(value: Any) -> int:
         return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     return whole("dataset.num_workers", value, at_least=0, hint=" (0: decode in this process; null: one per core)",
                  error=DataError)
-
-
-@contextmanager
-def _progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
-    """A transient progress bar (for 200 items or more) and the function that advances it."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    console = Console(stderr=True)  # a terminal's bar; nothing in a log or pipe (standard output keeps the report)
-    with Progress(transient=True, disable=total < 200 or not console.is_terminal, console=console) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
-def _check_classes(counts: np.ndarray, available: np.ndarray, names: list[str], spec: DataSpec) -> None:
-    """At least two classes, and two items per class (one for the test set, one for training) among those kept."""
-    if counts.sum() == 0:
-        raise DataError(f"empty dataset {spec.name!r}: it has no items")
-    if len(names) < 2:
-        raise DataError(f"dataset {spec.name!r} has one class only ({names[0]!r}); model search needs at least two "
-                        "classes: add a subfolder with images for each further class")
-    small = np.flatnonzero(counts < 2)
-    if len(small):
-        listed = ", ".join(f"{names[c]!r} ({counts[c]})" for c in small[:5]) + (" ..." if len(small) > 5 else "")
-        fix = (f"raise num_items to at least {2 * len(names)}" if (available[small] >= 2).all()
-               else "add images to these classes or remove their folders")
-        raise DataError(f"every class needs at least 2 items (one for the test set, one for training), but "
-                        f"{len(small)} class(es) have fewer: {listed}; {fix}")
-
-
-_FIRST = {"multiclass": "one item per class", "multilabel": "every label",
-          "regression": "two items (a spread of the target)"}
-
-
-def _check_rounds(num_train: int, num_classes: int, rounds: int, spec: DataSpec,
-                  min_class_items: int | None = None, task: str = "multiclass") -> None:
-    """A positive number of rounds whose first chunk D1 = round(num_train / (2**rounds - 1)) holds every class (its
-    ``num_classes`` first items; multilabel: every label, regression: a spread; with ``min_class_items`` D1 holds
-    that by construction)."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise DataError(f"the number of rounds must be a positive integer, got {rounds!r}")
-    if min_class_items is not None:
-        whole("search.min_class_items", min_class_items, hint=" (training items of every class in D1), or null",
-              error=DataError)
-        return
-    needed = num_classes * (2**rounds - 1)
-    if num_train < needed:
-        total = math.ceil((needed + num_classes) / (1 - spec.test_fraction))
-        each = f"{num_classes} classes" if task == "multiclass" else f"{num_classes} items"
-        raise DataError(
-            f"too few items for {rounds} rounds: the first chunk D1 must hold {_FIRST[task]}, so {rounds} rounds "
-            f"need at least {needed} training items ({each} x (2^{rounds} - 1)), but dataset "
-            f"{spec.name!r} has {num_train} (test_fraction={spec.test_fraction}). Use at least {total} items "
-            "(num_items, or more images), or fewer rounds (rounds = ceil(log2(models / result size)): search fewer "
-            "models or ask for a larger result), or set search.min_class_items (e.g. 5: D1 then holds 5 items of every "
-            "class, and the rounds the data cannot fill are merged away)")
