@@ -213,7 +213,7 @@ def check_folder(path: str | os.PathLike[str], key: str, writable: bool = False)
 
 def _probe_write(path: Path, key: str) -> None:
     """DiskError unless a file can be created in ``path``'s nearest existing folder (the probe is removed)."""
-    nearest = next((p for p in (path, *path.parents) if p.exists()), Path.cwd())
+    nearest = _nearest_existing(path) or Path.cwd()
     try:
         fd, probe = tempfile.mkstemp(prefix=".alsatian-probe-", dir=nearest)
     except OSError as exc:
@@ -222,12 +222,15 @@ def _probe_write(path: Path, key: str) -> None:
     os.unlink(probe)
 
 
+def _nearest_existing(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists, else None."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
 def _file_in_the_way(path: Path) -> Path | None:
     """The first existing non-folder among ``path`` and its parents, else None."""
-    for p in (path, *path.parents):
-        if p.exists():
-            return None if p.is_dir() else p
-    return None
+    nearest = _nearest_existing(path)
+    return None if nearest is None or nearest.is_dir() else nearest
 
 
 def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None, action: str = "write") -> str:

@@ -69,12 +69,12 @@ class SearchCheckpoint:
             return None
         try:
             state = json.loads(meta["state"])
-            missing = _SAVED_KEYS - set(state)
+            missing = sorted(_SAVED_KEYS - set(state))
+            why = f"no {', '.join(missing)}" if missing else None
         except (KeyError, TypeError, ValueError) as exc:
-            missing, state = {f"a readable state ({type(exc).__name__}: {exc})"}, None
-        if missing:
-            warnings.warn(f"search checkpoint {self.path} is damaged (no {', '.join(sorted(missing))}); starting from "
-                          "round 1")
+            why = f"its state cannot be read: {type(exc).__name__}: {exc}"
+        if why is not None:
+            warnings.warn(f"search checkpoint {self.path} is damaged ({why}); starting from round 1")
             return None
         return state, tensors
 
